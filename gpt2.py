@@ -1,0 +1,359 @@
+"""
+A hand-written GPT-2 and Pythia (GPT-NeoX) forward pass with a scaling slot at every site.
+
+One model serves both families; the differences are a few switches in GPTConfig:
+
+                      GPT-2                         Pythia (GPT-NeoX)
+    positions         learned table `wpe`           rotary, on a fraction of each head
+    residual          x + attn(ln_1 x), then + mlp  x + attn(ln_1 x) + mlp(ln_2 x)  (parallel)
+    GELU              tanh approximation            exact
+    unembedding       tied to `wte`                 its own matrix (`embed_out`)
+
+Module names follow GPT-2's checkpoint (wte, h.N.attn.c_attn, ln_f, ...); Pythia's tensors
+are renamed onto them when loading (see NEOX_NAMES).
+
+Sites (SPEC.md): `model(idx, intervene=fn)` calls `fn(site, layer, h)` and uses what it returns:
+    head      (B, T, nh, hs)  one head's result, before the output projection c_proj
+    attn_out  (B, T, D)       attention sublayer output, the vector added to the residual
+    mlp_out   (B, T, D)       MLP sublayer output
+    resid     (B, T, D)       residual stream after the whole block
+in this order within each layer, layers in order.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SITES = ("head", "attn_out", "mlp_out", "resid")
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; its message says what to fix (one line)."""
+
+
+@dataclass
+class GPTConfig:
+    model_type: str = "gpt2"        # "gpt2" or "gpt_neox"
+    vocab_size: int = 50257
+    n_ctx: int = 1024               # longest prompt the model can read
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_inner: int = 3072             # MLP hidden width
+    layer_norm_eps: float = 1e-5
+    gelu_approx: str = "tanh"       # "tanh" (GPT-2's gelu_new) or "none" (exact)
+    rotary_dim: int = 0             # rotated dims per head; 0 = learned positions (GPT-2)
+    rotary_base: float = 10000.0
+    parallel_residual: bool = False
+    attn_bias: bool = True          # biases on c_attn and c_proj
+    tie_embeddings: bool = True     # unembedding = wte (GPT-2) or separate (Pythia)
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "GPTConfig":
+        """Read a Hugging Face config.json (GPT2Config or GPTNeoXConfig) into our config."""
+        kind = hf.get("model_type")
+        if kind == "gpt2":
+            if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
+                raise UserError("this GPT-2 config changes the attention scaling, which we do not support")
+            d = hf["n_embd"]
+            return cls("gpt2", hf["vocab_size"], hf["n_positions"], hf["n_layer"], hf["n_head"], d,
+                       hf.get("n_inner") or 4 * d, hf.get("layer_norm_epsilon", 1e-5),
+                       gelu_approx=_gelu(hf.get("activation_function", "gelu_new")))
+        if kind == "gpt_neox":
+            rope = hf.get("rope_parameters") or {}  # newer transformers keep rotary settings here
+            pct = hf.get("rotary_pct", rope.get("partial_rotary_factor", 1.0))
+            base = hf.get("rotary_emb_base", rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+            if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+                raise UserError("rotary scaling (rope_scaling / rope_type) is not supported")
+            d, nh = hf["hidden_size"], hf["num_attention_heads"]
+            return cls("gpt_neox", hf["vocab_size"], hf["max_position_embeddings"],
+                       hf["num_hidden_layers"], nh, d, hf["intermediate_size"], hf.get("layer_norm_eps", 1e-5),
+                       gelu_approx=_gelu(hf.get("hidden_act", "gelu")), rotary_dim=int(d // nh * pct),
+                       rotary_base=float(base), parallel_residual=hf.get("use_parallel_residual", True),
+                       attn_bias=hf.get("attention_bias", True),
+                       tie_embeddings=hf.get("tie_word_embeddings", False))
+        raise UserError(f"model_type {kind!r} is not supported; use a GPT-2 (gpt2) or Pythia (gpt_neox) checkpoint")
+
+
+def _gelu(name: str) -> str:
+    table = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+    if name not in table:
+        raise UserError(f"activation {name!r} is not supported (expected one of {sorted(table)})")
+    return table[name]
+
+
+# ----------------------------------------------------------------------------- the model
+
+def rotary(T: int, dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (T, dim) for rotary position embeddings, computed in float32."""
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, device=device).float() / dim)  # (dim/2,)
+    angles = torch.outer(torch.arange(T, device=device).float(), inv_freq)           # (T, dim/2)
+    angles = torch.cat((angles, angles), dim=-1)                                      # (T, dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `dim` features of each head by its position's angle (GPT-NeoX layout:
+    pairs are (i, i + dim/2)); the remaining features pass through unchanged."""
+    dim = cos.shape[-1]
+    x_rot, x_pass = x[..., :dim], x[..., dim:]                     # (B, nh, T, dim), (B, nh, T, hs-dim)
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)                         # "rotate_half"
+    x_rot = (x_rot.float() * cos + rotated.float() * sin).to(x.dtype)
+    return torch.cat((x_rot, x_pass), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.attn_bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.attn_bias)      # W_O
+
+    def forward(self, x, layer, rope, intervene):
+        B, T, D = x.shape
+        nh, hs = self.n_head, D // self.n_head
+        q, k, v = self.c_attn(x).split(D, dim=2)                   # each (B, T, D)
+        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        z = z.transpose(1, 2)                                       # (B, T, nh, hs)
+        if intervene is not None:
+            z = intervene("head", layer, z)
+        return self.c_proj(z.reshape(B, T, D))                     # (B, T, D)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.n_inner)
+        self.c_proj = nn.Linear(cfg.n_inner, cfg.n_embd)
+        self.approximate = cfg.gelu_approx
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+        self.parallel = cfg.parallel_residual
+
+    def forward(self, x, layer, rope=None, intervene=None):
+        a = self.attn(self.ln_1(x), layer, rope, intervene)        # (B, T, D)
+        if intervene is not None:
+            a = intervene("attn_out", layer, a)
+        m = self.mlp(self.ln_2(x if self.parallel else x + a))     # Pythia reads x, GPT-2 reads x + a
+        if intervene is not None:
+            m = intervene("mlp_out", layer, m)
+        x = x + a + m
+        if intervene is not None:
+            x = intervene("resid", layer, x)
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd) if cfg.rotary_dim == 0 else None
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx, intervene=None, at=None):
+        """idx (B, T) token ids -> logits (B, T, V); with `at` (B,) positions -> logits (B, V) there.
+        intervene(site, layer, h) -> h' is called at every site (see the module docstring)."""
+        B, T = idx.shape
+        cfg = self.config
+        if T > cfg.n_ctx:
+            raise UserError(f"prompt has {T} tokens but the model reads at most {cfg.n_ctx}; shorten it")
+        x = self.wte(idx)                                           # (B, T, D)
+        rope = None
+        if cfg.rotary_dim:
+            rope = rotary(T, cfg.rotary_dim, cfg.rotary_base, idx.device)
+        else:
+            x = x + self.wpe(torch.arange(T, device=idx.device))    # (B, T, D) + (T, D)
+        for layer, block in enumerate(self.h):
+            x = block(x, layer, rope, intervene)
+        if at is not None:
+            x = x[torch.arange(B, device=idx.device), at]           # (B, D): only the positions read
+        return self.lm_head(self.ln_f(x))                           # (B, [T,] V)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, intervene=None):
+        """Greedy decoding: append the most likely next token, max_new_tokens times. idx (B, T)."""
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.n_ctx:], intervene=intervene)[:, -1]  # (B, V)
+            idx = torch.cat((idx, logits.argmax(-1, keepdim=True)), dim=1)
+        return idx
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> "GPT":
+        """Load a Hub id ("gpt2", "EleutherAI/pythia-70m", revision="step1000") or a local folder
+        with the same files. Returns the model on CPU, float32, eval mode, weights frozen."""
+        cfg = GPTConfig.from_hf(read_config(name_or_path, revision))
+        model = cls(cfg)
+        state = rename_checkpoint(read_weights(name_or_path, revision), cfg)
+        expected = set(model.state_dict()) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
+            raise UserError(f"checkpoint {name_or_path!r} does not fit a {cfg.model_type} model: {what}"
+                            f" ({len(missing)} missing, {len(unexpected)} unexpected)")
+        for key, param in model.state_dict().items():
+            if key in state:
+                if state[key].shape != param.shape:
+                    raise UserError(f"checkpoint tensor {key!r} has shape {tuple(state[key].shape)},"
+                                    f" config.json implies {tuple(param.shape)}")
+                param.copy_(state[key])
+        model.name_or_path, model.revision = name_or_path, revision
+        return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+# Buffers some checkpoints carry that we recompute instead (causal masks, rotary frequencies).
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias",
+                    "rotary_emb.inv_freq")
+
+# Pythia (GPT-NeoX) name -> our (GPT-2) name, for each part of the model.
+NEOX_NAMES = {
+    "gpt_neox.embed_in.": "wte.",
+    "gpt_neox.layers.": "h.",
+    ".input_layernorm.": ".ln_1.",
+    ".post_attention_layernorm.": ".ln_2.",
+    ".attention.query_key_value.": ".attn.c_attn.",
+    ".attention.dense.": ".attn.c_proj.",
+    ".mlp.dense_h_to_4h.": ".mlp.c_fc.",
+    ".mlp.dense_4h_to_h.": ".mlp.c_proj.",
+    "gpt_neox.final_layer_norm.": "ln_f.",
+    "embed_out.": "lm_head.",
+}
+
+
+def rename_checkpoint(state: dict, cfg: GPTConfig) -> dict:
+    """Map a Hugging Face state dict onto our module names and layouts (float32)."""
+    out = {}
+    for key, t in state.items():
+        if key.endswith(IGNORED_SUFFIXES):
+            continue
+        t = t.float()
+        if cfg.model_type == "gpt2":
+            key = key.removeprefix("transformer.")      # the `gpt2` repo has no prefix; the others do
+            if key == "lm_head.weight" and cfg.tie_embeddings:
+                continue                                # the same matrix as wte
+            if key.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
+                t = t.t()                               # GPT-2's Conv1D stores (in, out); Linear wants (out, in)
+        else:
+            for old, new in NEOX_NAMES.items():
+                key = key.replace(old, new)
+            if ".attn.c_attn." in key:
+                # NeoX fuses q, k, v per head: rows ordered (nh, 3, hs). We want (3, nh, hs).
+                nh, hs = cfg.n_head, cfg.n_embd // cfg.n_head
+                t = t.view(nh, 3, hs, -1).transpose(0, 1).reshape(t.shape)
+        out[key] = t.contiguous()
+    return out
+
+
+def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> str:
+    """Local path of one checkpoint file: from a local folder, or from the Hub (through its cache).
+    Raises FileNotFoundError if the checkpoint exists but lacks this file, UserError otherwise."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, filename)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    try:
+        return hf_hub_download(name_or_path, filename, revision=revision)
+    except LocalEntryNotFoundError:
+        # Offline (or Hub unreachable) and not in the cache: we cannot tell "absent" from "not cached".
+        if filename != "config.json":
+            raise FileNotFoundError(filename) from None
+        how = "HF_HUB_OFFLINE=1 is set" if HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise UserError(f"model {name_or_path!r}{f' at revision {revision!r}' if revision else ''} is not in the"
+                        f" Hugging Face cache ({HF_HUB_CACHE}) and {how}: run once with network"
+                        f" (or `hf download {name_or_path}`), or pass a local folder") from None
+    except EntryNotFoundError:
+        raise FileNotFoundError(filename) from None
+    except (RepositoryNotFoundError, HFValidationError):
+        raise UserError(f"unknown model {name_or_path!r}: not a local folder nor a Hub model id"
+                        " (try gpt2, gpt2-medium, gpt2-large, gpt2-xl, EleutherAI/pythia-70m ... pythia-12b)") from None
+    except RevisionNotFoundError:
+        raise UserError(f"model {name_or_path!r} has no revision {revision!r}"
+                        " (Pythia's are step0 ... step143000)") from None
+
+
+def read_config(name_or_path: str, revision: str | None = None) -> dict:
+    try:
+        with open(hub_file(name_or_path, "config.json", revision)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{name_or_path!r} has no config.json: is it a model folder?") from None
+
+
+def read_weights(name_or_path: str, revision: str | None = None) -> dict:
+    """All tensors of a checkpoint: model.safetensors, a sharded safetensors checkpoint, or (for old
+    revisions that only have it) pytorch_model.bin read with weights_only=True, never unpickling code."""
+    from safetensors.torch import load_file
+    try:
+        return load_file(hub_file(name_or_path, "model.safetensors", revision))
+    except FileNotFoundError:
+        pass
+    try:
+        with open(hub_file(name_or_path, "model.safetensors.index.json", revision)) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(hub_file(name_or_path, shard, revision)))
+        return state
+    except FileNotFoundError:
+        pass
+    try:
+        path = hub_file(name_or_path, "pytorch_model.bin", revision)
+    except FileNotFoundError:
+        raise UserError(f"{name_or_path!r} has no weights we can read (model.safetensors, its sharded index,"
+                        " or pytorch_model.bin); if offline, the weights may not be in the cache yet") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} holds more than plain tensors and will not be unpickled ({type(e).__name__});"
+                        " convert it to safetensors") from None
+
+
+if __name__ == "__main__":
+    import argparse
+    p = argparse.ArgumentParser(description="Greedy continuation of a prompt with GPT-2 or Pythia.")
+    p.add_argument("prompt", help="text to continue")
+    p.add_argument("--model", default="gpt2", help="Hub id or local folder (default: gpt2)")
+    p.add_argument("--revision", default=None, help="Hub revision, e.g. step100000 for Pythia")
+    p.add_argument("-n", type=int, default=20, help="tokens to generate (default: 20)")
+    args = p.parse_args()
+    try:
+        from tokenizer import get_tokenizer
+        model, tok = GPT.from_pretrained(args.model, args.revision), get_tokenizer(args.model, args.revision)
+        out = model.generate(torch.tensor([tok.encode(args.prompt)]), args.n)
+        print(tok.decode(out[0].tolist()))
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
