@@ -253,8 +253,6 @@ def rename_checkpoint(state: dict, cfg: GPTConfig) -> dict:
         t = t.float()
         if cfg.model_type == "gpt2":
             key = key.removeprefix("transformer.")      # the `gpt2` repo has no prefix; the others do
-            if key == "lm_head.weight" and cfg.tie_embeddings:
-                continue                                # the same matrix as wte
             if key.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
                 t = t.t()                               # GPT-2's Conv1D stores (in, out); Linear wants (out, in)
         else:
@@ -264,6 +262,8 @@ def rename_checkpoint(state: dict, cfg: GPTConfig) -> dict:
                 # NeoX fuses q, k, v per head: rows ordered (nh, 3, hs). We want (3, nh, hs).
                 nh, hs = cfg.n_head, cfg.n_embd // cfg.n_head
                 t = t.view(nh, 3, hs, -1).transpose(0, 1).reshape(t.shape)
+        if key == "lm_head.weight" and cfg.tie_embeddings:
+            continue                                    # the same matrix as wte
         out[key] = t.contiguous()
     return out
 

@@ -80,7 +80,7 @@ def tiny_hf_model(model_type="gpt2", seed=0, **overrides):
     else:
         raise ValueError(model_type)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model.eval()
 

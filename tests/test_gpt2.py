@@ -1,0 +1,235 @@
+"""gpt2.py against transformers (the numerical oracle) on tiny random checkpoints in the Hub's layout."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, save_checkpoint, tiny_hf_model
+
+import gpt2
+from gpt2 import GPT, UserError
+
+GPT2_VARIANTS = {
+    "gpt2": {},
+    "gpt2-n_inner-5heads": {"n_inner": 70, "n_head": 5, "n_embd": 40},
+}
+NEOX_VARIANTS = {
+    "neox-rot0.25-parallel": {},
+    "neox-rot1.0-sequential": {"use_parallel_residual": False, "rope_parameters":
+                               {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}},
+    "neox-rot0.5-base500-5heads": {"num_attention_heads": 5, "hidden_size": 40, "rope_parameters":
+                                   {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}},
+    "neox-tied": {"tie_word_embeddings": True},
+}
+VARIANTS = [("gpt2", k, v) for k, v in GPT2_VARIANTS.items()] + [("gpt_neox", k, v) for k, v in NEOX_VARIANTS.items()]
+
+
+def load_pair(tmp_path, model_type, overrides, **layout):
+    hf = tiny_hf_model(model_type, **overrides)
+    folder = save_checkpoint(hf, tmp_path / "ckpt", **layout)
+    return GPT.from_pretrained(str(folder)), hf
+
+
+def random_ids(B=2, T=17, seed=0):
+    return torch.randint(0, 50000, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("model_type,name,overrides", VARIANTS, ids=[v[1] for v in VARIANTS])
+def test_logits_and_greedy_tokens_match_transformers(tmp_path, model_type, name, overrides):
+    ours, hf = load_pair(tmp_path, model_type, overrides)
+    idx = random_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=0)
+        expected = hf.generate(idx[:1, :5], max_new_tokens=20, do_sample=False, min_new_tokens=20)
+    assert torch.equal(ours.generate(idx[:1, :5], 20), expected)
+
+
+def test_old_style_neox_config_keys(tmp_path):
+    """Pythia's Hub config.json says rotary_pct / rotary_emb_base, not rope_parameters."""
+    ours, hf = load_pair(tmp_path, "gpt_neox", NEOX_VARIANTS["neox-rot0.5-base500-5heads"])
+    path = tmp_path / "ckpt" / "config.json"
+    cfg = json.loads(path.read_text())
+    del cfg["rope_parameters"]
+    cfg.update(rotary_pct=0.5, rotary_emb_base=500)
+    path.write_text(json.dumps(cfg))
+    again = GPT.from_pretrained(str(tmp_path / "ckpt"))
+    assert again.config.rotary_dim == 4 and again.config.rotary_base == 500
+    idx = random_ids()
+    torch.testing.assert_close(again(idx), hf(idx).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("layout", [{"hub_quirks": True}, {"shards": True}, {"bin_only": True}],
+                         ids=["hub-quirks", "sharded", "pytorch_model.bin"])
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])
+def test_checkpoint_layouts(tmp_path, model_type, layout):
+    ours, hf = load_pair(tmp_path, model_type, {}, **layout)
+    idx = random_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=0)
+
+
+def test_loaded_model_is_frozen_fp32_eval(tiny_gpt2):
+    model = GPT.from_pretrained(str(tiny_gpt2[0]))
+    assert not model.training
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
+    assert model.lm_head.weight is model.wte.weight
+
+
+def test_logits_at_chosen_positions(tiny_pythia):
+    model = GPT.from_pretrained(str(tiny_pythia[0]))
+    idx, at = random_ids(B=3), torch.tensor([16, 3, 9])
+    full = model(idx)
+    torch.testing.assert_close(model(idx, at=at), full[torch.arange(3), at])
+
+
+def test_hub_id_from_a_prepopulated_cache(tmp_path, tiny_gpt2):
+    """A user's second run: the files sit in the Hugging Face cache and HF_HUB_OFFLINE=1."""
+    folder, hf = tiny_gpt2
+    hub = tmp_path / "hf_home" / "hub"
+    commit = "0" * 40
+    repo = hub / "models--tiny-org--tiny-gpt2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    code = ("import torch, gpt2; m = gpt2.GPT.from_pretrained('tiny-org/tiny-gpt2');"
+            "print(m(torch.arange(10)[None])[0, -1, :5].tolist())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    expected = hf(torch.arange(10)[None]).logits[0, -1, :5]
+    torch.testing.assert_close(torch.tensor(json.loads(out.stdout)), expected, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- sites
+
+def hf_blocks(hf):
+    return hf.transformer.h if hf.config.model_type == "gpt2" else hf.gpt_neox.layers
+
+
+def zero_output(module, inputs, output):
+    if isinstance(output, tuple):
+        return (torch.zeros_like(output[0]), *output[1:])
+    return torch.zeros_like(output)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])
+@pytest.mark.parametrize("site", ["attn_out", "mlp_out", "head", "resid"])
+def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, model_type, site):
+    ours, hf = load_pair(tmp_path, model_type, {})
+    layer, head, hs = 1, 1, ours.config.n_embd // ours.config.n_head
+    block = hf_blocks(hf)[layer]
+
+    def knock_out(s, l, h):
+        if s != site or l != layer:
+            return h
+        if site == "head":
+            h = h.clone()
+            h[:, :, head] = 0
+            return h
+        return torch.zeros_like(h)
+
+    if site == "head":  # zero that head's slice of the output projection's input
+        proj = block.attn.c_proj if model_type == "gpt2" else block.attention.dense
+
+        def pre_hook(module, args):
+            z = args[0].clone()
+            z[..., head * hs:(head + 1) * hs] = 0
+            return (z,)
+        handle = proj.register_forward_pre_hook(pre_hook)
+    else:
+        module = {"attn_out": block.attn if model_type == "gpt2" else block.attention,
+                  "mlp_out": block.mlp, "resid": block}[site]
+        handle = module.register_forward_hook(zero_output)
+    idx = random_ids()
+    with torch.no_grad():
+        expected = hf(idx).logits
+    handle.remove()
+    got = ours(idx, intervene=knock_out)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert (got - ours(idx)).abs().max() > 1e-3  # the knock-out did something
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])
+def test_sites_are_called_in_forward_order_with_their_shapes(tmp_path, model_type):
+    ours, _ = load_pair(tmp_path, model_type, {})
+    seen = []
+    ours(random_ids(B=2, T=7), intervene=lambda s, l, h: seen.append((s, l, tuple(h.shape))) or h)
+    D, nh = ours.config.n_embd, ours.config.n_head
+    shape = {"head": (2, 7, nh, D // nh), "attn_out": (2, 7, D), "mlp_out": (2, 7, D), "resid": (2, 7, D)}
+    assert seen == [(s, l, shape[s]) for l in range(ours.config.n_layer) for s in gpt2.SITES]
+
+
+def test_scaling_by_one_changes_nothing_and_gradients_reach_only_the_scalars(tiny_pythia):
+    model = GPT.from_pretrained(str(tiny_pythia[0]))
+    n = model.config.n_layer
+    scalars = {s: torch.ones(n, requires_grad=True) for s in gpt2.SITES}
+    idx = random_ids()
+    out = model(idx, intervene=lambda s, l, h: h * scalars[s][l])
+    torch.testing.assert_close(out, model(idx), atol=1e-6, rtol=0)
+    out[:, -1].logsumexp(-1).sum().backward()
+    for s, a in scalars.items():
+        assert a.grad is not None and (a.grad != 0).all(), s
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_unknown_model_offline_names_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="not in the Hugging Face cache .*empty-cache.*run once with network"):
+        GPT.from_pretrained("EleutherAI/pythia-70m", revision="step1000")
+
+
+def test_invalid_model_name():
+    with pytest.raises(UserError, match="unknown model"):
+        GPT.from_pretrained("not a/valid//name")
+
+
+def test_unsupported_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(UserError, match="model_type 'llama' is not supported"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(UserError, match="no config.json"):
+        GPT.from_pretrained(str(tmp_path))
+
+
+def test_prompt_longer_than_context(tiny_gpt2):
+    model = GPT.from_pretrained(str(tiny_gpt2[0]))
+    with pytest.raises(UserError, match="65 tokens but the model reads at most 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_missing_tensor_is_named(tmp_path, tiny_gpt2):
+    from safetensors.torch import load_file, save_file
+    folder = tiny_gpt2[0]
+    state = load_file(folder / "model.safetensors")
+    del state["transformer.h.1.mlp.c_fc.bias"]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(UserError, match="missing tensor 'h.1.mlp.c_fc.bias'"):
+        GPT.from_pretrained(str(folder))
+
+
+def test_no_weights(tmp_path, tiny_gpt2):
+    (tiny_gpt2[0] / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="no weights we can read"):
+        GPT.from_pretrained(str(tiny_gpt2[0]))
+
+
+def test_pickled_objects_are_refused(tmp_path, tiny_gpt2):
+    folder = tiny_gpt2[0]
+    (folder / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1), "evil": print}, folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match="will not be unpickled"):
+        GPT.from_pretrained(str(folder))
