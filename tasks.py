@@ -1,0 +1,627 @@
+"""
+The prompts that interventions are trained and tested on: CCC, IOI, and users' own JSONL tasks.
+
+Every task item is a prompt and two single answer tokens (SPEC.md, "Tasks"):
+
+    prompt   "The capital of Germany is Paris. Q: What is the capital of Germany? A:"
+    correct  " Berlin"   c, the memorised fact (IOI: the indirect object)
+    wrong    " Paris"    w, the in-context city (IOI: the subject)
+
+Answers carry their leading space, and each must be exactly one token for the model's
+tokenizer (GPT-2's and Pythia's differ), so CCC and IOI drop the items whose answers are not.
+
+load_task(...) is the one entry point. It returns a Task with a train and a test PromptSet:
+token ids right-padded with the end-of-text token, the answer position per prompt (its last
+token), the correct and wrong token ids, and each prompt's token strings (for heatmap axes).
+Everything is deterministic given the seed (random.Random(seed), never global state).
+
+Two shapes of data, by the method that uses them:
+    fixed_length=True   ActivScalar and SteerVec tie one parameter to each position, so all
+                        prompts (train and test) use one template and have the same token
+                        length: the most common length is kept and the rest dropped.
+    fixed_length=False  DynScalar works at any length: a mix of templates and lengths. With
+                        unseen_lengths=True the test prompts have token lengths that no train
+                        prompt has (see hold_out_lengths).
+
+Splits keep test entities unseen: CCC splits by country (a test country's name and capital
+never appear in a train prompt), IOI by first name, a JSONL file by line (seeded shuffle).
+
+Run `python tasks.py --task ccc --model gpt2` to see a few prompts, the counts, and how often
+the unchanged model prefers the correct answer.
+"""
+
+import argparse
+import json
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gpt2 import UserError
+
+TASKS = ("ccc", "ioi")  # built in; anything ending in .jsonl is a custom task
+N_TRAIN, N_TEST = 300, 100  # default caps on the number of prompts per split (CCC, IOI)
+TEST_FRAC = 0.25  # share of countries / names / JSONL lines that go to the test split
+
+# ----------------------------------------------------------------------------- data structures
+
+
+@dataclass
+class Item:
+    """One task item before tokenisation. `group` is what the split is by (country, names, line)."""
+    prompt: str
+    correct: str
+    wrong: str
+    group: tuple = ()
+
+
+@dataclass
+class PromptSet:
+    """One split of a task, tokenised. N prompts, padded to T = the longest prompt's length."""
+    prompts: list[str]
+    ids: torch.Tensor          # (N, T) long, right-padded with the tokenizer's end-of-text token
+    answer_pos: torch.Tensor   # (N,) long, index of each prompt's last token (where we read logits)
+    correct: torch.Tensor      # (N,) long, token id of c
+    wrong: torch.Tensor        # (N,) long, token id of w
+    tokens: list[list[str]]    # each prompt's token strings, unpadded (axis labels)
+    correct_str: list[str]
+    wrong_str: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(N,) long: each prompt's length in tokens."""
+        return self.answer_pos + 1
+
+    @property
+    def fixed_length(self) -> bool:
+        """True when every prompt has the same token length (what position-tied methods need)."""
+        return len(self) > 0 and bool((self.answer_pos == self.answer_pos[0]).all())
+
+    def subset(self, index) -> "PromptSet":
+        """The prompts at `index` (a list of ints, a slice or a LongTensor), padding trimmed to fit."""
+        idx = torch.arange(len(self))[index].reshape(-1).tolist()
+        pos = self.answer_pos[idx]
+        T = int(pos.max()) + 1 if idx else 0
+        return PromptSet(
+            prompts=[self.prompts[i] for i in idx], ids=self.ids[idx, :T], answer_pos=pos,
+            correct=self.correct[idx], wrong=self.wrong[idx], tokens=[self.tokens[i] for i in idx],
+            correct_str=[self.correct_str[i] for i in idx], wrong_str=[self.wrong_str[i] for i in idx])
+
+
+@dataclass
+class Task:
+    """A task's train and test prompts, and how they were made."""
+    name: str                  # "ccc", "ioi", or the JSONL file's name
+    train: PromptSet
+    test: PromptSet
+    fixed_length: bool         # True: one template, one token length across train and test
+    templates: list[str]       # the templates used (empty for a JSONL task)
+    notes: list[str]           # human-readable counts: what was kept, what was dropped and why
+
+
+# ----------------------------------------------------------------------------- tokenizer helpers
+# The tokenizer is tokenizer.py's Tokenizer; a tiktoken Encoding works too (encode/decode/eot_token).
+
+
+def token_str(tokenizer, i: int) -> str:
+    """One token's text, for plot axes."""
+    if hasattr(tokenizer, "token_str"):
+        return tokenizer.token_str(i)
+    return tokenizer.decode([i])
+
+
+def single_token(tokenizer, text: str) -> int | None:
+    """The token id if `text` is exactly one token for this tokenizer, else None."""
+    ids = tokenizer.encode(text)
+    return ids[0] if len(ids) == 1 else None
+
+
+def tokenize(items: list[Item], tokenizer) -> PromptSet:
+    """Turn items (whose answers are known to be single tokens) into a PromptSet."""
+    seqs = [tokenizer.encode(it.prompt) for it in items]
+    T = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(items), T), tokenizer.eot_token, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return PromptSet(
+        prompts=[it.prompt for it in items],
+        ids=ids,
+        answer_pos=torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long),
+        correct=torch.tensor([single_token(tokenizer, it.correct) for it in items], dtype=torch.long),
+        wrong=torch.tensor([single_token(tokenizer, it.wrong) for it in items], dtype=torch.long),
+        tokens=[[token_str(tokenizer, t) for t in s] for s in seqs],
+        correct_str=[it.correct for it in items],
+        wrong_str=[it.wrong for it in items],
+    )
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer.encode(text))
+
+
+def count_str(counter: Counter) -> str:
+    """Counter({21: 80, 23: 5}) -> '21 tokens: 80, 23 tokens: 5' (by length)."""
+    return ", ".join(f"{k} tokens: {v}" for k, v in sorted(counter.items()))
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+def split_groups(groups: list, test_frac: float, rng: random.Random, what: str) -> tuple[set, set]:
+    """Shuffle the distinct groups (countries, names) and cut off test_frac of them for test:
+    test_frac * n rounded, but at least one group on each side."""
+    groups = sorted(set(groups))
+    if len(groups) < 2:
+        raise UserError(f"only {len(groups)} {what} left after filtering; need at least 2 to split train/test")
+    rng.shuffle(groups)
+    n_test = min(max(1, int(test_frac * len(groups) + 0.5)), len(groups) - 1)  # rounded half up
+    return set(groups[n_test:]), set(groups[:n_test])
+
+
+def keep_modal_length(train: list[Item], test: list[Item], tokenizer, what: str,
+                      notes: list[str]) -> tuple[list, list]:
+    """Keep the items whose prompt has the most common token length over both splits (ties: the
+    shorter length), so that train and test share one length. `what` names the items in the note."""
+    lengths = {id(it): n_tokens(tokenizer, it.prompt) for it in train + test}
+    counts = Counter(lengths.values())
+    if not counts:
+        return train, test
+    T = max(sorted(counts), key=lambda n: counts[n])
+    dropped = Counter(n for n in lengths.values() if n != T)
+    msg = f"fixed length: kept the {counts[T]} {what} whose prompt is {T} tokens"
+    if dropped:
+        msg += f"; dropped {sum(dropped.values())} of other lengths ({count_str(dropped)})"
+    notes.append(msg)
+    return [it for it in train if lengths[id(it)] == T], [it for it in test if lengths[id(it)] == T]
+
+
+def hold_out_lengths(train: list[Item], test: list[Item], tokenizer, notes: list[str]) -> tuple[list, list]:
+    """For testing DynScalar on unseen lengths: sort the distinct prompt lengths of all items and
+    give every second one (the 2nd, 4th, ...) to test only, the others to train only. Test lengths
+    thus lie between train lengths, and no test prompt has a length seen in training."""
+    length = {id(it): n_tokens(tokenizer, it.prompt) for it in train + test}
+    distinct = sorted(set(length.values()))
+    if len(distinct) < 2:
+        raise UserError(f"all prompts have {distinct[0] if distinct else 0} tokens, so no length can be held "
+                        "out for test; drop --unseen-lengths or add prompts of other lengths")
+    test_lengths = set(distinct[1::2])
+    train = [it for it in train if length[id(it)] not in test_lengths]
+    test = [it for it in test if length[id(it)] in test_lengths]
+    notes.append(f"unseen lengths: train uses {sorted(set(distinct) - test_lengths)} tokens, "
+                 f"test {sorted(test_lengths)}")
+    return train, test
+
+
+def cap(items: list[Item], n: int | None, rng: random.Random) -> list[Item]:
+    """At most n items, drawn at random (all of them when n is None), in random order."""
+    items = list(items)
+    rng.shuffle(items)
+    return items if n is None else items[:n]
+
+
+# ----------------------------------------------------------------------------- CCC
+# Our own table of countries and capitals (UN member states). Left out on purpose: countries
+# whose capital is disputed or split (Bolivia, Israel, South Africa, Sri Lanka, Eswatini,
+# Ivory Coast, Burundi, Nauru), whose capital bears the country's name (Singapore, Mexico City,
+# Kuwait City, Panama City, Guatemala City, ...), Georgia (also a US state with another
+# capital), and the Maldives and Seychelles (capitals " Male" and " Victoria" are common words).
+# Capitals are spelled as English text usually spells them, without diacritics.
+# Names that read with an article carry it ("the Netherlands").
+
+COUNTRIES = {
+    "Afghanistan": "Kabul", "Albania": "Tirana", "Algeria": "Algiers", "Angola": "Luanda",
+    "Antigua and Barbuda": "Saint John's", "Argentina": "Buenos Aires", "Armenia": "Yerevan",
+    "Australia": "Canberra", "Austria": "Vienna", "Azerbaijan": "Baku", "the Bahamas": "Nassau",
+    "Bahrain": "Manama", "Bangladesh": "Dhaka", "Barbados": "Bridgetown", "Belarus": "Minsk",
+    "Belgium": "Brussels", "Belize": "Belmopan", "Benin": "Porto-Novo", "Bhutan": "Thimphu",
+    "Bosnia and Herzegovina": "Sarajevo", "Botswana": "Gaborone", "Brazil": "Brasilia",
+    "Brunei": "Bandar Seri Begawan", "Bulgaria": "Sofia", "Burkina Faso": "Ouagadougou",
+    "Cape Verde": "Praia", "Cambodia": "Phnom Penh", "Cameroon": "Yaounde", "Canada": "Ottawa",
+    "the Central African Republic": "Bangui", "Chad": "N'Djamena", "Chile": "Santiago",
+    "China": "Beijing", "Colombia": "Bogota", "Comoros": "Moroni", "the Republic of the Congo": "Brazzaville",
+    "the Democratic Republic of the Congo": "Kinshasa", "Costa Rica": "San Jose", "Croatia": "Zagreb",
+    "Cuba": "Havana", "Cyprus": "Nicosia", "the Czech Republic": "Prague", "Denmark": "Copenhagen",
+    "Dominica": "Roseau", "the Dominican Republic": "Santo Domingo", "Ecuador": "Quito", "Egypt": "Cairo",
+    "Equatorial Guinea": "Malabo", "Eritrea": "Asmara", "Estonia": "Tallinn", "Ethiopia": "Addis Ababa",
+    "Fiji": "Suva", "Finland": "Helsinki", "France": "Paris", "Gabon": "Libreville", "the Gambia": "Banjul",
+    "Germany": "Berlin", "Ghana": "Accra", "Greece": "Athens", "Grenada": "Saint George's",
+    "Guinea": "Conakry", "Guyana": "Georgetown", "Haiti": "Port-au-Prince", "Honduras": "Tegucigalpa",
+    "Hungary": "Budapest", "Iceland": "Reykjavik", "India": "New Delhi", "Indonesia": "Jakarta",
+    "Iran": "Tehran", "Iraq": "Baghdad", "Ireland": "Dublin", "Italy": "Rome", "Jamaica": "Kingston",
+    "Japan": "Tokyo", "Jordan": "Amman", "Kazakhstan": "Astana", "Kenya": "Nairobi", "Kiribati": "Tarawa",
+    "North Korea": "Pyongyang", "South Korea": "Seoul", "Kyrgyzstan": "Bishkek", "Laos": "Vientiane",
+    "Latvia": "Riga", "Lebanon": "Beirut", "Lesotho": "Maseru", "Liberia": "Monrovia", "Libya": "Tripoli",
+    "Liechtenstein": "Vaduz", "Lithuania": "Vilnius", "Madagascar": "Antananarivo", "Malawi": "Lilongwe",
+    "Malaysia": "Kuala Lumpur", "Mali": "Bamako", "Malta": "Valletta",
+    "the Marshall Islands": "Majuro", "Mauritania": "Nouakchott", "Mauritius": "Port Louis",
+    "Micronesia": "Palikir", "Moldova": "Chisinau", "Mongolia": "Ulaanbaatar", "Montenegro": "Podgorica",
+    "Morocco": "Rabat", "Mozambique": "Maputo", "Myanmar": "Naypyidaw", "Namibia": "Windhoek",
+    "Nepal": "Kathmandu", "the Netherlands": "Amsterdam", "New Zealand": "Wellington",
+    "Nicaragua": "Managua", "Niger": "Niamey", "Nigeria": "Abuja", "North Macedonia": "Skopje",
+    "Norway": "Oslo", "Oman": "Muscat", "Pakistan": "Islamabad", "Palau": "Ngerulmud",
+    "Papua New Guinea": "Port Moresby", "Paraguay": "Asuncion", "Peru": "Lima", "the Philippines": "Manila",
+    "Poland": "Warsaw", "Portugal": "Lisbon", "Qatar": "Doha", "Romania": "Bucharest", "Russia": "Moscow",
+    "Rwanda": "Kigali", "Saint Kitts and Nevis": "Basseterre", "Saint Lucia": "Castries",
+    "Saint Vincent and the Grenadines": "Kingstown", "Samoa": "Apia", "Saudi Arabia": "Riyadh",
+    "Senegal": "Dakar", "Serbia": "Belgrade", "Sierra Leone": "Freetown",
+    "Slovakia": "Bratislava", "Slovenia": "Ljubljana", "the Solomon Islands": "Honiara",
+    "Somalia": "Mogadishu", "South Sudan": "Juba", "Spain": "Madrid", "Sudan": "Khartoum",
+    "Suriname": "Paramaribo", "Sweden": "Stockholm", "Switzerland": "Bern", "Syria": "Damascus",
+    "Tajikistan": "Dushanbe", "Tanzania": "Dodoma", "Thailand": "Bangkok", "East Timor": "Dili",
+    "Togo": "Lome", "Tonga": "Nuku'alofa", "Trinidad and Tobago": "Port of Spain", "Tunisia": "Tunis",
+    "Turkey": "Ankara", "Turkmenistan": "Ashgabat", "Tuvalu": "Funafuti", "Uganda": "Kampala",
+    "Ukraine": "Kyiv", "the United Arab Emirates": "Abu Dhabi", "the United Kingdom": "London",
+    "the United States": "Washington", "Uruguay": "Montevideo", "Uzbekistan": "Tashkent",
+    "Vanuatu": "Port Vila", "Venezuela": "Caracas", "Vietnam": "Hanoi", "Yemen": "Sanaa",
+    "Zambia": "Lusaka", "Zimbabwe": "Harare",
+}
+
+# The first is the issue's template; the others differ in length and wording (for DynScalar).
+# {country} never starts a sentence, so "the Netherlands" reads right.
+CCC_TEMPLATES = [
+    "The capital of {country} is {city}. Q: What is the capital of {country}? A:",
+    "The capital of {country} is {city}. Q: Which city is the capital of {country}? A:",
+    "The capital city of {country} is {city}. Q: What is the capital city of {country}? A:",
+    "The capital of {country} is {city}. What is the capital of {country}? Answer:",
+    "Context: The capital of {country} is {city}. Question: What is the capital of {country}? Answer:",
+    "I read that the capital of {country} is {city}. Q: What is the capital of {country}? A:",
+    "According to this text, the capital of {country} is {city}. Q: What is the capital of {country}? A:",
+    "A friend told me that the capital of {country} is {city}, but I am not sure. "
+    "Q: What is the capital of {country}? A:",
+    "The capital of {country} is {city}. Q: What is the capital of {country}? Answer with the name of a city. A:",
+]
+
+
+def ccc_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen_lengths: bool,
+              test_frac: float, wrongs_per_country: int, notes: list[str]) -> tuple[list, list, list]:
+    """CCC items for train and test, and the templates used.
+
+    1. keep countries whose capital (" Berlin") is one token for this tokenizer;
+    2. fixed length: keep the countries whose prompt has the most common length;
+    3. split the countries train/test (seeded);
+    4. per country (and template), draw `wrongs_per_country` wrong cities: capitals of other
+       countries of the same split, so a test country's capital never appears in training."""
+    rng = random.Random(f"ccc/{seed}")
+    capital = {k: v for k, v in COUNTRIES.items() if single_token(tokenizer, " " + v) is not None}
+    multi = [v for k, v in COUNTRIES.items() if k not in capital]
+    notes.append(f"countries: {len(COUNTRIES)} in the table, {len(capital)} with a one-token capital "
+                 f"({len(multi)} dropped, e.g. {', '.join(repr(' ' + v) for v in multi[:3])})")
+
+    if fixed_length:
+        if not 0 <= template < len(CCC_TEMPLATES):
+            raise UserError(f"--template {template} does not exist; CCC has templates 0..{len(CCC_TEMPLATES) - 1}")
+        templates = [CCC_TEMPLATES[template]]
+        # The length depends on the country's name only (the city is one token); measure it
+        # with the country's own capital in the city slot.
+        probes = [Item(templates[0].format(country=k, city=v), v, v, (k,)) for k, v in capital.items()]
+        kept, _ = keep_modal_length(probes, [], tokenizer, "countries", notes)
+        capital = {it.group[0]: capital[it.group[0]] for it in kept}
+    else:
+        templates = list(CCC_TEMPLATES)
+
+    train_c, test_c = split_groups(list(capital), test_frac, rng, "countries")
+    notes.append(f"split by country: {len(train_c)} train, {len(test_c)} test countries")
+    splits = []
+    for countries in (train_c, test_c):
+        cities = sorted(capital[k] for k in countries)
+        k_wrong = min(wrongs_per_country, len(cities) - 1)
+        items = []
+        for country in sorted(countries):
+            for tpl in templates:
+                others = [c for c in cities if c != capital[country]]
+                for city in rng.sample(others, k_wrong):
+                    items.append(Item(tpl.format(country=country, city=city), " " + capital[country],
+                                      " " + city, (country,)))
+        splits.append(items)
+    train, test = splits
+    if fixed_length:  # a wrong city that merges with its neighbours would change the length
+        train, test = keep_modal_length(train, test, tokenizer, "prompts", notes)
+    elif unseen_lengths:
+        train, test = hold_out_lengths(train, test, tokenizer, notes)
+    return train, test, templates
+
+
+# ----------------------------------------------------------------------------- IOI
+# Templates in the style of Wang et al. (2022), written for this project. {X} and {Y} are the
+# two names in order of first mention; {S} is the subject, who gives; the prompt ends where the
+# indirect object (IO) comes next. ABBA: X = IO, Y = S. BABA: X = S, Y = IO.
+# c = " IO", w = " S". Objects start with a consonant (they follow "a").
+
+IOI_TEMPLATES = [
+    "When {X} and {Y} went to the {place}, {S} gave a {object} to",
+    "After {X} and {Y} went to the {place}, {S} gave a {object} to",
+    "Then, {X} and {Y} went to the {place}. {S} gave a {object} to",
+    "While {X} and {Y} were working at the {place}, {S} gave a {object} to",
+    "Then, {X} and {Y} had a lot of fun at the {place}. {S} gave a {object} to",
+    "When {X} and {Y} got a {object} at the {place}, {S} decided to give it to",
+    "Afterwards, {X} and {Y} went to the {place}. {S} handed a {object} to",
+    "Then, {X} and {Y} were thinking about going to the {place}. {S} wanted to give a {object} to",
+    "Friends {X} and {Y} found a {object} at the {place}. {S} gave it to",
+    "After a long day at the {place}, {X} and {Y} were tired. {S} passed a {object} to",
+    "Then, {X} and {Y} had a long argument. Afterwards {S} said to",
+    "When {X} and {Y} arrived at the {place}, {S} threw a {object} to",
+    "The {place} was busy when {X} and {Y} arrived, so {S} brought a {object} to",
+]
+
+# First names that are not also common words, countries or cities.
+NAMES = """
+Mary John Tom James Michael David Sarah Emma Anna Kate Lisa Paul Peter Alice Bob Jack Daniel Chris
+Steve Laura Rachel Amy Emily Jessica Jennifer Linda Susan Karen Nancy Helen Sandra Donna Carol Ruth
+Sharon Michelle Kelly Robert William Richard Joseph Thomas Charles Edward Henry Frank Scott Eric
+Jason Ryan Kevin Brian Adam Andrew Matthew Joshua Jacob Ben Sam Tim Dan Alex Jane Julia Lucy Amanda
+Ashley Megan Hannah Anne Martin Jeff Greg Luke Ian Carl Roger Simon Oliver Harry Charlie Kyle Sean
+Nick Tony Jonathan Patrick Justin Brandon Tyler Aaron Nathan Jeremy Claire Sophie Olivia Diana Maria
+""".split()
+
+PLACES = """
+store park school hospital beach house office restaurant station garden library market church
+river lake cafe airport hotel museum theater kitchen bank farm zoo mall gym stadium
+""".split()
+
+OBJECTS = """
+ball book bag bottle box cake card coin cup drink flower gift hat key letter map necklace note pen
+phone pencil plate ring scarf snack sandwich basket computer guitar bone toy watch shirt ticket
+candle banana knife chair towel
+""".split()
+
+
+def ioi_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen_lengths: bool,
+              test_frac: float, n_train: int, n_test: int, notes: list[str]) -> tuple[list, list, list]:
+    """IOI items for train and test, and the templates used.
+
+    Names, places and objects are kept if one token (with their leading space), so each template
+    has one token length. Names are split train/test (seeded): test prompts use only unseen names.
+    Prompts are drawn at random (template, ABBA/BABA order, two names, place, object), without
+    repeats, until the split has its size or the draws run out."""
+    rng = random.Random(f"ioi/{seed}")
+    names = [n for n in NAMES if single_token(tokenizer, " " + n) is not None]
+    places = [p for p in PLACES if single_token(tokenizer, " " + p) is not None]
+    objects = [o for o in OBJECTS if single_token(tokenizer, " " + o) is not None]
+    notes.append(f"one-token words kept: {len(names)}/{len(NAMES)} names, {len(places)}/{len(PLACES)} places, "
+                 f"{len(objects)}/{len(OBJECTS)} objects")
+    if fixed_length:
+        if not 0 <= template < len(IOI_TEMPLATES):
+            raise UserError(f"--template {template} does not exist; IOI has templates 0..{len(IOI_TEMPLATES) - 1}")
+        templates = [IOI_TEMPLATES[template]]
+    else:
+        templates = list(IOI_TEMPLATES)
+
+    train_n, test_n = split_groups(names, test_frac, rng, "names")
+    notes.append(f"split by name: {len(train_n)} train, {len(test_n)} test names")
+
+    def draw(pool: set, n: int) -> list[Item]:
+        pool, seen, items = sorted(pool), set(), []
+        for _ in range(50 * n):  # enough draws to fill any split that can be filled
+            if len(items) == n:
+                break
+            tpl = rng.choice(templates)
+            io, s = rng.sample(pool, 2)
+            x, y = (io, s) if rng.random() < 0.5 else (s, io)  # ABBA or BABA
+            prompt = tpl.format(X=x, Y=y, S=s, place=rng.choice(places), object=rng.choice(objects))
+            if prompt not in seen:
+                seen.add(prompt)
+                items.append(Item(prompt, " " + io, " " + s, (io, s)))
+        return items
+
+    if unseen_lengths and not fixed_length:  # draw plenty, then keep the lengths each side may have
+        train, test = hold_out_lengths(draw(train_n, 4 * n_train), draw(test_n, 4 * n_test), tokenizer, notes)
+    else:
+        train, test = draw(train_n, n_train), draw(test_n, n_test)
+    if fixed_length:
+        train, test = keep_modal_length(train, test, tokenizer, "prompts", notes)
+    return train, test, templates
+
+
+# ----------------------------------------------------------------------------- custom JSONL
+
+
+def read_jsonl(path: Path, tokenizer) -> list[Item]:
+    """Read a custom task: one {"prompt": ..., "correct": ..., "wrong": ...} per line (blank lines
+    are skipped, other fields ignored). Any problem raises a UserError naming the line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(f"cannot read task file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    items, first_seen = [], {}
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: bad JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f'{where}: expected an object {{"prompt": ..., "correct": ..., "wrong": ...}}, '
+                            f"got {type(row).__name__}")
+        for key in ("prompt", "correct", "wrong"):
+            if key not in row:
+                raise UserError(f'{where}: missing field "{key}" (need "prompt", "correct" and "wrong")')
+            if not isinstance(row[key], str) or not row[key]:
+                raise UserError(f'{where}: field "{key}" must be a non-empty string, got {row[key]!r}')
+        try:
+            for key in ("correct", "wrong"):
+                ids = tokenizer.encode(row[key])
+                if len(ids) != 1:
+                    pieces = [token_str(tokenizer, i) for i in ids]
+                    raise UserError(f'{where}: "{key}" {row[key]!r} is {len(ids)} tokens {pieces} for this '
+                                    "model's tokenizer; it must be exactly one (answers usually start with a "
+                                    'space, e.g. " Paris")')
+            tokenizer.encode(row["prompt"])
+        except ValueError as e:  # e.g. tiktoken refusing a special token written in the text
+            raise UserError(f"{where}: cannot tokenize: {e}") from None
+        if tokenizer.encode(row["correct"]) == tokenizer.encode(row["wrong"]):
+            raise UserError(f'{where}: "correct" and "wrong" are the same token {row["correct"]!r}')
+        key = (row["prompt"], row["correct"], row["wrong"])
+        if key in first_seen:
+            raise UserError(f"{where}: duplicate of line {first_seen[key]}; remove one of them")
+        first_seen[key] = n
+        items.append(Item(row["prompt"], row["correct"], row["wrong"], (n,)))
+    if not items:
+        raise UserError(f"{path} has no items; write one JSON object per line")
+    return items
+
+
+def jsonl_items(path: Path, tokenizer, *, seed: int, fixed_length: bool, unseen_lengths: bool,
+                test_frac: float, notes: list[str]) -> tuple[list, list]:
+    """Train and test items of a custom task. The lines are shuffled (seeded) and test_frac * n of
+    them (rounded) go to test, but at least one to each side: a file needs 2 items or more. With
+    unseen_lengths (DynScalar) the split is by prompt length instead (see hold_out_lengths)."""
+    items = read_jsonl(path, tokenizer)
+    rng = random.Random(f"jsonl/{seed}")
+    lengths = Counter(n_tokens(tokenizer, it.prompt) for it in items)
+    no_space = sum(not (it.correct[0].isspace() and it.wrong[0].isspace()) for it in items)
+    notes.append(f"{path.name}: {len(items)} items, prompt lengths {count_str(lengths)}")
+    if no_space:
+        notes.append(f"note: {no_space} items have an answer without a leading space; after a prompt like "
+                     "'... A:' the model's next token usually starts with one (' Paris')")
+    if fixed_length and len(lengths) > 1:
+        raise UserError(f"{path}: the prompts have {len(lengths)} different token lengths ({count_str(lengths)}); "
+                        "activscalar and steervec tie parameters to positions and need one length. "
+                        "Use --method dynscalar, or write prompts of equal length")
+    if unseen_lengths and not fixed_length:
+        return hold_out_lengths(items, items, tokenizer, notes)  # each item goes where its length says
+    if len(items) < 2:
+        raise UserError(f"{path} has 1 item; it needs at least 2 (one for train, one for test)")
+    train_lines, test_lines = split_groups([it.group for it in items], test_frac, rng, "items")
+    notes.append(f"split by line: {len(train_lines)} train, {len(test_lines)} test")
+    return [it for it in items if it.group in train_lines], [it for it in items if it.group in test_lines]
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True, unseen_lengths: bool = False,
+              template: int = 0, n_train: int | None = None, n_test: int | None = None,
+              test_frac: float = TEST_FRAC, wrongs_per_country: int = 5) -> Task:
+    """Load a task's train and test prompts, tokenised for `tokenizer`.
+
+    task            "ccc", "ioi", or the path of a .jsonl file ({"prompt", "correct", "wrong"} a line)
+    seed            everything random (splits, wrong cities, names) follows from it
+    fixed_length    True for ActivScalar/SteerVec: one template (`template`, CCC/IOI), all prompts
+                    one token length. False for DynScalar: all templates, mixed lengths.
+    unseen_lengths  with fixed_length=False: test prompts only have lengths no train prompt has
+    template        which template a fixed-length CCC/IOI task uses (index into CCC_/IOI_TEMPLATES)
+    n_train, n_test caps on the split sizes (default 300/100 for CCC/IOI, all lines for JSONL)
+    test_frac       share of countries / names / lines that go to test
+    wrongs_per_country  CCC: prompts per country (and template), each with another wrong city
+    """
+    if unseen_lengths and fixed_length:
+        raise UserError("unseen lengths need prompts of several lengths; use them with --method dynscalar")
+    for flag, n in (("--n-train", n_train), ("--n-test", n_test)):
+        if n is not None and n < 1:
+            raise UserError(f"{flag} must be at least 1, got {n}")
+    if not 0 < test_frac < 1:
+        raise UserError(f"test fraction must be between 0 and 1, got {test_frac}")
+    notes: list[str] = []
+    templates: list[str] = []
+    rng = random.Random(f"cap/{seed}")
+    if task == "ccc":
+        train, test, templates = ccc_items(tokenizer, seed=seed, fixed_length=fixed_length, template=template,
+                                           unseen_lengths=unseen_lengths, test_frac=test_frac,
+                                           wrongs_per_country=wrongs_per_country, notes=notes)
+        n_train, n_test = n_train or N_TRAIN, n_test or N_TEST
+    elif task == "ioi":
+        n_train, n_test = n_train or N_TRAIN, n_test or N_TEST
+        train, test, templates = ioi_items(tokenizer, seed=seed, fixed_length=fixed_length, template=template,
+                                           unseen_lengths=unseen_lengths, test_frac=test_frac,
+                                           n_train=n_train, n_test=n_test, notes=notes)
+    elif task.endswith(".jsonl"):
+        path = Path(task)
+        if not path.is_file():
+            raise UserError(f"task file {task} does not exist")
+        train, test = jsonl_items(path, tokenizer, seed=seed, fixed_length=fixed_length,
+                                  unseen_lengths=unseen_lengths, test_frac=test_frac, notes=notes)
+        task = path.name
+    else:
+        raise UserError(f"unknown task {task!r}; choose ccc, ioi, or the path of a .jsonl file")
+
+    train, test = cap(train, n_train, rng), cap(test, n_test, rng)
+    for name, items in (("train", train), ("test", test)):
+        if not items:
+            raise UserError(f"no {name} prompts are left for task {task} with this tokenizer and these options")
+    notes.append(f"prompts: {len(train)} train, {len(test)} test")
+    task_ = Task(task, tokenize(train, tokenizer), tokenize(test, tokenizer), fixed_length, templates, notes)
+    if fixed_length:  # position-tied methods read the same positions in train and test
+        assert task_.train.fixed_length and task_.test.fixed_length
+        assert task_.train.ids.shape[1] == task_.test.ids.shape[1]
+    return task_
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@torch.no_grad()
+def preference(model, ps: PromptSet, batch_size: int = 32) -> tuple[float, float]:
+    """Share of prompts where the model's logit for c beats w's, and where c is its top token."""
+    above = top1 = 0
+    for i in range(0, len(ps), batch_size):
+        b = ps.subset(slice(i, i + batch_size))
+        logits = model(b.ids, at=b.answer_pos)                             # (B, V)
+        lc = logits.gather(1, b.correct[:, None])[:, 0]
+        lw = logits.gather(1, b.wrong[:, None])[:, 0]
+        above += int((lc > lw).sum())
+        top1 += int((logits.argmax(-1) == b.correct).sum())
+    return above / len(ps), top1 / len(ps)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Show a task's prompts, its counts, and the unchanged model's preference.")
+    p.add_argument("--task", default="ccc", help="ccc, ioi, or the path of a .jsonl file with one "
+                   '{"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc)')
+    p.add_argument("--model", default="gpt2", help="model whose tokenizer (and logits) to use: a Hub id such as "
+                   "gpt2 or EleutherAI/pythia-70m, or a local folder (default: gpt2)")
+    p.add_argument("--revision", default=None, help="Hub revision of the model, e.g. step1000 for a Pythia checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed for the splits and random choices (default: 0)")
+    p.add_argument("--dynamic", action="store_true", help="the data DynScalar uses: all templates, mixed lengths "
+                   "(default: one template, one length, as for activscalar/steervec)")
+    p.add_argument("--unseen-lengths", action="store_true", help="with --dynamic: test prompts have token lengths "
+                   "that no train prompt has")
+    p.add_argument("--template", type=int, default=0, help="template index for the fixed-length CCC/IOI data "
+                   "(default: 0)")
+    p.add_argument("--n-train", type=int, default=None, help=f"at most this many train prompts (CCC/IOI default: "
+                   f"{N_TRAIN})")
+    p.add_argument("--n-test", type=int, default=None, help=f"at most this many test prompts (CCC/IOI default: "
+                   f"{N_TEST})")
+    p.add_argument("--show", type=int, default=3, help="how many prompts of each split to print (default: 3)")
+    p.add_argument("--no-model", action="store_true", help="load only the tokenizer: skip the model's preference")
+    args = p.parse_args(argv)
+    try:
+        from tokenizer import get_tokenizer
+        tok = get_tokenizer(args.model, revision=args.revision)
+        task = load_task(args.task, tok, seed=args.seed, fixed_length=not args.dynamic,
+                         unseen_lengths=args.unseen_lengths, template=args.template,
+                         n_train=args.n_train, n_test=args.n_test)
+        shape = "one length, for position-tied methods" if task.fixed_length else "mixed lengths, for dynscalar"
+        print(f"task {task.name} for {args.model}" + (f"@{args.revision}" if args.revision else "") + f" ({shape})")
+        for t in task.templates:
+            print(f"  template: {t}")
+        for line in task.notes:
+            print(f"  {line}")
+        for name, ps in (("train", task.train), ("test", task.test)):
+            L = ps.lengths
+            print(f"{name}: {len(ps)} prompts, {int(L.min())}-{int(L.max())} tokens")
+            for i in range(min(args.show, len(ps))):
+                print(f"  {ps.prompts[i]!r} -> correct {ps.correct_str[i]!r}, wrong {ps.wrong_str[i]!r}")
+        if not args.no_model:
+            from gpt2 import GPT
+            model = GPT.from_pretrained(args.model, revision=args.revision)
+            for name, ps in (("train", task.train), ("test", task.test)):
+                above, top1 = preference(model, ps)
+                print(f"model on {name}: logit(correct) > logit(wrong) for {above:.1%} of prompts; "
+                      f"correct is the top token for {top1:.1%}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""tasks.py: CCC, IOI and JSONL tasks with the real GPT-2 and Pythia tokenizers (offline files)."""
+
+import functools
+import json
+import re
+
+import pytest
+import torch
+
+import tasks
+from gpt2 import UserError
+from tokenizer import Tokenizer
+
+
+@functools.cache
+def _pythia(path):
+    return Tokenizer.from_tokenizer_json(path)
+
+
+@pytest.fixture(params=["gpt2", "pythia"])
+def tok(request):
+    """Each real tokenizer in turn: GPT-2's (tiktoken cache) and Pythia's tokenizer.json."""
+    if request.param == "gpt2":
+        request.getfixturevalue("gpt2_bpe")
+        return Tokenizer.gpt2()
+    return _pythia(str(request.getfixturevalue("pythia_tokenizer_json")))
+
+
+@pytest.fixture
+def gpt2_tok(gpt2_bpe):
+    return Tokenizer.gpt2()
+
+
+def all_sets(task):
+    return [task.train, task.test]
+
+
+SHAPES = [dict(fixed_length=True), dict(fixed_length=False), dict(fixed_length=False, unseen_lengths=True)]
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_tables_are_big_enough(tok):
+    assert len(tasks.COUNTRIES) >= 150
+    assert len(set(tasks.COUNTRIES.values())) == len(tasks.COUNTRIES)  # no two countries share a capital
+    assert len(tasks.IOI_TEMPLATES) >= 10
+    names = [n for n in tasks.NAMES if tasks.single_token(tok, " " + n) is not None]
+    assert len(set(names)) >= 50
+    for tpl in tasks.IOI_TEMPLATES:
+        assert tpl.count("{X}") == tpl.count("{Y}") == tpl.count("{S}") == 1 and tpl.index("{X}") < tpl.index("{S}")
+
+
+# ----------------------------------------------------------------------------- CCC and IOI
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["fixed", "dynamic", "unseen-lengths"])
+@pytest.mark.parametrize("name", ["ccc", "ioi"])
+def test_answers_are_single_tokens_and_ids_match(tok, name, shape):
+    task = tasks.load_task(name, tok, **shape)
+    for ps in all_sets(task):
+        assert len(ps) > 0
+        for i in range(len(ps)):
+            for s, t in ((ps.correct_str[i], ps.correct[i]), (ps.wrong_str[i], ps.wrong[i])):
+                assert s.startswith(" ") and tok.encode(s) == [int(t)]
+            assert ps.correct[i] != ps.wrong[i]
+            ids = tok.encode(ps.prompts[i])
+            n = len(ids)
+            assert int(ps.answer_pos[i]) == n - 1
+            assert ps.ids[i, :n].tolist() == ids
+            assert (ps.ids[i, n:] == tok.eot_token).all()  # right-padded
+            assert ps.tokens[i] == [tok.token_str(t) for t in ids]
+        assert ps.ids.dtype == ps.answer_pos.dtype == ps.correct.dtype == ps.wrong.dtype == torch.long
+
+
+@pytest.mark.parametrize("name", ["ccc", "ioi"])
+def test_fixed_length_sets_share_one_length(tok, name):
+    task = tasks.load_task(name, tok, fixed_length=True)
+    assert task.fixed_length and len(task.templates) == 1
+    assert task.train.fixed_length and task.test.fixed_length
+    assert task.train.ids.shape[1] == task.test.ids.shape[1] == int(task.train.answer_pos[0]) + 1
+    assert len(task.train) >= 50 and len(task.test) >= 10
+
+
+@pytest.mark.parametrize("name", ["ccc", "ioi"])
+def test_dynamic_sets_mix_lengths(tok, name):
+    task = tasks.load_task(name, tok, fixed_length=False)
+    assert len(task.templates) > 1
+    assert len(set(task.train.lengths.tolist())) >= 3
+    assert len(task.train) == tasks.N_TRAIN and len(task.test) == tasks.N_TEST
+
+
+@pytest.mark.parametrize("name", ["ccc", "ioi"])
+def test_unseen_lengths_are_disjoint(tok, name):
+    task = tasks.load_task(name, tok, fixed_length=False, unseen_lengths=True)
+    assert not set(task.train.lengths.tolist()) & set(task.test.lengths.tolist())
+    with pytest.raises(UserError, match="dynscalar"):
+        tasks.load_task(name, tok, fixed_length=True, unseen_lengths=True)
+
+
+def country_of(prompt):
+    """The country a CCC prompt's question asks about."""
+    return re.search(r"is the capital (?:city )?of ([^?.]+)\?", prompt).group(1)
+
+
+def countries_in(ps):
+    return {country_of(p) for p in ps.prompts}
+
+
+@pytest.mark.parametrize("fixed_length", [True, False])
+def test_ccc_split_by_country(tok, fixed_length):
+    task = tasks.load_task("ccc", tok, fixed_length=fixed_length)
+    train_c, test_c = countries_in(task.train), countries_in(task.test)
+    assert train_c <= set(tasks.COUNTRIES) and test_c <= set(tasks.COUNTRIES)
+    assert not train_c & test_c
+    # Neither a test country's capital nor any test city appears in a train prompt's answers.
+    train_cities = set(task.train.correct_str) | set(task.train.wrong_str)
+    test_cities = set(task.test.correct_str) | set(task.test.wrong_str)
+    assert not train_cities & test_cities
+    for ps in all_sets(task):
+        for p, c, w in zip(ps.prompts, ps.correct_str, ps.wrong_str, strict=True):
+            assert c == " " + tasks.COUNTRIES[country_of(p)] and c != w
+            assert f" is{w}" in p  # the context states the wrong city
+
+
+def test_ccc_first_template_is_the_issues(gpt2_tok):
+    task = tasks.load_task("ccc", gpt2_tok, fixed_length=True, template=0)
+    prompts = task.train.prompts + task.test.prompts
+    p = next(p for p in prompts if country_of(p) == "Germany")
+    assert re.fullmatch(r"The capital of Germany is \w+\. Q: What is the capital of Germany\? A:", p)
+
+
+@pytest.mark.parametrize("fixed_length", [True, False])
+def test_ioi_split_by_names_and_orders(tok, fixed_length):
+    task = tasks.load_task("ioi", tok, fixed_length=fixed_length)
+    names = [set(ps.correct_str) | set(ps.wrong_str) for ps in all_sets(task)]
+    assert not names[0] & names[1]
+    orders = set()
+    for ps in all_sets(task):
+        for p, c, w in zip(ps.prompts, ps.correct_str, ps.wrong_str, strict=True):
+            io, s = c[1:], w[1:]
+            assert p.count(io) == 1 and p.count(s) == 2  # IO once, subject twice
+            orders.add("ABBA" if p.index(io) < p.index(s) else "BABA")
+    assert orders == {"ABBA", "BABA"}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["fixed", "dynamic", "unseen-lengths"])
+@pytest.mark.parametrize("name", ["ccc", "ioi"])
+def test_same_seed_same_sets(gpt2_tok, name, shape):
+    a, b = tasks.load_task(name, gpt2_tok, seed=3, **shape), tasks.load_task(name, gpt2_tok, seed=3, **shape)
+    c = tasks.load_task(name, gpt2_tok, seed=4, **shape)
+    for x, y in zip(all_sets(a), all_sets(b), strict=True):
+        assert x.prompts == y.prompts and torch.equal(x.ids, y.ids) and torch.equal(x.correct, y.correct)
+    assert a.train.prompts != c.train.prompts
+
+
+def test_options_and_errors(gpt2_tok):
+    small = tasks.load_task("ioi", gpt2_tok, n_train=7, n_test=5, template=3)
+    assert (len(small.train), len(small.test)) == (7, 5)
+    assert small.templates == [tasks.IOI_TEMPLATES[3]]
+    with pytest.raises(UserError, match="ccc, ioi"):
+        tasks.load_task("sst2", gpt2_tok)
+    with pytest.raises(UserError, match="template 99"):
+        tasks.load_task("ccc", gpt2_tok, template=99)
+    with pytest.raises(UserError, match="does not exist"):
+        tasks.load_task("nope.jsonl", gpt2_tok)
+    with pytest.raises(UserError, match="--n-test must be at least 1"):
+        tasks.load_task("ioi", gpt2_tok, n_test=0)
+
+
+def test_subset_trims_padding(gpt2_tok):
+    ps = tasks.load_task("ccc", gpt2_tok, fixed_length=False).train
+    short = int(ps.lengths.argmin())
+    one = ps.subset([short])
+    assert len(one) == 1 and one.ids.shape == (1, int(ps.lengths[short]))
+    assert one.prompts == [ps.prompts[short]] and one.correct.tolist() == [int(ps.correct[short])]
+
+
+# ----------------------------------------------------------------------------- custom JSONL
+
+
+def write_jsonl(tmp_path, rows, name="task.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def row(prompt="The capital of France is", correct=" Paris", wrong=" Rome"):
+    return {"prompt": prompt, "correct": correct, "wrong": wrong}
+
+
+def capital_rows(n):
+    cities = ["Paris", "Rome", "Berlin", "Madrid", "Vienna", "Oslo", "Tokyo", "London", "Cairo", "Dublin"]
+    return [row(f"Q: Name city number {i}. A:", " " + cities[i % 10], " " + cities[(i + 1) % 10]) for i in range(n)]
+
+
+def test_jsonl_loads_and_splits(tok, tmp_path):
+    path = write_jsonl(tmp_path, capital_rows(10) + [""])  # a blank line is skipped
+    task = tasks.load_task(path, tok, seed=1, fixed_length=False)
+    assert task.name == "task.jsonl" and task.templates == []
+    assert (len(task.train), len(task.test)) == (7, 3)  # 0.25 * 10 = 2.5 -> 3 lines for test
+    assert not set(task.train.prompts) & set(task.test.prompts)
+    assert sorted(task.train.prompts + task.test.prompts) == sorted(r["prompt"] for r in capital_rows(10))
+    again = tasks.load_task(path, tok, seed=1, fixed_length=False)
+    assert again.test.prompts == task.test.prompts
+
+
+def test_jsonl_tiny_files(gpt2_tok, tmp_path):
+    two = tasks.load_task(write_jsonl(tmp_path, capital_rows(2)), gpt2_tok)
+    assert (len(two.train), len(two.test)) == (1, 1)
+    with pytest.raises(UserError, match="at least 2"):
+        tasks.load_task(write_jsonl(tmp_path, capital_rows(1)), gpt2_tok)
+    with pytest.raises(UserError, match="no items"):
+        tasks.load_task(write_jsonl(tmp_path, [""]), gpt2_tok)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([row(), "{not json"], r"line 2: bad JSON"),
+    ([row(), '["a", "b"]'], r"line 2: expected an object"),
+    ([row(), {"prompt": "x", "correct": " Paris"}], r'line 2: missing field "wrong"'),
+    ([{"prompt": "", "correct": " Paris", "wrong": " Rome"}], r'line 1: field "prompt" must be a non-empty string'),
+    ([row(), row(correct=" Ouagadougou")], r'line 2: "correct" \' Ouagadougou\' is \d tokens'),
+    ([row(), row(wrong=" Buenos Aires")], r'line 2: "wrong" \' Buenos Aires\' is 2 tokens'),
+    ([row(), row(wrong=" Paris")], r'line 2: "correct" and "wrong" are the same token'),
+    ([row(), row(prompt="other"), row()], r"line 3: duplicate of line 1"),
+])
+def test_jsonl_errors_name_the_line(tok, tmp_path, rows, message):
+    with pytest.raises(UserError, match=message) as e:
+        tasks.load_task(write_jsonl(tmp_path, rows), tok)
+    assert "task.jsonl" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_jsonl_lengths(gpt2_tok, tmp_path):
+    rows = [row(f"The capital of {'really ' * k}old France is") for k in range(6)]
+    rows = [dict(r, wrong=w) for r in rows for w in (" Rome", " Oslo")]
+    path = write_jsonl(tmp_path, rows)
+    with pytest.raises(UserError, match="--method dynscalar"):
+        tasks.load_task(path, gpt2_tok, fixed_length=True)
+    mixed = tasks.load_task(path, gpt2_tok, fixed_length=False)
+    assert len(mixed.train) + len(mixed.test) == 12
+    unseen = tasks.load_task(path, gpt2_tok, fixed_length=False, unseen_lengths=True)
+    assert not set(unseen.train.lengths.tolist()) & set(unseen.test.lengths.tolist())
+    assert len(unseen.train) + len(unseen.test) == 12
+
+
+def test_jsonl_without_leading_space_is_noted(gpt2_tok, tmp_path):
+    task = tasks.load_task(write_jsonl(tmp_path, [row(correct="Paris"), row(prompt="Where?")]), gpt2_tok,
+                           fixed_length=False)
+    assert any("leading space" in n for n in task.notes)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_prints_prompts_counts_and_preference(tiny_gpt2, gpt2_bpe, capsys):
+    folder, _ = tiny_gpt2
+    tasks.main(["--task", "ioi", "--model", str(folder), "--n-train", "6", "--n-test", "4", "--show", "2"])
+    out = capsys.readouterr().out
+    assert "train: 6 prompts" in out and "test: 4 prompts" in out and "split by name" in out
+    assert out.count("-> correct") == 4
+    assert re.search(r"model on test: logit\(correct\) > logit\(wrong\) for \d+\.\d% of prompts", out)
+
+
+def test_cli_user_error_is_one_line(tiny_gpt2, gpt2_bpe, capsys):
+    folder, _ = tiny_gpt2
+    with pytest.raises(SystemExit) as e:
+        tasks.main(["--task", "nope", "--model", str(folder), "--no-model"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown task") and err.count("\n") == 1
+
+
+def test_preference_counts():
+    class Fake:  # logits favour token 1 over 2, and token 1 is the top token
+        def __call__(self, idx, at):
+            logits = torch.zeros(len(idx), 5)
+            logits[:, 1] = 2.0
+            logits[:, 2] = 1.0
+            return logits
+    ps = tasks.PromptSet(["a", "b", "c", "d"], torch.zeros(4, 1, dtype=torch.long), torch.zeros(4, dtype=torch.long),
+                         torch.tensor([1, 1, 2, 3]), torch.tensor([2, 2, 1, 2]), [["a"]] * 4, [""] * 4, [""] * 4)
+    assert tasks.preference(Fake(), ps, batch_size=3) == (0.5, 0.5)
