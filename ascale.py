@@ -1,0 +1,395 @@
+"""
+Activation scaling (Stoehr et al., EMNLP Findings 2024): steer a frozen model by rescaling its
+activation vectors, and read off where a behaviour lives from which scalars moved.
+
+Read top to bottom (SPEC.md defines every term):
+    1. interventions   ActivScalar  h̃ = h·(1 + β·α)         one scalar per location
+                       SteerVec     h̃ = h + β·v             one vector per location (the baseline)
+                       DynScalar    h̃ = h·(1 + β·α(h))      α(h) = w·ĥ + b, one probe per site and layer
+    2. the objective   L = L_E + λF·L_F + λM·L_M            effectiveness, faithfulness, minimality
+    3. training        Adam on the intervention's parameters only; the model stays frozen
+    4. metrics         flip rate, logit difference before/after, KL, parameters, ℓ1, active locations
+    5. save / load     safetensors, with what the intervention was trained for in its metadata
+
+A location is (site, layer, position), and also head for the `head` site. An intervention is an
+nn.Module called as `intervene(site, layer, h)` by gpt2.GPT's forward pass; sites it was not given
+pass through untouched.
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from gpt2 import SITES, GPTConfig, UserError
+
+METHODS = ("activscalar", "steervec", "dynscalar")
+TARGETS = ("flip", "wrong", "correct")
+ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
+
+# ----------------------------------------------------------------------------- 1. interventions
+
+
+def check_sites(sites) -> tuple[str, ...]:
+    sites = tuple(dict.fromkeys(sites))  # unique, in the given order
+    unknown = [s for s in sites if s not in SITES]
+    if unknown or not sites:
+        what = f"unknown site {unknown[0]!r}" if unknown else "no site given"
+        raise UserError(f"{what}; choose from {', '.join(SITES)} (comma-separated)")
+    return sites
+
+
+class Intervention(nn.Module):
+    """Base class: parameters per site, `beta` the strength dial (training uses β = 1).
+
+    `positions` is the prompt length that position-tied methods (ActivScalar, SteerVec) were made
+    for; DynScalar has none and applies to any length."""
+    method = ""
+
+    def __init__(self, cfg: GPTConfig, sites, positions: int | None):
+        super().__init__()
+        self.sites = check_sites(sites)
+        self.n_layer, self.n_head, self.n_embd = cfg.n_layer, cfg.n_head, cfg.n_embd
+        self.positions = positions
+        self.beta = 1.0
+
+    def site_shape(self, site: str) -> tuple[int, ...]:
+        """The shape of one activation vector h at a site: (D,), or (nh, hs) for `head`."""
+        return (self.n_head, self.n_embd // self.n_head) if site == "head" else (self.n_embd,)
+
+    def forward(self, site: str, layer: int, h: torch.Tensor) -> torch.Tensor:
+        if site not in self.sites:
+            return h
+        if self.positions is not None and h.shape[1] != self.positions:
+            raise UserError(f"this {self.method} intervention has parameters for the {self.positions} positions of its"
+                            f" training prompts; it cannot read a {h.shape[1]}-token prompt (dynscalar can)")
+        return self.apply(site, layer, h)
+
+    def extra_repr(self) -> str:
+        return f"sites={','.join(self.sites)}, positions={self.positions}, beta={self.beta}"
+
+
+class Scaling(Intervention):
+    """The multiplicative methods: h̃ = h·(1 + β·α), with α from `scale` (a parameter or a probe)."""
+
+    def apply(self, site, layer, h):
+        # h (B, T, D) · (T | B,T, 1)  or  h (B, T, nh, hs) · (T | B,T, nh, 1): one broadcast multiply
+        return h * (1 + self.beta * self.scale(site, layer, h)).unsqueeze(-1).to(h.dtype)
+
+
+class ActivScalar(Scaling):
+    """h̃ = h·(1 + β·α): one scalar α per (layer, position) of each site, and per head for `head`.
+    α = 0 changes nothing (the initial state), α = -1 switches a location off, α = -2 reverses it."""
+    method = "activscalar"
+
+    def __init__(self, cfg: GPTConfig, sites, positions: int):
+        super().__init__(cfg, sites, positions)
+        self.alpha = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)[:-1]))
+                                       for s in self.sites})       # (L, T) or (L, T, nh) for head
+
+    def scale(self, site: str, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """α of every location of this site and layer: (T,) or (T, nh), shared by the batch."""
+        return self.alpha[site][layer]
+
+    def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
+        """What each location does, for the heatmap: β·α, (L, T) or (L, T, nh) per site."""
+        return {s: self.beta * a.detach() for s, a in self.alpha.items()}
+
+
+class SteerVec(Intervention):
+    """h̃ = h + β·v: one vector v per location (the additive steering baseline)."""
+    method = "steervec"
+
+    def __init__(self, cfg: GPTConfig, sites, positions: int):
+        super().__init__(cfg, sites, positions)
+        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)))
+                                   for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
+
+    def apply(self, site, layer, h):
+        return h + (self.beta * self.v[site][layer]).to(h.dtype)   # (B, T, ...) + (T, ...)
+
+    def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
+        """‖β·v‖ per location: (L, T) or (L, T, nh) per site."""
+        return {s: (self.beta * v.detach()).norm(dim=-1) for s, v in self.v.items()}
+
+
+class DynScalar(Scaling):
+    """h̃ = h·(1 + β·α(h)) with α(h) = w·ĥ + b, ĥ = h/‖h‖: the scalar is a linear probe of the
+    activation's direction. One (w, b) per site and layer, shared by all positions, so it applies to
+    prompts of any length. (ĥ is unit-length so that α does not grow with the activation's norm,
+    which differs a lot between sites and layers; see the README.)"""
+    method = "dynscalar"
+
+    def __init__(self, cfg: GPTConfig, sites, positions=None):
+        super().__init__(cfg, sites, None)
+        self.w = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, *self.site_shape(s)))
+                                   for s in self.sites})           # (L, D) or (L, nh, hs) for head
+        self.b = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, *self.site_shape(s)[:-1]))
+                                   for s in self.sites})           # (L,) or (L, nh) for head
+
+    def scale(self, site, layer, h):
+        """α(h) for every location of the batch: (B, T) or (B, T, nh) for head."""
+        h = h.float()
+        h_hat = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-6)   # (B, T, [nh,] hs|D), unit length
+        return (h_hat * self.w[site][layer]).sum(-1) + self.b[site][layer]
+
+    def location_map(self, model, ids) -> dict[str, torch.Tensor]:
+        """β·α(h) on one prompt ids (1, T): (L, T) or (L, T, nh) per site."""
+        maps = {s: [None] * self.n_layer for s in self.sites}
+
+        def record(site, layer, h):
+            if site in self.sites:
+                maps[site][layer] = self.beta * self.scale(site, layer, h)[0]
+            return self(site, layer, h)
+
+        with torch.no_grad():
+            model(ids, intervene=record, at=torch.tensor([ids.shape[1] - 1], device=ids.device))
+        return {s: torch.stack(m) for s, m in maps.items()}
+
+
+def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
+    """A fresh intervention (all parameters 0: the unchanged model). positions: the prompt length,
+    needed by the position-tied methods."""
+    classes = {"activscalar": ActivScalar, "steervec": SteerVec, "dynscalar": DynScalar}
+    if method not in classes:
+        raise UserError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
+    if method != "dynscalar" and not positions:
+        raise UserError(f"{method} needs the prompt length (positions)")
+    return classes[method](cfg, sites, positions)
+
+
+def l1(iv: Intervention) -> torch.Tensor:
+    """‖θ‖₁: the sum of absolute values of all intervention parameters (SPEC: minimality)."""
+    return sum(p.abs().sum() for p in iv.parameters())
+
+
+def n_params(iv: Intervention) -> int:
+    return sum(p.numel() for p in iv.parameters())
+
+
+# ----------------------------------------------------------------------------- 2. the objective
+
+
+@dataclass
+class Batch:
+    """A prompt set with what the objective needs about the original model there, computed once
+    (no gradients) by `prepare` and reused at every step. Index it to take a minibatch."""
+    ids: torch.Tensor          # (N, T) prompt tokens, right-padded
+    answer_pos: torch.Tensor   # (N,) position of the last prompt token, where logits are read
+    answers: torch.Tensor      # (N, 2) target token t and other token o: (c, w) or (w, c)
+    diff_before: torch.Tensor  # (N,) original ℓ(t) - ℓ(o)
+    p_rest: torch.Tensor       # (N, V) original p⁻: next-token distribution without c and w, renormalised
+    neg_entropy: torch.Tensor  # (N,) Σ p⁻ log p⁻, the constant part of KL(p⁻ ‖ p̃⁻)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index) -> "Batch":
+        return Batch(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+def rest_log_likelihood(p_rest: torch.Tensor, logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """Σ_v p⁻(v) log q⁻(v) for q⁻ = softmax(logits) without c and w: (B,).
+    Since Σ p⁻ = 1 and log q⁻ = ℓ - logsumexp(ℓ over the rest), this is Σ p⁻ℓ - logsumexp_rest(ℓ);
+    written so, nothing multiplies the -inf of the removed tokens."""
+    rest = logits.scatter(1, answers, float("-inf"))                # (B, V): c and w removed
+    return (p_rest * logits).sum(1) - rest.logsumexp(1)
+
+
+def answer_stats(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intervened logits ℓ̃ (B, V) at the answer positions -> (ℓ̃(t) - ℓ̃(o), KL(p⁻ ‖ p̃⁻)), each (B,)."""
+    lt, lo = logits.gather(1, batch.answers).unbind(1)              # (B,), (B,)
+    kl = batch.neg_entropy - rest_log_likelihood(batch.p_rest, logits, batch.answers)
+    return lt - lo, kl
+
+
+@torch.no_grad()
+def answer_logits(model, ids, answer_pos, intervene=None, batch_size: int = 64) -> torch.Tensor:
+    """Logits (N, V) at the answer positions only, float32, computed batch_size prompts at a time."""
+    return torch.cat([model(ids[i:i + batch_size], intervene=intervene, at=answer_pos[i:i + batch_size]).float()
+                      for i in range(0, len(ids), batch_size)])
+
+
+@torch.no_grad()
+def prepare(model, prompts, target: str = "flip", batch_size: int = 64) -> Batch:
+    """Run the original model once on a prompt set (tasks.PromptSet: ids, answer_pos, correct,
+    wrong) and keep what the objective and the metrics compare against.
+
+    target (SPEC): flip -> t is whichever of c, w the original model ranks lower, so every
+    prediction is flipped; wrong -> t = w; correct -> t = c. o is the other one."""
+    if target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}")
+    device = model.lm_head.weight.device
+    ids, pos = prompts.ids.to(device), prompts.answer_pos.to(device)
+    c, w = prompts.correct.to(device), prompts.wrong.to(device)
+    if (c == w).any():
+        raise UserError(f"prompt {int((c == w).nonzero()[0])} has the same token as correct and wrong answer")
+    logits = answer_logits(model, ids, pos, batch_size=batch_size)   # (N, V) ℓ
+    lc, lw = logits.gather(1, c[:, None])[:, 0], logits.gather(1, w[:, None])[:, 0]
+    t = {"flip": torch.where(lc > lw, w, c), "wrong": w, "correct": c}[target]
+    answers = torch.stack([t, c + w - t], 1)                         # (N, 2): o is the one t is not
+    p_rest = logits.scatter(1, answers, float("-inf")).softmax(1)   # (N, V), 0 at c and w
+    lt, lo = logits.gather(1, answers).unbind(1)
+    return Batch(ids, pos, answers, lt - lo, p_rest, rest_log_likelihood(p_rest, logits, answers))
+
+
+def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = 0.01,
+              margin: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One step's loss, L = L_E + λF·L_F + λM·L_M (SPEC, "The three-term objective"):
+        L_E = mean over prompts of max(0, m - (ℓ̃(t) - ℓ̃(o)))   effectiveness: hinge with margin m
+        L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
+        L_M = ‖θ‖₁                                           minimality
+    Returns the loss and its three terms (unweighted)."""
+    logits = model(batch.ids, intervene=iv, at=batch.answer_pos).float()  # (B, V) ℓ̃, answer positions only
+    diff, kl = answer_stats(logits, batch)
+    terms = {"L_E": (margin - diff).clamp(min=0).mean(), "L_F": kl.mean(), "L_M": l1(iv)}
+    return terms["L_E"] + lambda_f * terms["L_F"] + lambda_m * terms["L_M"], terms
+
+
+# ----------------------------------------------------------------------------- 3. training
+
+
+def fit(model, iv: Intervention, batch: Batch, *, epochs: int = 25, lr: float = 0.02, batch_size: int = 32,
+        lambda_f: float = 1.0, lambda_m: float = 0.01, margin: float = 1.0, seed: int = 0,
+        progress: bool = True) -> dict:
+    """Train iv's parameters with Adam on the objective, the model frozen. Minibatches are drawn
+    by a torch.Generator seeded with `seed` (the same numbers on CPU for the same seed).
+
+    Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted"}. Ctrl-C stops
+    training and returns what was learned so far; a loss that is not finite raises UserError."""
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(iv.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(batch)
+    per_epoch = math.ceil(n / batch_size)
+    curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}
+    bar = tqdm(total=epochs * per_epoch, disable=not progress, desc=f"{iv.method}", unit="step")
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen).to(batch.ids.device)
+            for i in range(0, n, batch_size):
+                mb = batch if batch_size >= n else batch[order[i:i + batch_size]]
+                loss, terms = objective(model, iv, mb, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
+                values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()
+                if not math.isfinite(values[0]):
+                    bad = next((k for k, v in zip(terms, values[1:], strict=True) if not math.isfinite(v)), "loss")
+                    raise UserError(f"the loss became {values[0]} at step {len(curve['loss']) + 1} ({bad} is not"
+                                    f" finite); lower --lr (now {lr:g})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for k, v in zip(curve, values, strict=True):
+                    curve[k].append(v)
+                bar.update()
+                bar.set_postfix(L_E=f"{values[1]:.3f}", L_F=f"{values[2]:.4f}", L_M=f"{values[3]:.2f}")
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    return {**curve, "steps": len(curve["loss"]), "interrupted": interrupted}
+
+
+# ----------------------------------------------------------------------------- 4. metrics
+
+
+@torch.no_grad()
+def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
+    """SPEC's effectiveness and faithfulness on a prepared prompt set, at iv's current β:
+    flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)), mean ℓ(t) - ℓ(o) before and after, mean KL (nats)."""
+    diffs, kls = [], []
+    for i in range(0, len(batch), batch_size):
+        mb = batch[i:i + batch_size]
+        diff, kl = answer_stats(model(mb.ids, intervene=iv, at=mb.answer_pos).float(), mb)
+        diffs.append(diff)
+        kls.append(kl)
+    diff, kl = torch.cat(diffs), torch.cat(kls)
+    return {"flip_rate": (diff > 0).float().mean().item(), "kl": kl.mean().item(),
+            "logit_diff_before": batch.diff_before.mean().item(), "logit_diff_after": diff.mean().item(),
+            "n_prompts": len(batch)}
+
+
+@torch.no_grad()
+def active_locations(model, iv: Intervention, batch: Batch, threshold: float = ACTIVE,
+                     batch_size: int = 64) -> float:
+    """Number of active locations, averaged over the prompts: locations (site, layer, position
+    up to the answer, [head]) where ‖h̃ - h‖ >= threshold·‖h‖. For ActivScalar this is exactly the
+    number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt."""
+    counts = []
+    for i in range(0, len(batch), batch_size):
+        mb = batch[i:i + batch_size]
+        real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
+
+        def record(site, layer, h, real=real):
+            out = iv(site, layer, h)
+            if site in iv.sites:
+                active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
+                counts.append((active & (real if active.dim() == 2 else real[..., None])).sum())
+            return out
+
+        model(mb.ids, intervene=record, at=mb.answer_pos)
+    return torch.stack(counts).sum().item() / len(batch) if counts else 0.0
+
+
+def minimality(iv: Intervention) -> dict[str, float]:
+    return {"n_params": n_params(iv), "l1": l1(iv).item()}
+
+
+# ----------------------------------------------------------------------------- 5. save and load
+
+FORMAT = "ascale-intervention-1"
+
+
+def save(path, iv: Intervention, *, model, tokens=(), **run) -> None:
+    """Write iv's parameters as safetensors, atomically (a temporary file, then os.replace). The
+    metadata says what it is and what it was trained for: method, sites, model id, revision and
+    shape, prompt length, the token strings of the positions, and `run` (task, target, seed, ...)."""
+    from safetensors.torch import save as to_bytes
+    meta = {"format": FORMAT, "method": iv.method, "sites": ",".join(iv.sites),
+            "model": str(getattr(model, "name_or_path", "")), "revision": str(getattr(model, "revision", "") or ""),
+            "model_type": model.config.model_type, "n_layer": str(iv.n_layer), "n_head": str(iv.n_head),
+            "n_embd": str(iv.n_embd), "positions": str(iv.positions or ""), "tokens": json.dumps(list(tokens)),
+            **{k: str(v) for k, v in run.items()}}
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in iv.state_dict().items()}
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(to_bytes(tensors, metadata=meta))
+    os.replace(tmp, path)
+
+
+def read_metadata(path) -> dict[str, str]:
+    """The metadata of an intervention file; UserError if it is not one."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise UserError(f"intervention file {path} does not exist") from None
+    except Exception as e:  # safetensors raises its own error types for damaged or foreign files
+        raise UserError(f"{path} is not a safetensors file ({type(e).__name__})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is a safetensors file but not an ascale intervention (no {FORMAT!r} metadata)")
+    return meta
+
+
+def load(path, model) -> tuple[Intervention, dict[str, str]]:
+    """Read an intervention saved by `save` for `model`; UserError if it was made for another shape."""
+    from safetensors.torch import load_file
+    meta = read_metadata(path)
+    cfg = model.config
+    want = (int(meta["n_layer"]), int(meta["n_head"]), int(meta["n_embd"]))
+    have = (cfg.n_layer, cfg.n_head, cfg.n_embd)
+    if want != have:
+        raise UserError(f"{path} was trained on {meta['model'] or 'a model'} ({want[0]} layers, {want[1]} heads,"
+                        f" width {want[2]}); {getattr(model, 'name_or_path', 'this model')} has {have[0]} layers,"
+                        f" {have[1]} heads, width {have[2]}: train an intervention for this model")
+    iv = make(meta["method"], cfg, meta["sites"].split(","), int(meta["positions"]) if meta["positions"] else None)
+    try:
+        iv.load_state_dict(load_file(str(path)))
+    except RuntimeError as e:
+        raise UserError(f"{path}: its tensors do not match its metadata ({str(e).splitlines()[0]})") from None
+    return iv.to(model.lm_head.weight.device), meta

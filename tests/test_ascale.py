@@ -1,0 +1,317 @@
+"""ascale.py on a tiny random GPT-2 (and Pythia): interventions, objective, training, metrics, files."""
+
+import pytest
+import torch
+from conftest import save_checkpoint, tiny_hf_model
+from safetensors.torch import load_file
+
+import ascale
+from gpt2 import GPT, GPTConfig, UserError
+from tasks import PromptSet
+
+X, Y = 6342, 11307  # " Paris", " Berlin" in GPT-2's vocabulary: the two answers of the test prompts
+FAST = dict(epochs=50, lr=0.1, batch_size=8, lambda_m=1e-3, progress=False)  # enough for the tiny model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = save_checkpoint(tiny_hf_model("gpt2"), tmp_path_factory.mktemp("ckpt") / "tiny-gpt2")
+    return GPT.from_pretrained(str(folder))
+
+
+def prompts(N=8, T=8, seed=1, swap=False) -> PromptSet:
+    """N random prompts of T tokens, all with correct X and wrong Y (swap: the second half the
+    other way round, so that `flip` turns some correct answers wrong and some wrong ones correct).
+    With seed 1 the tiny model ranks X above Y on every prompt."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50257, (N, T), generator=g)
+    c, w = torch.full((N,), X), torch.full((N,), Y)
+    if swap:
+        c[N // 2:], w[N // 2:] = Y, X
+    return PromptSet([""] * N, ids, torch.full((N,), T - 1), c, w, [["tok"] * T] * N, [" Paris"] * N, [" Berlin"] * N)
+
+
+def trained(model, method="activscalar", target="flip", sites=("attn_out", "mlp_out"), ps=None, **kw):
+    ps = ps or prompts(swap=target == "flip")
+    batch = ascale.prepare(model, ps, target)
+    iv = ascale.make(method, model.config, sites, ps.ids.shape[1])
+    curve = ascale.fit(model, iv, batch, **{**FAST, **kw})
+    return iv, batch, curve
+
+
+# ----------------------------------------------------------------------------- interventions
+
+
+@pytest.mark.parametrize("method", ascale.METHODS)
+@pytest.mark.parametrize("sites", [("head",), ("attn_out", "mlp_out"), ("resid",)])
+def test_a_fresh_intervention_changes_nothing(model, method, sites):
+    ps = prompts()
+    iv = ascale.make(method, model.config, sites, ps.ids.shape[1])
+    assert torch.equal(model(ps.ids, intervene=iv), model(ps.ids))
+
+
+def test_parameter_shapes(model):
+    L, nh, D, T = 2, 3, 48, 8
+    a = ascale.make("activscalar", model.config, ["head", "mlp_out"], T)
+    assert a.alpha["head"].shape == (L, T, nh) and a.alpha["mlp_out"].shape == (L, T)
+    s = ascale.make("steervec", model.config, ["head", "mlp_out"], T)
+    assert s.v["head"].shape == (L, T, nh, D // nh) and s.v["mlp_out"].shape == (L, T, D)
+    d = ascale.make("dynscalar", model.config, ["head", "mlp_out"])
+    assert d.w["head"].shape == (L, nh, D // nh) and d.b["head"].shape == (L, nh)
+    assert d.w["mlp_out"].shape == (L, D) and d.b["mlp_out"].shape == (L,)
+    assert ascale.n_params(a) == L * T * (nh + 1)
+
+
+def by_hand(alpha: dict, beta: float):
+    """h·(1 + β·α) written out, one location at a time."""
+    def fn(site, layer, h):
+        if site not in alpha:
+            return h
+        h = h.clone()
+        for i in range(h.shape[1]):
+            h[:, i] = h[:, i] * (1 + beta * alpha[site][layer, i]).unsqueeze(-1)
+        return h
+    return fn
+
+
+@pytest.mark.parametrize("beta", [1.0, -1.0, 2.5])
+def test_activscalar_is_h_times_one_plus_beta_alpha(model, beta):
+    ps = prompts()
+    iv = ascale.make("activscalar", model.config, ["head", "mlp_out"], 8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.normal_()
+    iv.beta = beta
+    want = model(ps.ids, intervene=by_hand({s: a.detach() for s, a in iv.alpha.items()}, beta))
+    torch.testing.assert_close(model(ps.ids, intervene=iv), want)
+
+
+def test_steervec_adds_beta_v_and_dynscalar_probes_the_direction(model):
+    h = torch.randn(2, 8, 48)
+    sv = ascale.make("steervec", model.config, ["mlp_out"], 8)
+    dyn = ascale.make("dynscalar", model.config, ["mlp_out"])
+    with torch.no_grad():
+        sv.v["mlp_out"].normal_()
+        dyn.w["mlp_out"].normal_()
+        dyn.b["mlp_out"].fill_(0.5)
+    sv.beta = dyn.beta = 0.5
+    torch.testing.assert_close(sv("mlp_out", 1, h), h + 0.5 * sv.v["mlp_out"][1])
+    alpha = (h / h.norm(dim=-1, keepdim=True)) @ dyn.w["mlp_out"][1] + 0.5   # (2, 8)
+    torch.testing.assert_close(dyn("mlp_out", 1, h), h * (1 + 0.5 * alpha)[..., None])
+    torch.testing.assert_close(dyn("mlp_out", 1, 3 * h), 3 * dyn("mlp_out", 1, h))  # α ignores the norm
+    assert torch.equal(sv("attn_out", 1, h), h)                                     # other sites untouched
+
+
+def test_unknown_method_or_site():
+    with pytest.raises(UserError, match="unknown method 'scale'.*activscalar"):
+        ascale.make("scale", GPTConfig(), ["mlp_out"], 4)
+    with pytest.raises(UserError, match="unknown site 'mlp'.*mlp_out"):
+        ascale.make("activscalar", GPTConfig(), ["mlp"], 4)
+
+
+@pytest.mark.parametrize("method", ["activscalar", "steervec"])
+def test_position_tied_methods_refuse_another_length(model, method):
+    iv = ascale.make(method, model.config, ["mlp_out"], 8)
+    with pytest.raises(UserError, match="8 positions.*6-token.*dynscalar"):
+        model(prompts(T=6).ids, intervene=iv)
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+def test_prepare_picks_the_flip_target_per_prompt(model):
+    ps = prompts(swap=True)
+    logits = model(ps.ids, at=ps.answer_pos)
+    prefers_c = logits.gather(1, ps.correct[:, None])[:, 0] > logits.gather(1, ps.wrong[:, None])[:, 0]
+    batch = ascale.prepare(model, ps, "flip")
+    assert torch.equal(batch.answers[:, 0], torch.where(prefers_c, ps.wrong, ps.correct))
+    assert prefers_c.any() and not prefers_c.all()  # both kinds of flip occur in these prompts
+    assert (batch.diff_before <= 0).all()
+    assert torch.equal(ascale.prepare(model, ps, "correct").answers, torch.stack([ps.correct, ps.wrong], 1))
+    assert torch.equal(ascale.prepare(model, ps, "wrong").answers, torch.stack([ps.wrong, ps.correct], 1))
+    with pytest.raises(UserError, match="unknown target"):
+        ascale.prepare(model, ps, "right")
+
+
+def test_objective_terms_match_their_definitions(model):
+    ps = prompts(swap=True)
+    batch = ascale.prepare(model, ps, "flip")
+    iv = ascale.make("activscalar", model.config, ["attn_out", "mlp_out"], 8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.normal_(0, 0.3)
+    loss, terms = ascale.objective(model, iv, batch, lambda_f=0.7, lambda_m=0.2, margin=0.5)
+
+    new, old = model(ps.ids, intervene=iv, at=ps.answer_pos), model(ps.ids, at=ps.answer_pos)
+    t, o = batch.answers[:, 0], batch.answers[:, 1]
+    rows = torch.arange(len(ps))
+    hinge = (0.5 - (new[rows, t] - new[rows, o])).clamp(min=0).mean()
+    keep = torch.ones_like(new, dtype=torch.bool)
+    keep[rows, t] = keep[rows, o] = False
+    p = old[keep].view(len(ps), -1).log_softmax(-1)          # p⁻: c and w removed, renormalised
+    q = new[keep].view(len(ps), -1).log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1).mean()
+    l1 = sum(a.abs().sum() for a in iv.alpha.values())
+    torch.testing.assert_close(terms["L_E"], hinge)
+    torch.testing.assert_close(terms["L_F"], kl, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["L_M"], l1)
+    torch.testing.assert_close(loss, hinge + 0.7 * kl + 0.2 * l1, rtol=1e-5, atol=1e-6)
+    assert kl > 0
+
+
+def test_the_objective_starts_faithful_and_only_reads_the_answer_positions(model, monkeypatch):
+    ps = prompts()
+    batch = ascale.prepare(model, ps, "flip")
+    iv = ascale.make("activscalar", model.config, ["mlp_out"], 8)
+    _, terms = ascale.objective(model, iv, batch)
+    assert abs(terms["L_F"].item()) < 1e-5 and terms["L_M"].item() == 0
+    # During training the original model never runs again, and logits are computed only at `at`.
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda idx, intervene=None, at=None: (
+        calls.append((intervene is None, at is None)), forward(idx, intervene=intervene, at=at))[1])
+    ascale.fit(model, iv, batch, epochs=3, batch_size=4, progress=False)
+    assert calls == [(False, False)] * 6
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("target", ascale.TARGETS)
+@pytest.mark.parametrize("method", ["activscalar", "steervec"])
+def test_training_reaches_the_target(model, method, target):
+    iv, batch, curve = trained(model, method, target)
+    metrics = ascale.evaluate(model, iv, batch)
+    assert metrics["flip_rate"] >= 0.9
+    assert metrics["logit_diff_after"] > metrics["logit_diff_before"]
+    assert curve["L_E"][-1] < curve["L_E"][0] and not curve["interrupted"]
+
+
+def test_dynscalar_trained_on_one_length_applies_to_others(model):
+    iv, batch, _ = trained(model, "dynscalar", "wrong", ps=prompts(T=8))
+    assert iv.positions is None and ascale.evaluate(model, iv, batch)["flip_rate"] >= 0.9
+    for T in (5, 13):
+        other = ascale.prepare(model, prompts(T=T, seed=3), "wrong")
+        metrics = ascale.evaluate(model, iv, other)
+        assert metrics["logit_diff_after"] > metrics["logit_diff_before"]
+        assert iv.location_map(model, other.ids[:1])["mlp_out"].shape == (2, T)
+
+
+def test_dynscalar_on_right_padded_prompts_of_mixed_lengths(model):
+    """Padding sits after each prompt's answer position, so it cannot change the answer."""
+    ps = prompts(N=4, T=10)
+    ps.answer_pos = torch.tensor([9, 6, 4, 9])
+    iv, batch, _ = trained(model, "dynscalar", "wrong", ps=ps)
+    one = ascale.prepare(model, ps.subset([1]), "wrong")      # the same prompt, unpadded (7 tokens)
+    assert one.ids.shape == (1, 7)
+    torch.testing.assert_close(ascale.answer_logits(model, one.ids, one.answer_pos, iv),
+                               ascale.answer_logits(model, batch.ids[1:2], batch.answer_pos[1:2], iv))
+
+
+def test_larger_lambda_m_gives_fewer_active_locations(model):
+    counts = []
+    for lambda_m in (0.0, 0.3):
+        iv, batch, _ = trained(model, "activscalar", "wrong", lambda_m=lambda_m)
+        counts.append(ascale.active_locations(model, iv, batch))
+    assert counts[1] < counts[0]
+
+
+def test_active_locations_of_activscalar_count_the_scalars(model):
+    iv = ascale.make("activscalar", model.config, ["head", "mlp_out"], 8)
+    with torch.no_grad():
+        iv.alpha["head"][1, 3, 2] = -1.0
+        iv.alpha["mlp_out"][0, 7] = 0.06
+        iv.alpha["mlp_out"][1, 2] = 0.04   # below the 5% threshold
+    batch = ascale.prepare(model, prompts(), "wrong")
+    assert ascale.active_locations(model, iv, batch) == 2
+    iv.beta = 0.5
+    assert ascale.active_locations(model, iv, batch) == 1
+    iv.beta = 0.0
+    assert ascale.active_locations(model, iv, batch) == 0 and ascale.evaluate(model, iv, batch)["kl"] == 0
+
+
+@pytest.mark.parametrize("method", ascale.METHODS)
+def test_the_model_weights_stay_bit_identical(model, method):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    iv, _, _ = trained(model, method, "wrong", epochs=5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None for p in iv.parameters())
+
+
+def test_same_seed_same_numbers(model):
+    runs = [trained(model, "activscalar", "flip", epochs=4, batch_size=3, seed=7) for _ in range(2)]
+    assert runs[0][2]["loss"] == runs[1][2]["loss"]
+    assert torch.equal(runs[0][0].alpha["mlp_out"], runs[1][0].alpha["mlp_out"])
+    other = trained(model, "activscalar", "flip", epochs=4, batch_size=3, seed=8)
+    assert other[2]["loss"] != runs[0][2]["loss"]  # the seed orders the minibatches
+
+
+def test_a_nan_loss_stops_with_a_clear_error(model):
+    with pytest.raises(UserError, match=r"loss became nan at step \d+ \(L_E is not finite\); lower --lr"):
+        trained(model, "activscalar", "wrong", lr=1e20, epochs=5)
+
+
+def test_ctrl_c_keeps_what_was_learned(model, monkeypatch):
+    objective, calls = ascale.objective, []
+
+    def interrupted_at_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return objective(*args, **kwargs)
+
+    monkeypatch.setattr(ascale, "objective", interrupted_at_step_4)
+    iv, batch, curve = trained(model, "activscalar", "wrong", epochs=10)
+    assert curve["interrupted"] and curve["steps"] == 3 and len(curve["loss"]) == 3
+    assert ascale.l1(iv) > 0
+
+
+def test_pythia_trains_too(tmp_path):
+    folder = save_checkpoint(tiny_hf_model("gpt_neox"), tmp_path / "tiny-pythia")
+    model = GPT.from_pretrained(str(folder))
+    iv, batch, _ = trained(model, "activscalar", "wrong", sites=("head", "mlp_out"))
+    assert ascale.evaluate(model, iv, batch)["flip_rate"] >= 0.9
+
+
+# ----------------------------------------------------------------------------- save and load
+
+
+@pytest.mark.parametrize("method", ascale.METHODS)
+def test_save_then_load_gives_the_same_metrics(model, method, tmp_path):
+    iv, batch, _ = trained(model, method, "wrong", sites=("head", "attn_out"), epochs=10)
+    path = tmp_path / "intervention.safetensors"
+    ascale.save(path, iv, model=model, task="my.jsonl", target="wrong", seed=3, tokens=["a", " b"] * 4)
+    loaded, meta = ascale.load(path, GPT.from_pretrained(model.name_or_path))
+    assert type(loaded) is type(iv) and loaded.sites == ("head", "attn_out")
+    assert ascale.evaluate(model, loaded, batch) == ascale.evaluate(model, iv, batch)
+    assert ascale.active_locations(model, loaded, batch) == ascale.active_locations(model, iv, batch)
+    assert meta["method"] == method and meta["model"] == model.name_or_path and meta["task"] == "my.jsonl"
+    assert meta["n_layer"] == "2" and meta["target"] == "wrong" and meta["seed"] == "3"
+    assert meta["positions"] == ("" if method == "dynscalar" else "8")
+    assert '" b"' in meta["tokens"]
+    assert set(load_file(path)) == set(iv.state_dict())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_loading_onto_another_shape_is_a_clear_error(model, tmp_path):
+    iv = ascale.make("activscalar", model.config, ["mlp_out"], 8)
+    ascale.save(tmp_path / "iv.safetensors", iv, model=model)
+    other = GPT.from_pretrained(str(save_checkpoint(tiny_hf_model("gpt2", n_layer=3), tmp_path / "deeper")))
+    with pytest.raises(UserError, match="trained on .*tiny-gpt2 \\(2 layers.*has 3 layers"):
+        ascale.load(tmp_path / "iv.safetensors", other)
+
+
+def test_loading_something_else_is_a_clear_error(model, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        ascale.load(tmp_path / "missing.safetensors", model)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        ascale.load(tmp_path / "junk.safetensors", model)
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(UserError, match="not an ascale intervention"):
+        ascale.load(tmp_path / "other.safetensors", model)

@@ -1,0 +1,365 @@
+"""
+Train an activation-scaling intervention, evaluate it, and show where it acts.
+
+    python train.py --task ccc                      ActivScalar on GPT-2 small, country-capital conflicts
+    python train.py --task ioi --method all         ActivScalar, SteerVec and DynScalar side by side
+    python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1
+
+What a run does: load the model and tokenizer -> build the task's train and test prompts ->
+report how often the original model prefers the correct answer -> train (the progress bar shows
+the three loss terms) -> evaluate on train and test -> print a table -> write the run folder
+(default runs/<task>-<model>-<method>/): metrics.json, intervention.safetensors, heatmap.png.
+Ctrl-C during training stops it; what was learned so far is still evaluated and saved.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import ascale
+from gpt2 import GPT, UserError
+
+# Flags whose default depends on the mode: training uses these; --eval takes them from the file.
+DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SITE_NAMES = {"head": "attention heads", "attn_out": "attention output", "mlp_out": "MLP output",
+              "resid": "residual stream after the block"}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error of this script
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = Parser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="Defaults are for GPT-2 small on CCC; the README says how they were chosen.")
+    p.add_argument("--model", help="Hub id (gpt2, gpt2-medium, ..., EleutherAI/pythia-70m, ...) or a local folder"
+                   " with config.json and model.safetensors (default: gpt2; with --eval: the file's model)")
+    p.add_argument("--revision", help="Hub revision, e.g. step1000 for a Pythia training checkpoint")
+    p.add_argument("--task", help="ccc (country-capital conflict), ioi (indirect object identification), or a .jsonl"
+                   ' file with one {"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc;'
+                   " with --eval: the file's task)")
+    p.add_argument("--method", default="activscalar", choices=[*ascale.METHODS, "all"],
+                   help="activscalar: one scalar per location, h*(1+a); steervec: one vector per location, h+v;"
+                   " dynscalar: the scalar is a probe of h, for prompts of any length; all: train the three,"
+                   " each into its own subfolder, and compare them (default: activscalar)")
+    p.add_argument("--sites", default="attn_out,mlp_out", help="comma-separated sites to intervene on, from"
+                   f" {', '.join(SITE_NAMES)} (default: attn_out,mlp_out)")
+    p.add_argument("--target", choices=ascale.TARGETS, help="which answer to steer to: flip (whichever of correct and"
+                   " wrong the original model ranks lower), wrong, or correct (default: flip)")
+    p.add_argument("--lambda-f", type=float, default=1.0, help="weight of faithfulness, the KL divergence of the"
+                   " other tokens' distribution (default: 1)")
+    p.add_argument("--lambda-m", type=float, default=0.01, help="weight of minimality, the l1 norm of the"
+                   " intervention's parameters; larger: fewer active locations (default: 0.01)")
+    p.add_argument("--margin", type=float, default=1.0, help="effectiveness hinge: push the target's logit this"
+                   " far above the other answer's (default: 1)")
+    p.add_argument("--beta", type=float, default=1.0, help="strength dial at evaluation: the learned intervention"
+                   " times beta; 0 is the original model, -1 reverses it (training always uses 1) (default: 1)")
+    p.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (default: 0.02)")
+    p.add_argument("--epochs", type=int, default=25, help="passes over the training prompts (default: 25)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per training step (default: 32)")
+    p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
+                   " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
+    p.add_argument("--unseen-lengths", action="store_true", help="dynscalar only: test prompts have token lengths"
+                   " that no training prompt has")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
+                   " (default: auto)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's dtype; the intervention"
+                   " stays float32. bfloat16/float16 save memory on a GPU (default: float32)")
+    p.add_argument("--out", help="run folder (default: runs/<task>-<model>-<method>/)")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="print N test prompts with their top-5 next"
+                   " tokens before and after the intervention (default: 0)")
+    p.add_argument("--eval", metavar="FILE", help="evaluate a saved intervention.safetensors instead of training:"
+                   " its method and sites are the file's, and so are model, task, target and seed unless given;"
+                   " prints the table (and --show), writes nothing")
+    args = p.parse_args(argv)
+    for name in ("lambda_f", "lambda_m", "margin"):
+        if not 0 <= getattr(args, name) < float("inf"):
+            p.error(f"--{name.replace('_', '-')} must be a number >= 0")
+    if not 0 < args.lr < 1e30:
+        p.error("--lr must be a positive number")
+    if args.epochs < 0 or args.batch_size < 1 or args.show < 0:
+        p.error("--epochs and --show must be >= 0, --batch-size >= 1")
+    if not math.isfinite(args.beta):
+        p.error("--beta must be a finite number")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.eval:
+            evaluate_saved(args)
+        else:
+            train(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA GPU (a CPU-only build of torch?); use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps, but MPS is not available here; use --device cpu")
+    return device
+
+
+def load_model(args):
+    from tokenizer import get_tokenizer
+    device = pick_device(args.device)
+    if device.type == "cpu" and args.dtype == "float16":
+        raise UserError("--dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
+    model = GPT.from_pretrained(args.model, args.revision).to(device, DTYPES[args.dtype])
+    return model, get_tokenizer(args.model, args.revision)
+
+
+def load_prompts(args, tok, fixed_length: bool, device):
+    """The task's train and test PromptSets, on the model's device. Position-tied methods (and
+    `all`, which compares the three on the same prompts) need one fixed length; DynScalar alone
+    gets prompts of mixed lengths."""
+    from tasks import load_task
+    if args.unseen_lengths and fixed_length:
+        raise UserError("--unseen-lengths is for --method dynscalar (position-tied methods need one prompt length)")
+    task = load_task(args.task, tok, seed=args.seed, fixed_length=fixed_length, unseen_lengths=args.unseen_lengths)
+    for split in ("train", "test"):
+        ps = getattr(task, split)
+        setattr(task, split, dataclasses.replace(ps, ids=ps.ids.to(device), answer_pos=ps.answer_pos.to(device),
+                                                 correct=ps.correct.to(device), wrong=ps.wrong.to(device)))
+    return task
+
+
+def report_preference(model, task, batch_size: int) -> dict:
+    """How often the original model ranks c above w, and c first of all tokens, per split."""
+    from tasks import preference
+    pref = {}
+    for split in ("train", "test"):
+        above, top1 = preference(model, getattr(task, split), batch_size)
+        pref[split] = {"correct_over_wrong": above, "correct_top1": top1}
+    print(f"original model: prefers the correct answer over the wrong one on {pref['train']['correct_over_wrong']:.0%}"
+          f" of train and {pref['test']['correct_over_wrong']:.0%} of test prompts (correct is the top token on"
+          f" {pref['train']['correct_top1']:.0%} / {pref['test']['correct_top1']:.0%})")
+    return pref
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(args) -> None:
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    sites = ascale.check_sites(s.strip() for s in args.sites.split(",") if s.strip())
+    methods = list(ascale.METHODS) if args.method == "all" else [args.method]
+    model, tok = load_model(args)
+    device = model.lm_head.weight.device
+    task = load_prompts(args, tok, args.method != "dynscalar", device)
+    for note in task.notes:
+        print(f"  {note}")
+    print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
+          f" model {args.model} ({model.config.n_layer} layers) on {device}")
+    pref = report_preference(model, task, args.batch_size)
+    # The original model's answer distributions: computed once per prompt set, shared by all methods.
+    batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.batch_size)
+               for split in ("train", "test")}
+    out = Path(args.out or f"runs/{Path(args.task).stem}-{Path(args.model).name}-{args.method}")
+    results = {}
+    for method in methods:
+        folder = out / method if args.method == "all" else out
+        results[method] = train_one(method, sites, model, tok, task, batches, args, folder, pref)
+        if results[method]["interrupted"]:
+            break
+    print_table(results)
+    print(f"wrote {out}/" + ("{" + ",".join(results) + "}/" if args.method == "all" else ""))
+
+
+def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref: dict) -> dict:
+    """Train one method, evaluate it, write its run folder; return its metrics."""
+    torch.manual_seed(args.seed)
+    positions = None if method == "dynscalar" else task.train.ids.shape[1]
+    iv = ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
+    start = time.time()
+    curve = ascale.fit(model, iv, batches["train"], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                       lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin, seed=args.seed)
+    seconds = time.time() - start
+    if curve["interrupted"]:
+        print(f"stopped by Ctrl-C after {curve['steps']} steps: evaluating and saving what was learned")
+    iv.beta = args.beta
+    metrics = {"method": method, **measure(model, iv, batches),
+               "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
+               "interrupted": curve.pop("interrupted"), "seconds": round(seconds, 2), "loss_curve": curve,
+               "config": {**vars(args), "method": method}}
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = task.train.tokens[0] if positions else ()
+    ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
+                target=args.target, seed=args.seed, fixed_length=int(args.method != "dynscalar"),
+                unseen_lengths=int(args.unseen_lengths))
+    write_json(folder / "metrics.json", metrics)
+    heatmap(model, iv, task, folder / "heatmap.png", f"{method} · {task.name} · {Path(args.model).name}", metrics)
+    if args.show:
+        show(model, tok, iv, task.test, batches["test"], args.show)
+    return metrics
+
+
+def measure(model, iv, batches) -> dict:
+    """All metrics of SPEC: effectiveness and faithfulness per split, minimality once (the active
+    locations counted on the training prompts)."""
+    return {"train": ascale.evaluate(model, iv, batches["train"]), "test": ascale.evaluate(model, iv, batches["test"]),
+            **ascale.minimality(iv), "n_active": ascale.active_locations(model, iv, batches["train"]),
+            "active_threshold": ascale.ACTIVE}
+
+
+def evaluate_saved(args) -> None:
+    """--eval FILE: load an intervention onto its model (or --model of the same shape), rebuild its
+    task's prompts, evaluate and print; nothing is written."""
+    meta = ascale.read_metadata(args.eval)
+    args.model = args.model or meta["model"] or DEFAULTS["model"]
+    args.revision = args.revision or meta["revision"] or None
+    args.task = args.task or meta["task"] or DEFAULTS["task"]
+    args.target = args.target or meta.get("target") or DEFAULTS["target"]
+    args.seed = args.seed if args.seed is not None else int(meta.get("seed") or DEFAULTS["seed"])
+    args.unseen_lengths = args.unseen_lengths or meta.get("unseen_lengths") == "1"
+    model, tok = load_model(args)
+    iv, meta = ascale.load(args.eval, model)
+    if args.model != meta["model"]:
+        print(f"note: {args.eval} was trained on {meta['model']}; evaluating it on {args.model} (same shape)")
+    # the prompts it was trained on: one length for position-tied methods and for `all`
+    task = load_prompts(args, tok, meta.get("fixed_length", "1") == "1", model.lm_head.weight.device)
+    if iv.positions and task.train.ids.shape[1] != iv.positions:
+        raise UserError(f"{args.eval} is for {iv.positions}-token prompts, but task {args.task} has"
+                        f" {task.train.ids.shape[1]}-token prompts for this tokenizer")
+    print(f"evaluating {iv.method} on {','.join(iv.sites)} at beta {args.beta}: task {task.name},"
+          f" {len(task.train)} train and {len(task.test)} test prompts, target {args.target}")
+    report_preference(model, task, args.batch_size)
+    batches = {s: ascale.prepare(model, getattr(task, s), args.target, args.batch_size) for s in ("train", "test")}
+    iv.beta = args.beta
+    print_table({iv.method: measure(model, iv, batches)})
+    if args.show:
+        show(model, tok, iv, task.test, batches["test"], args.show)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then os.replace."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def print_table(results: dict[str, dict]) -> None:
+    """Methods side by side; cells with two numbers are train / test."""
+    rows = [("flip rate", "flip_rate", "{:.2f}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
+            ("logit diff after", "logit_diff_after", "{:+.2f}"), ("KL of the other tokens, nats", "kl", "{:.3f}")]
+    table = [("(train / test)", *results)]
+    table += [(name, *(f"{fmt.format(m['train'][key])} / {fmt.format(m['test'][key])}"
+                                           for m in results.values())) for name, key, fmt in rows]
+    table += [("parameters", *(f"{m['n_params']:,}" for m in results.values())),
+              ("l1 of parameters", *(f"{m['l1']:.2f}" for m in results.values())),
+              (f"active locations (>= {ascale.ACTIVE:.0%} change)",
+               *(f"{m['n_active']:.1f}" for m in results.values()))]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    print()
+    for row in table:
+        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]))
+
+
+def show(model, tok, iv, ps, batch, n: int) -> None:
+    """The first n test prompts with their top-5 next tokens before and after the intervention."""
+    n = min(n, len(ps))
+    before = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n]).softmax(-1)
+    after = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n], intervene=iv).softmax(-1)
+    for i in range(n):
+        target = tok.token_str(int(batch.answers[i, 0]))
+        print(f"\n{ps.prompts[i]!r}\n  correct {ps.correct_str[i]!r}, wrong {ps.wrong_str[i]!r}, target {target!r}")
+        for name, p in (("before", before[i]), ("after ", after[i])):
+            top = p.topk(5)
+            print(f"  {name}: " + "  ".join(f"{tok.token_str(int(t))!r} {float(q):.1%}"
+                                           for q, t in zip(top.values, top.indices, strict=True)))
+
+
+def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
+    """One panel per site: layers x positions (the prompt's tokens on the axis), or layers x heads.
+    Scalar methods: β·α on a diverging colour map, white = no change. SteerVec: ‖β·v‖, white = 0."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if iv.positions is None:  # DynScalar: its scalars on one test prompt, which may have any length
+        T = int(task.test.answer_pos[0]) + 1
+        maps, tokens, which = iv.location_map(model, task.test.ids[:1, :T]), task.test.tokens[0], "test prompt 1"
+    else:
+        maps, tokens, which = iv.location_map(), task.train.tokens[0], "training prompt 1"
+    scalar = iv.method != "steervec"
+    panels = []
+    for site, m in maps.items():
+        m = m.float().cpu()                                          # (L, T) or (L, T, nh)
+        if m.dim() == 3:  # heads: each head's value at the position where it is largest in size
+            m = m.gather(1, m.abs().argmax(1, keepdim=True))[:, 0]   # (L, nh)
+            panels.append((site, m, [str(h) for h in range(m.shape[1])], "head (its value where it is largest)"))
+        else:
+            panels.append((site, m, [t.replace("\n", "\\n") for t in tokens], f"position (tokens of {which})"))
+    vmax = max(max(float(m.abs().max()) for _, m, _, _ in panels), 2 * ascale.ACTIVE)
+    n_cols = max(m.shape[1] for _, m, _, _ in panels)
+    n_layer = iv.n_layer
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False, constrained_layout=True,
+                             figsize=(max(6.0, 0.5 * n_cols + 1.5), len(panels) * (0.32 * n_layer + 1.6) + 1.6))
+    for ax, (site, m, labels, xname) in zip(axes[:, 0], panels, strict=True):
+        im = ax.imshow(m.numpy(), cmap="RdBu_r" if scalar else "Reds", vmin=-vmax if scalar else 0, vmax=vmax,
+                       aspect="auto")
+        ax.set_title(f"{site}: {SITE_NAMES[site]}", loc="left", fontsize=11)
+        if xname.startswith("head"):
+            ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        else:
+            ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=8)
+        ax.set_yticks(range(0, n_layer, max(1, n_layer // 16)))
+        ax.set_ylabel("layer")
+        ax.set_xlabel(xname, fontsize=9)
+        if m.numel() <= 1200:  # write the value into each active cell
+            for (y, x), v in zip(torch.cartesian_prod(torch.arange(m.shape[0]), torch.arange(m.shape[1])).tolist(),
+                                 m.flatten().tolist(), strict=True):
+                if abs(v) >= (ascale.ACTIVE if scalar else 0.25 * vmax):
+                    ax.text(x, y, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(v) > 0.6 * vmax else "black")
+    label = ("β·α, the activation is scaled by 1 + β·α:  −1 switched off,  0 unchanged (white),  +1 doubled" if scalar
+             else "‖β·v‖, the norm of the vector added to the activation (white: nothing added)")
+    cbar = fig.colorbar(im, ax=axes[:, 0].tolist(), orientation="horizontal", aspect=50, shrink=0.8)
+    cbar.set_label(label, fontsize=9)
+    fig.suptitle(f"{title}\nflip rate {metrics['train']['flip_rate']:.0%} train, {metrics['test']['flip_rate']:.0%}"
+                 f" test · {metrics['n_params']:,} parameters · {metrics['n_active']:.0f} active locations",
+                 fontsize=11)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
