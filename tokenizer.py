@@ -182,11 +182,14 @@ def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer:
                                  " run once with network, or set TIKTOKEN_CACHE_DIR to a folder holding"
                                  " tiktoken's cached gpt2 files") from None
     if model_type == "gpt_neox":
-        try:
-            return Tokenizer.from_tokenizer_json(gpt2.hub_file(name_or_path, "tokenizer.json", revision))
-        except FileNotFoundError:
-            raise gpt2.UserError(f"{name_or_path!r} has no tokenizer.json") from None
-        except ValueError as e:
-            raise gpt2.UserError(str(e)) from None
+        # Pythia's training-checkpoint revisions share one tokenizer; take main's if the revision lacks it.
+        for rev in dict.fromkeys((revision, None)):
+            try:
+                return Tokenizer.from_tokenizer_json(gpt2.hub_file(name_or_path, "tokenizer.json", rev))
+            except FileNotFoundError:
+                continue
+            except ValueError as e:
+                raise gpt2.UserError(str(e)) from None
+        raise gpt2.UserError(f"{name_or_path!r} has no tokenizer.json (if offline: not in the cache yet)")
     raise gpt2.UserError(f"model_type {model_type!r} of {name_or_path!r} is not supported;"
                          " use a GPT-2 (gpt2) or Pythia (gpt_neox) checkpoint")
