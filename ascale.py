@@ -48,6 +48,7 @@ class Intervention(nn.Module):
     `positions` is the prompt length that position-tied methods (ActivScalar, SteerVec) were made
     for; DynScalar has none and applies to any length."""
     method = ""
+    takes_positions = True  # gpt2.GPT may call the last layer's sites with the read rows only (pos=...)
 
     def __init__(self, cfg: GPTConfig, sites, positions: int | None):
         super().__init__()
@@ -60,13 +61,14 @@ class Intervention(nn.Module):
         """The shape of one activation vector h at a site: (D,), or (nh, hs) for `head`."""
         return (self.n_head, self.n_embd // self.n_head) if site == "head" else (self.n_embd,)
 
-    def forward(self, site: str, layer: int, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
+        """h (B, T, ...) at every position, or with pos (B,): (B, 1, ...), row b at position pos[b]."""
         if site not in self.sites:
             return h
-        if self.positions is not None and h.shape[1] != self.positions:
+        if pos is None and self.positions is not None and h.shape[1] != self.positions:
             raise UserError(f"this {self.method} intervention has parameters for the {self.positions} positions of its"
                             f" training prompts; it cannot read a {h.shape[1]}-token prompt (dynscalar can)")
-        return self.apply(site, layer, h)
+        return self.apply(site, layer, h, pos)
 
     def extra_repr(self) -> str:
         return f"sites={','.join(self.sites)}, positions={self.positions}, beta={self.beta}"
@@ -75,9 +77,9 @@ class Intervention(nn.Module):
 class Scaling(Intervention):
     """The multiplicative methods: h̃ = h·(1 + β·α), with α from `scale` (a parameter or a probe)."""
 
-    def apply(self, site, layer, h):
+    def apply(self, site, layer, h, pos=None):
         # h (B, T, D) · (T | B,T, 1)  or  h (B, T, nh, hs) · (T | B,T, nh, 1): one broadcast multiply
-        return h * (1 + self.beta * self.scale(site, layer, h)).unsqueeze(-1).to(h.dtype)
+        return h * (1 + self.beta * self.scale(site, layer, h, pos)).unsqueeze(-1).to(h.dtype)
 
 
 class ActivScalar(Scaling):
@@ -90,9 +92,11 @@ class ActivScalar(Scaling):
         self.alpha = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)[:-1]))
                                        for s in self.sites})       # (L, T) or (L, T, nh) for head
 
-    def scale(self, site: str, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """α of every location of this site and layer: (T,) or (T, nh), shared by the batch."""
-        return self.alpha[site][layer]
+    def scale(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
+        """α of every location of this site and layer: (T,) or (T, nh), shared by the batch;
+        with pos (B,): (B, 1) or (B, 1, nh), the α of each row's position."""
+        alpha = self.alpha[site][layer]
+        return alpha if pos is None else alpha[pos].unsqueeze(1)
 
     def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
         """What each location does, for the heatmap: β·α, (L, T) or (L, T, nh) per site."""
@@ -108,8 +112,11 @@ class SteerVec(Intervention):
         self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)))
                                    for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
 
-    def apply(self, site, layer, h):
-        return h + (self.beta * self.v[site][layer]).to(h.dtype)   # (B, T, ...) + (T, ...)
+    def apply(self, site, layer, h, pos=None):
+        v = self.v[site][layer]                                     # (T, ...)
+        if pos is not None:
+            v = v[pos].unsqueeze(1)                                 # (B, 1, ...): each row's position
+        return h + (self.beta * v).to(h.dtype)                      # (B, T, ...) + (T, ...)
 
     def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
         """‖β·v‖ per location: (L, T) or (L, T, nh) per site."""
@@ -130,8 +137,8 @@ class DynScalar(Scaling):
         self.b = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, *self.site_shape(s)[:-1]))
                                    for s in self.sites})           # (L,) or (L, nh) for head
 
-    def scale(self, site, layer, h):
-        """α(h) for every location of the batch: (B, T) or (B, T, nh) for head."""
+    def scale(self, site, layer, h, pos=None):
+        """α(h) for every location of the batch: (B, T) or (B, T, nh) for head (pos: not needed)."""
         h = h.float()
         h_hat = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-6)   # (B, T, [nh,] hs|D), unit length
         return (h_hat * self.w[site][layer]).sum(-1) + self.b[site][layer]

@@ -267,16 +267,22 @@ def matmul_rate(device, dtype, n: int, reps: int = 5) -> float:
     return 2 * n**3 / min(times)
 
 
-def step_flops(cfg, B: int, T: int, read: int) -> dict[str, float]:
+def step_flops(cfg, B: int, T: int, read: int, last_layer_rows: bool = False) -> dict[str, float]:
     """Matmul FLOPs of one training step (the formula is in the module docstring). read: positions
-    per prompt that are unembedded (1 for ours, T for the baseline)."""
+    per prompt that are unembedded (1 for ours, T for the baseline). last_layer_rows: the last layer
+    runs its queries, output projection and MLP at the `read` positions only (q, k, v at all)."""
     D, F_, L, V = cfg.n_embd, cfg.n_inner, cfg.n_layer, cfg.vocab_size
-    attn_linear, mlp = 2 * B * T * 4 * D * D, 2 * B * T * 2 * D * F_
-    scores = 4 * B * T * T * D
+
+    def layer(rows):  # (q,k,v projection, output projection + MLP, attention) FLOPs at `rows` query rows
+        return 2 * B * T * 3 * D * D, 2 * B * rows * (D * D + 2 * D * F_), 4 * B * rows * T * D
+
+    qkv, rest, scores = layer(T)
+    last = layer(read) if last_layer_rows else (qkv, rest, scores)
     unembed = 2 * B * read * D * V
-    forward = L * (attn_linear + mlp + scores) + unembed
-    no_grad_needed = attn_linear + scores + (mlp if cfg.parallel_residual else 0)   # layer 0, below its sites
-    backward = L * (attn_linear + mlp + 2 * scores) + unembed - (no_grad_needed + scores)
+    forward = (L - 1) * (qkv + rest + scores) + sum(last) + unembed
+    mlp = 2 * B * T * 2 * D * F_
+    no_grad_needed = qkv + (rest - mlp) + 2 * scores + (mlp if cfg.parallel_residual else 0)  # layer 0, below its sites
+    backward = (L - 1) * (qkv + rest + 2 * scores) + last[0] + last[1] + 2 * last[2] + unembed - no_grad_needed
     return {"forward": forward, "backward": backward, "total": forward + backward}
 
 
@@ -308,7 +314,8 @@ def bench_model(name: str, args, device, dtype) -> dict:
     weights = {"ours": sum(p.numel() * p.element_size() for p in ours.model.parameters()),
                "baseline": sum(p.numel() * p.element_size() for p in base.model.parameters())}
     B, T = prompts.ids.shape
-    flops = {"ours": step_flops(ours.model.config, B, T, read=1)["total"],
+    rows = getattr(ascale.Intervention, "takes_positions", False)  # gpt2 then skips the last layer's other rows
+    flops = {"ours": step_flops(ours.model.config, B, T, read=1, last_layer_rows=rows)["total"],
              "baseline": step_flops(ours.model.config, B, T, read=T)["total"]}
     out = {"model": name, "B": B, "T": T, "transformers": transformers.__version__,
            "first_step_loss": {"ours": losses[0][0], "baseline": losses[0][1]},

@@ -114,18 +114,25 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.attn_bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.attn_bias)      # W_O
 
-    def forward(self, x, layer, rope, intervene):
+    def forward(self, x, layer, rope, intervene, at=None):
+        """x (B, T, D) -> (B, T, D); with `at` (B,) -> (B, 1, D), the output at those positions only
+        (queries there, keys and values from every position)."""
         B, T, D = x.shape
         nh, hs = self.n_head, D // self.n_head
         q, k, v = self.c_attn(x).split(D, dim=2)                   # each (B, T, D)
         q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        z = z.transpose(1, 2)                                       # (B, T, nh, hs)
+        if at is None:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        else:  # one query per prompt, the one at `at`; it may look at keys 0 ... at
+            q = q[torch.arange(B, device=x.device), :, at, None]            # (B, nh, 1, hs)
+            sees = torch.arange(T, device=x.device) <= at[:, None]           # (B, T)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=sees[:, None, None])  # (B, nh, 1, hs)
+        z = z.transpose(1, 2)                                       # (B, T or 1, nh, hs)
         if intervene is not None:
-            z = intervene("head", layer, z)
-        return self.c_proj(z.reshape(B, T, D))                     # (B, T, D)
+            z = intervene("head", layer, z) if at is None else intervene("head", layer, z, pos=at)
+        return self.c_proj(z.reshape(B, -1, D))                    # (B, T or 1, D)
 
 
 class MLP(nn.Module):
@@ -148,17 +155,18 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.parallel = cfg.parallel_residual
 
-    def forward(self, x, layer, rope=None, intervene=None):
-        a = self.attn(self.ln_1(x), layer, rope, intervene)        # (B, T, D)
-        if intervene is not None:
-            a = intervene("attn_out", layer, a)
-        m = self.mlp(self.ln_2(x if self.parallel else x + a))     # Pythia reads x, GPT-2 reads x + a
-        if intervene is not None:
-            m = intervene("mlp_out", layer, m)
-        x = x + a + m
-        if intervene is not None:
-            x = intervene("resid", layer, x)
-        return x
+    def forward(self, x, layer, rope=None, intervene=None, at=None):
+        """x (B, T, D) -> (B, T, D); with `at` (B,) -> (B, 1, D), the block's output at those positions."""
+        def site(name, h):
+            if intervene is None:
+                return h
+            return intervene(name, layer, h) if at is None else intervene(name, layer, h, pos=at)
+
+        a = site("attn_out", self.attn(self.ln_1(x), layer, rope, intervene, at))   # (B, T or 1, D)
+        if at is not None:
+            x = x[torch.arange(len(x), device=x.device), at, None]  # (B, 1, D): the residual there
+        m = site("mlp_out", self.mlp(self.ln_2(x if self.parallel else x + a)))  # Pythia reads x, GPT-2 x + a
+        return site("resid", x + a + m)
 
 
 class GPT(nn.Module):
@@ -175,7 +183,13 @@ class GPT(nn.Module):
 
     def forward(self, idx, intervene=None, at=None):
         """idx (B, T) token ids -> logits (B, T, V); with `at` (B,) positions -> logits (B, V) there.
-        intervene(site, layer, h) -> h' is called at every site (see the module docstring)."""
+        intervene(site, layer, h) -> h' is called at every site (see the module docstring).
+
+        With `at`, nobody reads the last layer's other positions, so it can skip them: it computes
+        keys and values at every position but everything else only at `at`. It does so when there is
+        no `intervene`, or when `intervene.takes_positions` is true: its last-layer sites then get
+        h of shape (B, 1, ...), row b being position at[b], and are called as
+        intervene(site, layer, h, pos=at). Any other `intervene` sees every position everywhere."""
         B, T = idx.shape
         cfg = self.config
         if T > cfg.n_ctx:
@@ -186,10 +200,12 @@ class GPT(nn.Module):
             rope = rotary(T, cfg.rotary_dim, cfg.rotary_base, idx.device)
         else:
             x = x + self.wpe(torch.arange(T, device=idx.device))    # (B, T, D) + (T, D)
+        skip = at is not None and (intervene is None or getattr(intervene, "takes_positions", False))
         for layer, block in enumerate(self.h):
-            x = block(x, layer, rope, intervene)
+            last = layer == cfg.n_layer - 1
+            x = block(x, layer, rope, intervene, at if skip and last else None)  # (B, T, D), last (B, 1, D)
         if at is not None:
-            x = x[torch.arange(B, device=idx.device), at]           # (B, D): only the positions read
+            x = x[:, 0] if skip else x[torch.arange(B, device=idx.device), at]   # (B, D): the positions read
         return self.lm_head(self.ln_f(x))                           # (B, [T,] V)
 
     @torch.no_grad()

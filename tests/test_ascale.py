@@ -315,3 +315,29 @@ def test_loading_something_else_is_a_clear_error(model, tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(UserError, match="not an ascale intervention"):
         ascale.load(tmp_path / "other.safetensors", model)
+
+
+@pytest.mark.parametrize("method", ["activscalar", "steervec", "dynscalar"])
+def test_objective_same_with_and_without_the_last_layer_shortcut(tiny_gpt2, method):
+    """The model skips the last layer's unread positions for an Intervention (takes_positions);
+    the loss and gradients are those of the full pass."""
+    import ascale
+    from gpt2 import GPT
+    model = GPT.from_pretrained(str(tiny_gpt2[0]))
+    B, T = 4, 9
+    g = torch.Generator().manual_seed(0)
+    prompts = type("P", (), {"ids": torch.randint(0, 50000, (B, T), generator=g),
+                             "answer_pos": torch.full((B,), T - 1), "correct": torch.arange(B),
+                             "wrong": torch.arange(B) + 100})()
+    batch = ascale.prepare(model, prompts)
+    iv = ascale.make(method, model.config, ["head", "attn_out", "mlp_out", "resid"], T)
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.normal_(0, 0.1, generator=g)
+    loss, _ = ascale.objective(model, iv, batch)
+    grads = torch.autograd.grad(loss, list(iv.parameters()))
+    iv.takes_positions = False       # the full pass
+    loss_full, _ = ascale.objective(model, iv, batch)
+    torch.testing.assert_close(loss, loss_full)
+    for a, b in zip(grads, torch.autograd.grad(loss_full, list(iv.parameters())), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -233,3 +233,35 @@ def test_pickled_objects_are_refused(tmp_path, tiny_gpt2):
     torch.save({"x": torch.zeros(1), "evil": print}, folder / "pytorch_model.bin")
     with pytest.raises(UserError, match="will not be unpickled"):
         GPT.from_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])
+def test_last_layer_at_read_positions_only(tmp_path, model_type):
+    """With `at` and a position-aware intervention, the last layer runs at the read rows only:
+    same logits and same gradients as the full pass, for per-row positions and every site."""
+    ours, _ = load_pair(tmp_path, model_type, {})
+    idx, at = random_ids(B=3), torch.tensor([16, 3, 9])
+    n, T, nh = ours.config.n_layer, idx.shape[1], ours.config.n_head
+    scalars = {s: torch.randn(n, T, *((nh,) if s == "head" else ()), requires_grad=True) for s in gpt2.SITES}
+
+    def full(s, l, h):  # a plain function: the model shows it every position
+        return h * (1 + scalars[s][l]).unsqueeze(-1)
+
+    class Rows:
+        takes_positions = True
+        seen = []
+
+        def __call__(self, s, l, h, pos=None):
+            self.seen.append((s, l, h.shape[1]))
+            a = scalars[s][l] if pos is None else scalars[s][l][pos].unsqueeze(1)
+            return h * (1 + a).unsqueeze(-1)
+
+    rows = Rows()
+    expected = ours(idx, intervene=full, at=at)
+    grads = torch.autograd.grad(expected.logsumexp(-1).sum(), list(scalars.values()))
+    got = ours(idx, intervene=rows, at=at)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    for g, e in zip(torch.autograd.grad(got.logsumexp(-1).sum(), list(scalars.values())), grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=0)
+    assert {t for s, l, t in rows.seen if l == n - 1} == {1} and {t for s, l, t in rows.seen if l < n - 1} == {T}
+    torch.testing.assert_close(ours(idx, at=at), ours(idx)[torch.arange(3), at], atol=1e-5, rtol=0)
