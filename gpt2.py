@@ -17,7 +17,8 @@ Sites (SPEC.md): `model(idx, intervene=fn)` calls `fn(site, layer, h)` and uses 
     attn_out  (B, T, D)       attention sublayer output, the vector added to the residual
     mlp_out   (B, T, D)       MLP sublayer output
     resid     (B, T, D)       residual stream after the whole block
-in this order within each layer, layers in order.
+in this order within each layer, layers in order. (One exception, for speed: with `at=` and an
+intervention that sets `takes_positions`, the last layer runs only at the read positions; see GPT.forward.)
 """
 
 import json
