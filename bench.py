@@ -61,7 +61,7 @@ from gpt2 import GPT
 
 SITES = ("attn_out", "mlp_out")
 T_CCC = 20                     # "The capital of Germany is Paris. Q: What is the capital of Germany? A:" ~ 18-20 tokens
-LAMBDA_F, LAMBDA_M, MARGIN, LR = 1.0, 0.01, 1.0, 0.01   # ascale's defaults
+LAMBDA_F, LAMBDA_M, MARGIN, LR = 1.0, 0.01, 1.0, 0.02   # train.py's defaults
 
 # name -> (transformers model_type, config keyword arguments): the real sizes, and a tiny one of each
 SIZES = {
