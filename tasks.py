@@ -198,6 +198,15 @@ def hold_out_lengths(train: list[Item], test: list[Item], tokenizer, notes: list
     return train, test
 
 
+def pick_templates(templates: list[str], template: int, fixed_length: bool, task: str) -> list[str]:
+    """The one template a fixed-length set uses, or all of them for a mixed-length set."""
+    if not fixed_length:
+        return list(templates)
+    if not 0 <= template < len(templates):
+        raise UserError(f"--template {template} does not exist; {task} has templates 0..{len(templates) - 1}")
+    return [templates[template]]
+
+
 def cap(items: list[Item], n: int | None, rng: random.Random) -> list[Item]:
     """At most n items, drawn at random (all of them when n is None), in random order."""
     items = list(items)
@@ -293,17 +302,13 @@ def ccc_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
     notes.append(f"countries: {len(COUNTRIES)} in the table, {len(capital)} with a one-token capital "
                  f"({len(multi)} dropped, e.g. {', '.join(repr(' ' + v) for v in multi[:3])})")
 
+    templates = pick_templates(CCC_TEMPLATES, template, fixed_length, "CCC")
     if fixed_length:
-        if not 0 <= template < len(CCC_TEMPLATES):
-            raise UserError(f"--template {template} does not exist; CCC has templates 0..{len(CCC_TEMPLATES) - 1}")
-        templates = [CCC_TEMPLATES[template]]
         # The length depends on the country's name only (the city is one token); measure it
         # with the country's own capital in the city slot.
         probes = [Item(templates[0].format(country=k, city=v), v, v, (k,)) for k, v in capital.items()]
         kept, _ = keep_modal_length(probes, [], tokenizer, "countries", notes)
         capital = {it.group[0]: capital[it.group[0]] for it in kept}
-    else:
-        templates = list(CCC_TEMPLATES)
 
     train_c, test_c = split_groups(list(capital), test_frac, rng, "countries")
     notes.append(f"split by country: {len(train_c)} train, {len(test_c)} test countries")
@@ -385,12 +390,7 @@ def ioi_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
     objects = [o for o in OBJECTS if single_token(tokenizer, " " + o) is not None]
     notes.append(f"one-token words kept: {len(names)}/{len(NAMES)} names, {len(places)}/{len(PLACES)} places, "
                  f"{len(objects)}/{len(OBJECTS)} objects")
-    if fixed_length:
-        if not 0 <= template < len(IOI_TEMPLATES):
-            raise UserError(f"--template {template} does not exist; IOI has templates 0..{len(IOI_TEMPLATES) - 1}")
-        templates = [IOI_TEMPLATES[template]]
-    else:
-        templates = list(IOI_TEMPLATES)
+    templates = pick_templates(IOI_TEMPLATES, template, fixed_length, "IOI")
 
     train_n, test_n = split_groups(names, test_frac, rng, "names")
     notes.append(f"split by name: {len(train_n)} train, {len(test_n)} test names")
