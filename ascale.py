@@ -362,9 +362,15 @@ def save(path, iv: Intervention, *, model, tokens=(), **run) -> None:
             "n_embd": str(iv.n_embd), "positions": str(iv.positions or ""), "tokens": json.dumps(list(tokens)),
             **{k: str(v) for k, v in run.items()}}
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in iv.state_dict().items()}
+    write_atomically(path, to_bytes(tensors, metadata=meta))
+
+
+def write_atomically(path, data: bytes) -> None:
+    """Write a file so that it is either complete or absent (a temporary file beside it, then
+    os.replace): an interrupted run never leaves half a file."""
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
-        f.write(to_bytes(tensors, metadata=meta))
+        f.write(data)
     os.replace(tmp, path)
 
 

@@ -14,9 +14,9 @@ Ctrl-C during training stops it; what was learned so far is still evaluated and 
 
 import argparse
 import dataclasses
+import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -268,10 +268,7 @@ def evaluate_saved(args) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then os.replace."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    ascale.write_atomically(path, json.dumps(obj, indent=1).encode())
 
 
 def print_table(results: dict[str, dict]) -> None:
@@ -355,10 +352,10 @@ def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
     fig.suptitle(f"{title}\nflip rate {metrics['train']['flip_rate']:.0%} train, {metrics['test']['flip_rate']:.0%}"
                  f" test · {metrics['n_params']:,} parameters · {metrics['n_active']:.0f} active locations",
                  fontsize=11)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
+    png = io.BytesIO()
+    fig.savefig(png, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    ascale.write_atomically(path, png.getvalue())
 
 
 if __name__ == "__main__":
