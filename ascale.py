@@ -406,3 +406,107 @@ def load(path, model) -> tuple[Intervention, dict[str, str]]:
     except RuntimeError as e:
         raise UserError(f"{path}: its tensors do not match its metadata ({str(e).splitlines()[0]})") from None
     return iv.to(model.lm_head.weight.device), meta
+
+
+# ----------------------------------------------------------------------------- 6. checking where it acts
+# A heatmap says where an intervention acts; these say where the behaviour *is*, independently of
+# the objective, so the two can be compared (the paper's open question 2: how do learned scalars
+# compare with activation patching?).
+
+
+def _location_shape(model, site: str, T: int) -> tuple[int, ...]:
+    """Shape of one site's map of locations: (L, T), or (L, T, nh) for `head`."""
+    cfg = model.config
+    return (cfg.n_layer, T, cfg.n_head) if site == "head" else (cfg.n_layer, T)
+
+
+def _switch_off(site: str, layer: int, keep: torch.Tensor):
+    """An intervene function for K stacked copies of a batch: h at (site, layer) times keep
+    (K, 1, T[, nh], 1), which is 0 at the location switched off in each copy and 1 elsewhere."""
+    def intervene(s, l, h):
+        if (s, l) != (site, layer):
+            return h
+        return (h.view(keep.shape[0], -1, *h.shape[1:]) * keep.to(h.dtype)).view(h.shape)  # (K·b, T, ...)
+    return intervene
+
+
+@torch.no_grad()
+def knockout(model, batch: Batch, sites, max_sequences: int = 256, progress: bool = True) -> dict[str, torch.Tensor]:
+    """The knockout map: for every location (site, layer, position[, head]), switch that one activation
+    off (α = -1 there, nothing else) and record the change of the mean logit difference toward the
+    target, mean over prompts of ℓ̃(t) - ℓ̃(o) minus the original ℓ(t) - ℓ(o).
+    Returns {site: (L, T) or (L, T, nh)}: negative where the location supports the target.
+
+    The prompts must share one length (positions are locations). Batched: for one (site, layer), K
+    copies of a chunk of prompts go through the model at once, copy k with location k switched off
+    (at most max_sequences sequences a forward pass); layers x positions x sites passes in all."""
+    from tqdm import tqdm
+    N, T = batch.ids.shape
+    if not bool((batch.answer_pos == T - 1).all()):
+        raise UserError("the knockout map needs prompts of one length (positions are locations); "
+                        "use the fixed-length prompts of activscalar or steervec")
+    sites = check_sites(sites)
+    maps = {s: torch.zeros(_location_shape(model, s, T)) for s in sites}
+    jobs = [(s, l) for s in sites for l in range(model.config.n_layer)]
+    for site, layer in tqdm(jobs, desc="knockout", unit="layer", disable=not progress):
+        n_loc = maps[site][layer].numel()                                  # T, or T·nh for head
+        prompts = max(1, min(N, max_sequences))
+        locs = max(1, max_sequences // prompts)
+        for k0 in range(0, n_loc, locs):
+            K = min(locs, n_loc - k0)
+            keep = torch.ones(K, n_loc, device=batch.ids.device)
+            keep[torch.arange(K), torch.arange(k0, k0 + K)] = 0            # copy k: location k0 + k off
+            off = _switch_off(site, layer, keep.view(K, 1, *maps[site][layer].shape, 1))
+            for i in range(0, N, prompts):
+                mb = batch[i:i + prompts]
+                logits = model(mb.ids.repeat(K, 1), intervene=off, at=mb.answer_pos.repeat(K)).float()
+                lt, lo = logits.gather(1, mb.answers.repeat(K, 1)).unbind(1)  # (K·b,)
+                effect = (lt - lo).view(K, -1) - mb.diff_before               # (K, b)
+                maps[site][layer].view(-1)[k0:k0 + K] += effect.sum(1).cpu() / N
+    return maps
+
+
+def attribution(model, batch: Batch, sites) -> dict[str, torch.Tensor]:
+    """The first-order estimate of the knockout map: ∂/∂α of the mean logit difference toward the
+    target, at α = 0 (one backward pass). Knocking a location out is α = -1, so its linear estimate is
+    minus this. It is also ActivScalar's first step: at α = 0 the KL and ℓ1 terms have zero gradient,
+    so while every prompt is inside the margin ∂L/∂α = -attribution, and Adam's first step moves each
+    α by lr·sign(attribution). Returns {site: (L, T) or (L, T, nh)}; prompts of one length."""
+    T = batch.ids.shape[1]
+    iv = ActivScalar(model.config, sites, T).to(batch.ids.device)
+    diff, _ = answer_stats(model(batch.ids, intervene=iv, at=batch.answer_pos).float(), batch)
+    diff.mean().backward()
+    return {s: a.grad.detach().cpu() for s, a in iv.alpha.items()}
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (ties get their average rank)."""
+    def ranks(v):
+        order = v.double().argsort()
+        r = torch.empty_like(order, dtype=torch.float64)
+        r[order] = torch.arange(len(v), dtype=torch.float64)
+        _, inverse = v.unique(return_inverse=True)                  # average the ranks of equal values
+        return (torch.zeros(int(inverse.max()) + 1, dtype=torch.float64).index_add_(0, inverse, r)
+                / torch.bincount(inverse).double())[inverse]
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = (rx.norm() * ry.norm()).item()
+    return (rx @ ry).item() / denom if denom > 0 else float("nan")
+
+
+def agreement(acts: dict[str, torch.Tensor], effects: dict[str, torch.Tensor], threshold: float = ACTIVE,
+              large: float = 1.0) -> dict[str, float]:
+    """How well an intervention's map (β·α per location, e.g. ActivScalar.location_map) agrees with the
+    knockout map, over all locations of all sites:
+        spearman        rank correlation of |β·α| and |knockout effect|
+        large_active    share of the large-effect locations (|effect| >= `large` logits) that are active
+        sign_agreement  share of the active locations where α amplifies what supports the target and
+                        damps what opposes it: sign(α) = -sign(effect)
+    (n_large and n_active count the locations behind the two shares.)"""
+    a = torch.cat([acts[s].float().cpu().flatten() for s in effects])
+    e = torch.cat([effects[s].float().cpu().flatten() for s in effects])
+    active, big = a.abs() >= threshold, e.abs() >= large
+    return {"spearman": spearman(a.abs(), e.abs()),
+            "large_active": active[big].float().mean().item() if big.any() else float("nan"),
+            "sign_agreement": (a.sign() == -e.sign())[active].float().mean().item() if active.any() else float("nan"),
+            "n_large": int(big.sum()), "n_active": int(active.sum()), "n_locations": len(a)}

@@ -311,7 +311,8 @@ def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> s
         how = "HF_HUB_OFFLINE=1 is set" if HF_HUB_OFFLINE else "the Hub cannot be reached"
         raise UserError(f"model {name_or_path!r}{f' at revision {revision!r}' if revision else ''} is not in the"
                         f" Hugging Face cache ({HF_HUB_CACHE}) and {how}: run once with network"
-                        f" (or `hf download {name_or_path}`), or pass a local folder") from None
+                        f" (or `hf download {name_or_path}`), or pass a local folder, such as the offline"
+                        " toy world: --model models/toyworld") from None
     except EntryNotFoundError:
         raise FileNotFoundError(filename) from None
     except (RepositoryNotFoundError, HFValidationError):

@@ -185,7 +185,8 @@ def test_unknown_model_offline_names_the_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    with pytest.raises(UserError, match="not in the Hugging Face cache .*empty-cache.*run once with network"):
+    with pytest.raises(UserError, match="not in the Hugging Face cache .*empty-cache.*run once with network"
+                                        ".*offline toy world: --model models/toyworld"):
         GPT.from_pretrained("EleutherAI/pythia-70m", revision="step1000")
 
 
