@@ -367,6 +367,7 @@ def minimality(iv: Intervention) -> dict[str, float]:
 # ----------------------------------------------------------------------------- 5. save and load
 
 FORMAT = "ascale-intervention-1"
+FILE = "intervention.safetensors"  # its name in a run folder
 
 
 def save(path, iv: Intervention, *, model, tokens=(), **run) -> None:
@@ -395,11 +396,13 @@ def write_atomically(path, data: bytes) -> None:
 def read_metadata(path) -> dict[str, str]:
     """The metadata of an intervention file; UserError if it is not one."""
     from safetensors import safe_open
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; pass the intervention file in it, {os.path.join(path, FILE)}")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except FileNotFoundError:
-        raise UserError(f"intervention file {path} does not exist") from None
+        raise UserError(f"intervention file {path} does not exist; pass the {FILE} of a run folder") from None
     except Exception as e:  # safetensors raises its own error types for damaged or foreign files
         raise UserError(f"{path} is not a safetensors file ({type(e).__name__})") from None
     if meta.get("format") != FORMAT:
