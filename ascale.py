@@ -70,6 +70,24 @@ class Intervention(nn.Module):
                             f" training prompts; it cannot read a {h.shape[1]}-token prompt (dynscalar can)")
         return self.apply(site, layer, h, pos)
 
+    def for_generation(self):
+        """This intervention as gpt2.GPT.generate uses it (generate calls this itself). Without a KV
+        cache, generation re-reads the prompt and the tokens generated so far at every step, so the
+        sequence is longer than a position-tied method's `positions`: ActivScalar and SteerVec then
+        act on the first `positions` tokens (the prompt, as in training) and let every later position
+        pass through unchanged. DynScalar is not tied to positions and acts on every position.
+        Training and evaluation call the intervention itself, which still refuses other lengths."""
+        if self.positions is None:
+            return self
+
+        def prompt_only(site, layer, h, pos=None):   # h (B, T, ...), T >= positions
+            P = self.positions
+            if site not in self.sites or h.shape[1] <= P:
+                return self(site, layer, h, pos)     # the prompt alone (a shorter one is refused)
+            return torch.cat((self(site, layer, h[:, :P]), h[:, P:]), dim=1)
+
+        return prompt_only
+
     def extra_repr(self) -> str:
         return f"sites={','.join(self.sites)}, positions={self.positions}, beta={self.beta}"
 
@@ -349,6 +367,7 @@ def minimality(iv: Intervention) -> dict[str, float]:
 # ----------------------------------------------------------------------------- 5. save and load
 
 FORMAT = "ascale-intervention-1"
+FILE = "intervention.safetensors"  # its name in a run folder
 
 
 def save(path, iv: Intervention, *, model, tokens=(), **run) -> None:
@@ -377,11 +396,13 @@ def write_atomically(path, data: bytes) -> None:
 def read_metadata(path) -> dict[str, str]:
     """The metadata of an intervention file; UserError if it is not one."""
     from safetensors import safe_open
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a folder; pass the intervention file in it, {os.path.join(path, FILE)}")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except FileNotFoundError:
-        raise UserError(f"intervention file {path} does not exist") from None
+        raise UserError(f"intervention file {path} does not exist; pass the {FILE} of a run folder") from None
     except Exception as e:  # safetensors raises its own error types for damaged or foreign files
         raise UserError(f"{path} is not a safetensors file ({type(e).__name__})") from None
     if meta.get("format") != FORMAT:

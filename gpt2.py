@@ -211,7 +211,21 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, intervene=None):
-        """Greedy decoding: append the most likely next token, max_new_tokens times. idx (B, T)."""
+        """Greedy decoding: append the most likely next token, max_new_tokens times. idx (B, T), every
+        row a whole prompt (no padding). There is no KV cache: each new token is one full forward pass
+        over the sequence so far, so N tokens cost N passes (attention O(N·T²), T the final length).
+
+        With `intervene`, every pass goes through it; one that has `for_generation()` (ascale's
+        interventions) is replaced by what that returns, e.g. a position-tied intervention that acts
+        on the prompt only. Positions must not shift under it, so the window does not slide: the
+        prompt and the new tokens must fit the context together."""
+        if intervene is not None:
+            if idx.shape[1] + max_new_tokens > self.config.n_ctx:
+                raise UserError(f"a {idx.shape[1]}-token prompt and {max_new_tokens} new tokens exceed the model's"
+                                f" context of {self.config.n_ctx} tokens; generate at most"
+                                f" {max(self.config.n_ctx - idx.shape[1], 0)} tokens")
+            if hasattr(intervene, "for_generation"):
+                intervene = intervene.for_generation()
         for _ in range(max_new_tokens):
             logits = self(idx[:, -self.config.n_ctx:], intervene=intervene)[:, -1]  # (B, V)
             idx = torch.cat((idx, logits.argmax(-1, keepdim=True)), dim=1)

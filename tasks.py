@@ -423,9 +423,10 @@ def ioi_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
 
 def read_jsonl(path: Path, tokenizer) -> list[Item]:
     """Read a custom task: one {"prompt": ..., "correct": ..., "wrong": ...} per line (blank lines
-    are skipped, other fields ignored). Any problem raises a UserError naming the line."""
+    are skipped, other fields ignored; a UTF-8 byte order mark, as some editors write, and CRLF line
+    ends are fine). Any problem raises a UserError naming the line."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as e:
         raise UserError(f"cannot read task file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:

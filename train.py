@@ -3,12 +3,13 @@ Train an activation-scaling intervention, evaluate it, and show where it acts.
 
     python train.py --task ccc                      ActivScalar on GPT-2 small, country-capital conflicts
     python train.py --task ioi --method all         ActivScalar, SteerVec and DynScalar side by side
-    python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1
+    python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1 --generate 20
 
 What a run does: load the model and tokenizer -> build the task's train and test prompts ->
 report how often the original model prefers the correct answer -> train (the progress bar shows
 the three loss terms) -> evaluate on train and test -> print a table -> write the run folder
 (default runs/<task>-<model>-<method>/): metrics.json, intervention.safetensors, heatmap.png.
+A folder that already holds a run is refused before any work (--out elsewhere, or --overwrite).
 Ctrl-C during training stops it; what was learned so far is still evaluated and saved.
 """
 
@@ -17,6 +18,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from gpt2 import GPT, UserError
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
 DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png")  # what a run folder holds
 SITE_NAMES = {"head": "attention heads", "attn_out": "attention output", "mlp_out": "MLP output",
               "resid": "residual stream after the block"}
 
@@ -75,20 +78,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " (default: auto)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's dtype; the intervention"
                    " stays float32. bfloat16/float16 save memory on a GPU (default: float32)")
-    p.add_argument("--out", help="run folder (default: runs/<task>-<model>-<method>/)")
+    p.add_argument("--out", help="run folder, created if missing (default: runs/<task>-<model>-<method>/); one that"
+                   " already holds a run is refused before any work: choose a new one, or pass --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in the run folder (its"
+                   " metrics.json, intervention.safetensors, heatmap.png) instead of refusing")
     p.add_argument("--show", type=int, default=0, metavar="N", help="print N test prompts with their top-5 next"
                    " tokens before and after the intervention (default: 0)")
+    p.add_argument("--generate", type=int, default=0, metavar="N", help="after training (or --eval), continue"
+                   " the first 3 test prompts (or --show's number) greedily by N tokens, without and with the"
+                   " intervention, and print both. ActivScalar and SteerVec act on the prompt positions they were"
+                   " trained for and let the generated positions pass through unchanged; DynScalar acts on every"
+                   " position. No KV cache: N tokens cost N forward passes over the growing sequence (default: 0)")
     p.add_argument("--eval", metavar="FILE", help="evaluate a saved intervention.safetensors instead of training:"
                    " its method and sites are the file's, and so are model, task, target and seed unless given;"
-                   " prints the table (and --show), writes nothing")
+                   " prints the table (and --show, --generate), writes nothing")
     args = p.parse_args(argv)
     for name in ("lambda_f", "lambda_m", "margin"):
         if not 0 <= getattr(args, name) < float("inf"):
             p.error(f"--{name.replace('_', '-')} must be a number >= 0")
     if not 0 < args.lr < 1e30:
         p.error("--lr must be a positive number")
-    if args.epochs < 0 or args.batch_size < 1 or args.show < 0:
-        p.error("--epochs and --show must be >= 0, --batch-size >= 1")
+    for name in ("epochs", "show", "generate"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name} must be >= 0")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    if args.eval and (args.out or args.overwrite):
+        p.error("--eval writes nothing; drop --out and --overwrite (they are for training)")
     if not math.isfinite(args.beta):
         p.error("--beta must be a finite number")
     return args
@@ -177,9 +193,14 @@ def train(args) -> None:
             setattr(args, key, value)
     sites = ascale.check_sites(s.strip() for s in args.sites.split(",") if s.strip())
     methods = list(ascale.METHODS) if args.method == "all" else [args.method]
+    out = Path(args.out or f"runs/{Path(args.task).stem}-{Path(args.model).name}-{args.method}")
+    folders = {method: out / method if args.method == "all" else out for method in methods}
+    check_run_folders(out, list(folders.values()), args.overwrite)   # before any work: nothing is lost after it
+    check_task_file(args.task)
     model, tok = load_model(args)
     device = model.lm_head.weight.device
     task = load_prompts(args, tok, args.method != "dynscalar", device)
+    check_generate(args, model, task)
     for note in task.notes:
         print(f"  {note}")
     print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
@@ -188,19 +209,58 @@ def train(args) -> None:
     # The original model's answer distributions: computed once per prompt set, shared by all methods.
     batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.batch_size)
                for split in ("train", "test")}
-    out = Path(args.out or f"runs/{Path(args.task).stem}-{Path(args.model).name}-{args.method}")
-    results = {}
+    results, ivs = {}, {}
     for method in methods:
-        folder = out / method if args.method == "all" else out
-        results[method] = train_one(method, sites, model, tok, task, batches, args, folder, pref)
+        results[method], ivs[method] = train_one(method, sites, model, tok, task, batches, args, folders[method],
+                                                 pref)
         if results[method]["interrupted"]:
             break
     print_table(results)
     print(f"wrote {out}/" + ("{" + ",".join(results) + "}/" if args.method == "all" else ""))
+    if args.generate:
+        generations(model, tok, ivs, task.test, args.show or 3, args.generate)
 
 
-def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref: dict) -> dict:
-    """Train one method, evaluate it, write its run folder; return its metrics."""
+def check_run_folders(out: Path, folders: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, run folders that cannot be written, and (without --overwrite) run
+    folders that already hold a run: a finished run is never replaced unasked."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for the run (it is created if missing)")
+    for folder in folders:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())   # the folder or its nearest ancestor
+        if not existing.is_dir():
+            raise UserError(f"cannot create run folder {folder}: {existing} is a file; choose another --out")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write into {existing} (permission denied); choose another --out")
+        done = [name for name in RUN_FILES if (folder / name).exists()]
+        if done and not overwrite:
+            raise UserError(f"{folder} already holds a run ({', '.join(done)}); pass --out NEW_FOLDER for a new run,"
+                            " or --overwrite to replace it")
+        for name in done:
+            if not (folder / name).is_file():
+                raise UserError(f"{folder / name} is not a file and cannot be replaced; choose another --out")
+
+
+def check_task_file(task: str) -> None:
+    """A custom task's file must exist: checked before the model is loaded."""
+    if task.endswith(".jsonl") and not Path(task).is_file():
+        what = "is a folder" if Path(task).is_dir() else "does not exist"
+        raise UserError(f"task file {task} {what}; pass --task ccc, ioi, or the path of an existing .jsonl file")
+
+
+def check_generate(args, model, task) -> None:
+    """--generate N: the prompts shown and N new tokens must fit the model's context (the window
+    does not slide under an intervention, see GPT.generate); checked before training."""
+    n = min(args.show or 3, len(task.test))
+    T = int(task.test.answer_pos[:n].max()) + 1 if n else 0
+    if args.generate and T + args.generate > model.config.n_ctx:
+        raise UserError(f"--generate {args.generate}: test prompts of {T} tokens and {args.generate} new tokens"
+                        f" exceed the model's context of {model.config.n_ctx} tokens; use --generate"
+                        f" {max(model.config.n_ctx - T, 0)} or fewer")
+
+
+def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref: dict):
+    """Train one method, evaluate it, write its run folder; return its metrics and the intervention."""
     torch.manual_seed(args.seed)
     positions = None if method == "dynscalar" else task.train.ids.shape[1]
     iv = ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
@@ -224,7 +284,7 @@ def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref
     heatmap(model, iv, task, folder / "heatmap.png", f"{method} · {task.name} · {Path(args.model).name}", metrics)
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
-    return metrics
+    return metrics, iv
 
 
 def measure(model, iv, batches) -> dict:
@@ -245,6 +305,7 @@ def evaluate_saved(args) -> None:
     args.target = args.target or meta.get("target") or DEFAULTS["target"]
     args.seed = args.seed if args.seed is not None else int(meta.get("seed") or DEFAULTS["seed"])
     args.unseen_lengths = args.unseen_lengths or meta.get("unseen_lengths") == "1"
+    check_task_file(args.task)
     model, tok = load_model(args)
     iv, meta = ascale.load(args.eval, model)
     if args.model != meta["model"]:
@@ -254,6 +315,7 @@ def evaluate_saved(args) -> None:
     if iv.positions and task.train.ids.shape[1] != iv.positions:
         raise UserError(f"{args.eval} is for {iv.positions}-token prompts, but task {args.task} has"
                         f" {task.train.ids.shape[1]}-token prompts for this tokenizer")
+    check_generate(args, model, task)
     print(f"evaluating {iv.method} on {','.join(iv.sites)} at beta {args.beta}: task {task.name},"
           f" {len(task.train)} train and {len(task.test)} test prompts, target {args.target}")
     report_preference(model, task, args.batch_size)
@@ -262,6 +324,8 @@ def evaluate_saved(args) -> None:
     print_table({iv.method: measure(model, iv, batches)})
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
+    if args.generate:
+        generations(model, tok, {iv.method: iv}, task.test, args.show or 3, args.generate)
 
 
 # ----------------------------------------------------------------------------- output
@@ -300,6 +364,26 @@ def show(model, tok, iv, ps, batch, n: int) -> None:
             top = p.topk(5)
             print(f"  {name}: " + "  ".join(f"{tok.token_str(int(t))!r} {float(q):.1%}"
                                            for q, t in zip(top.values, top.indices, strict=True)))
+
+
+def generations(model, tok, ivs: dict, ps, n: int, n_tokens: int) -> None:
+    """--generate: the first n test prompts, each continued greedily by n_tokens tokens without the
+    intervention and with each of `ivs` (method -> intervention), one under the other. Each prompt
+    is generated on its own, so the padding of shorter prompts never enters a continuation; the
+    text stops at an end-of-text token."""
+    n = min(n, len(ps))
+    beta = next(iter(ivs.values())).beta
+    print(f"\ngreedy continuations of {n_tokens} tokens, without and with the intervention (beta {beta:g}):")
+    rows = {"without": None, **{f"with {method}": iv for method, iv in ivs.items()}}
+    width = max(map(len, rows))
+    for i in range(n):
+        ids = ps.ids[i:i + 1, :int(ps.answer_pos[i]) + 1]               # (1, T): this prompt, no padding
+        print(f"\n{ps.prompts[i]!r}")
+        for label, iv in rows.items():
+            new = model.generate(ids, n_tokens, intervene=iv)[0, ids.shape[1]:].tolist()
+            if tok.eot_token in new:
+                new = new[:new.index(tok.eot_token) + 1]
+            print(f"  {label.ljust(width)}: {tok.decode(new)!r}")
 
 
 def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:

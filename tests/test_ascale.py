@@ -117,6 +117,78 @@ def test_position_tied_methods_refuse_another_length(model, method):
         model(prompts(T=6).ids, intervene=iv)
 
 
+# ----------------------------------------------------------------------------- generation
+
+
+def randomised(model, method, sites=("head", "attn_out", "mlp_out"), T=8, seed=0):
+    """An intervention with random parameters, large enough to change what the model says."""
+    iv = ascale.make(method, model.config, sites, T)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return iv
+
+
+@pytest.mark.parametrize("method", ascale.METHODS)
+def test_generation_at_beta_0_is_plain_generation(model, method):
+    ids = prompts(N=3).ids                                           # (3, 8)
+    iv = randomised(model, method)
+    plain = model.generate(ids, 12)
+    assert not torch.equal(model.generate(ids, 12, intervene=iv), plain)  # the intervention does something
+    iv.beta = 0.0
+    assert torch.equal(model.generate(ids, 12, intervene=iv), plain)
+
+
+class Recorder:
+    """Wraps what an intervention gives GPT.generate; records (site, layer, h in, h out) at its sites."""
+
+    def __init__(self, iv):
+        self.iv, self.calls = iv, []
+
+    def for_generation(self):
+        inner = self.iv.for_generation()
+
+        def record(site, layer, h, pos=None):
+            out = inner(site, layer, h)
+            if site in self.iv.sites:
+                self.calls.append((site, layer, h, out))
+            return out
+        return record
+
+
+@pytest.mark.parametrize("method", ["activscalar", "steervec"])
+def test_position_tied_generation_leaves_the_generated_positions_untouched(model, method):
+    ids, P = prompts(N=2).ids, 8
+    iv = randomised(model, method)
+    rec = Recorder(iv)
+    out = model.generate(ids, 5, intervene=rec)
+    assert out.shape == (2, 13) and torch.equal(out[:, :P], ids)
+    assert {h.shape[1] for _, _, h, _ in rec.calls} == set(range(P, P + 5))  # one full pass per new token
+    for site, layer, h, h_out in rec.calls:
+        assert torch.equal(h_out[:, P:], h[:, P:])                  # generated positions pass through
+        assert torch.equal(h_out[:, :P], iv(site, layer, h[:, :P]))  # the prompt is steered as in training
+        assert not torch.equal(h_out[:, :P], h[:, :P])
+    with pytest.raises(UserError, match="8 positions.*13-token"):    # training and evaluation still refuse
+        model(out, intervene=iv)
+
+
+def test_dynscalar_generation_acts_on_every_position(model):
+    ids = prompts(N=2).ids
+    rec = Recorder(randomised(model, "dynscalar"))
+    model.generate(ids, 4, intervene=rec)
+    assert rec.calls and all(not torch.equal(h_out[:, -1], h[:, -1]) for *_, h, h_out in rec.calls)  # the newest too
+
+
+def test_generation_under_an_intervention_must_fit_the_context(model):
+    ids = prompts(N=1).ids                                            # 8 tokens; the tiny model reads 64
+    iv = randomised(model, "activscalar")
+    assert model.generate(ids, 56, intervene=iv).shape == (1, 64)
+    with pytest.raises(UserError, match="8-token prompt and 57 new tokens exceed.*64.*at most 56"):
+        model.generate(ids, 57, intervene=iv)
+    assert model.generate(ids, 57).shape == (1, 65)                  # without one, the window slides
+
+
 # ----------------------------------------------------------------------------- objective
 
 

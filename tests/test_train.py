@@ -16,7 +16,8 @@ CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spa
             ("Cuba", "Havana"), ("Peru", "Lima"), ("China", "Beijing")]
 TEMPLATE = "The capital of {country} is {city}. Q: What is the capital of {country}? A:"
 FLAGS = ["--model", "--revision", "--task", "--method", "--sites", "--target", "--lambda-f", "--lambda-m", "--margin",
-         "--beta", "--lr", "--epochs", "--batch-size", "--seed", "--device", "--dtype", "--out", "--show", "--eval"]
+         "--beta", "--lr", "--epochs", "--batch-size", "--seed", "--device", "--dtype", "--out", "--overwrite",
+         "--show", "--generate", "--eval"]
 
 
 def write_task(path, rows):
@@ -65,7 +66,8 @@ def check_run_folder(folder, method):
 def one_run(setup, tmp_path_factory):
     model, task = setup
     out = tmp_path_factory.mktemp("run") / "activscalar"
-    proc = run_script("--model", model, "--task", task, "--epochs", "3", "--out", str(out), "--show", "2")
+    proc = run_script("--model", model, "--task", task, "--epochs", "3", "--out", str(out), "--show", "2",
+                      "--generate", "4")
     return proc, out
 
 
@@ -77,17 +79,30 @@ def test_one_method_end_to_end(one_run):
     assert "original model: prefers the correct answer" in proc.stdout
     assert "flip rate" in proc.stdout and "active locations" in proc.stdout
     assert proc.stdout.count("  before: ") == 2 and proc.stdout.count("  after : ") == 2
+    assert "greedy continuations of 4 tokens" in proc.stdout  # --generate, for --show's 2 prompts
+    assert proc.stdout.count("  without         : '") == 2 and proc.stdout.count("  with activscalar: '") == 2
     assert "L_E=" in proc.stderr  # the progress bar shows the three terms
 
 
 def test_all_methods_end_to_end(setup, tmp_path):
     model, task = setup
-    proc = run_script("--model", model, "--task", task, "--method", "all", "--epochs", "2", "--out", str(tmp_path))
+    argv = ("--model", model, "--task", task, "--method", "all", "--epochs", "2", "--out", str(tmp_path))
+    proc = run_script(*argv, "--generate", "3")
     assert proc.returncode == 0, proc.stderr
     for method in ascale.METHODS:
         check_run_folder(tmp_path / method, method)
     header = next(line for line in proc.stdout.splitlines() if line.startswith("(train / test)"))
     assert header.split()[-3:] == list(ascale.METHODS)
+    # --generate: each of 3 test prompts continued once without and once with each method
+    for label in ("without", *(f"with {m}" for m in ascale.METHODS)):
+        assert sum(line.startswith("  ") and line.split(":")[0].strip() == label
+                   for line in proc.stdout.splitlines()) == 3, label
+    # the same command again: refused before any work, the first run kept
+    before = {m: (tmp_path / m / "metrics.json").read_bytes() for m in ascale.METHODS}
+    again = run_script(*argv)
+    assert again.returncode == 2 and again.stdout == ""
+    assert "already holds a run" in one_error_line(again.stderr) and "--overwrite" in again.stderr
+    assert before == {m: (tmp_path / m / "metrics.json").read_bytes() for m in ascale.METHODS}
 
 
 def test_eval_prints_the_saved_runs_numbers(one_run, capsys):
@@ -96,6 +111,35 @@ def test_eval_prints_the_saved_runs_numbers(one_run, capsys):
     assert train.main(["--eval", str(out / "intervention.safetensors")]) == 0
     flips = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("flip rate"))
     assert flips.split()[-3:] == [f"{m['train']['flip_rate']:.2f}", "/", f"{m['test']['flip_rate']:.2f}"]
+
+
+def test_eval_generates_without_and_with(one_run, capsys):
+    _, out = one_run
+    assert train.main(["--eval", str(out / "intervention.safetensors"), "--generate", "3", "--beta", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    without = [line.split(": ", 1)[1] for line in lines if line.startswith("  without ")]
+    with_ = [line.split(": ", 1)[1] for line in lines if line.startswith("  with activscalar")]
+    assert len(without) == len(with_) == 3 and without == with_  # beta 0: the original model
+
+
+def test_generation_does_not_read_the_padding(setup, capsys):
+    """DynScalar's test prompts have mixed lengths, right-padded: each is continued on its own."""
+    import torch
+
+    import tasks
+    from gpt2 import GPT
+    from tokenizer import get_tokenizer
+    model_dir, _ = setup
+    longer = {"prompt": TEMPLATE.format(country="the United Kingdom", city="Paris"), "correct": " London",
+              "wrong": " Paris"}
+    model, tok = GPT.from_pretrained(model_dir), get_tokenizer(model_dir)
+    ps = tasks.tokenize([tasks.Item(r["prompt"], r["correct"], r["wrong"]) for r in ccc_rows([longer])[-3:]], tok)
+    assert ps.lengths.tolist() == [18, 18, 22]  # the first two padded by 4
+    iv = ascale.make("dynscalar", model.config, ["mlp_out"])
+    train.generations(model, tok, {"dynscalar": iv}, ps, len(ps), 5)
+    shown = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("  with ")]
+    alone = [repr(tok.decode(model.generate(torch.tensor([tok.encode(p)]), 5)[0, -5:].tolist())) for p in ps.prompts]
+    assert shown == alone
 
 
 def test_help_explains_every_flag(capsys):
@@ -207,3 +251,75 @@ def test_a_nan_loss(setup, tmp_path, capsys):
     err = bad(["--model", model, "--task", task, "--lr", "1e20", "--epochs", "3", "--out", str(tmp_path)], capsys)
     assert "loss became nan" in err and "lower --lr" in err
     assert not (tmp_path / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- odd inputs, as a new user makes them
+
+
+def test_out_naming_a_file_is_refused_before_any_work(setup, tmp_path):
+    _, task = setup
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    for extra, message in [(("--out", str(notes)), "is a file; name a folder"),
+                           (("--out", str(notes), "--method", "all"), "is a file; name a folder"),
+                           (("--out", str(notes / "run")), f"{notes} is a file; choose another --out")]:
+        # a model that does not exist: the error must come before it is loaded
+        proc = run_script("--model", str(tmp_path / "no-model"), "--task", task, *extra)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert message in one_error_line(proc.stderr)
+    assert notes.read_text() == "keep me"
+
+
+def test_an_unwritable_out_is_refused_before_any_work(setup, tmp_path, monkeypatch, capsys):
+    _, task = setup
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(locked) else access(p, mode))
+    err = bad(["--model", str(tmp_path / "no-model"), "--task", task, "--out", str(locked / "run")], capsys)
+    assert f"cannot write into {locked}" in err and "choose another --out" in err
+
+
+def test_a_rerun_never_replaces_a_finished_run_unasked(setup, tmp_path, capsys):
+    model, task = setup
+    out = str(tmp_path / "run")
+    assert train.main(["--model", model, "--task", task, "--epochs", "1", "--out", out]) == 0
+    first = (tmp_path / "run" / "metrics.json").read_bytes()
+    capsys.readouterr()
+    err = bad(["--model", model, "--task", task, "--epochs", "1", "--out", out], capsys)
+    assert "already holds a run (metrics.json, intervention.safetensors, heatmap.png)" in err
+    assert "--out NEW_FOLDER" in err and "--overwrite" in err
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == first
+    assert train.main(["--model", model, "--task", task, "--epochs", "2", "--out", out, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_jsonl_with_a_byte_order_mark(setup, tmp_path, newline):
+    model, _ = setup
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(("\ufeff" + "".join(json.dumps(r) + newline for r in ccc_rows()) + newline).encode())
+    assert train.main(["--model", model, "--task", str(path), "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n_prompts"] == 3
+
+
+def test_generate_checks(setup, tmp_path, capsys):
+    model, task = setup
+    base = ["--model", model, "--task", task, "--out", str(tmp_path / "run")]
+    assert "--generate must be >= 0" in bad([*base, "--generate", "-1"], capsys)
+    # 18-token prompts, a 64-token model: refused before training, nothing written
+    err = bad([*base, "--generate", "47"], capsys)
+    assert "exceed the model's context of 64 tokens; use --generate 46 or fewer" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_files_are_named_before_any_work(setup, tmp_path, one_run, capsys):
+    _, out = one_run
+    err = bad(["--model", str(tmp_path / "no-model"), "--task", str(tmp_path / "nope.jsonl")], capsys)
+    assert f"task file {tmp_path / 'nope.jsonl'} does not exist; pass --task" in err
+    err = bad(["--eval", str(tmp_path / "nope.safetensors")], capsys)
+    assert "does not exist; pass the intervention.safetensors of a run folder" in err
+    err = bad(["--eval", str(out)], capsys)
+    assert f"is a folder; pass the intervention file in it, {out / 'intervention.safetensors'}" in err
+    err = bad(["--eval", str(out / "intervention.safetensors"), "--out", str(tmp_path)], capsys)
+    assert "--eval writes nothing" in err
