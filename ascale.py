@@ -28,6 +28,7 @@ from gpt2 import SITES, GPTConfig, UserError
 
 METHODS = ("activscalar", "steervec", "dynscalar")
 TARGETS = ("flip", "wrong", "correct")
+STEPS = 200   # default number of optimizer steps (the README says how it was chosen)
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
 
 # ----------------------------------------------------------------------------- 1. interventions
@@ -277,40 +278,51 @@ def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, l
 # ----------------------------------------------------------------------------- 3. training
 
 
-def fit(model, iv: Intervention, batch: Batch, *, epochs: int = 25, lr: float = 0.02, batch_size: int = 32,
+def minibatches(n: int, batch_size: int, gen: torch.Generator):
+    """Endless minibatches of prompt indices: shuffled passes over the n prompts, batch_size at a
+    time (the whole set when it is no larger, in order)."""
+    while True:
+        if batch_size >= n:
+            yield None
+            continue
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            yield order[i:i + batch_size]
+
+
+def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float = 0.02, batch_size: int = 32,
         lambda_f: float = 1.0, lambda_m: float = 0.01, margin: float = 1.0, seed: int = 0,
         progress: bool = True) -> dict:
-    """Train iv's parameters with Adam on the objective, the model frozen. Minibatches are drawn
-    by a torch.Generator seeded with `seed` (the same numbers on CPU for the same seed).
+    """Train iv's parameters with Adam on the objective for `steps` optimizer steps, the model frozen.
+    Training is counted in steps, not passes over the prompts, so a task of 20 prompts and one of 300
+    get the same number of updates. Minibatches are drawn by a torch.Generator seeded with `seed`
+    (the same numbers on CPU for the same seed).
 
     Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted"}. Ctrl-C stops
     training and returns what was learned so far; a loss that is not finite raises UserError."""
     from tqdm import tqdm
 
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(batch)
-    per_epoch = math.ceil(n / batch_size)
+    draws = minibatches(len(batch), batch_size, torch.Generator().manual_seed(seed))
     curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}
-    bar = tqdm(total=epochs * per_epoch, disable=not progress, desc=f"{iv.method}", unit="step")
+    bar = tqdm(total=steps, disable=not progress, desc=f"{iv.method}", unit="step")
     try:
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=gen).to(batch.ids.device)
-            for i in range(0, n, batch_size):
-                mb = batch if batch_size >= n else batch[order[i:i + batch_size]]
-                loss, terms = objective(model, iv, mb, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
-                values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()
-                if not math.isfinite(values[0]):
-                    bad = next((k for k, v in zip(terms, values[1:], strict=True) if not math.isfinite(v)), "loss")
-                    raise UserError(f"the loss became {values[0]} at step {len(curve['loss']) + 1} ({bad} is not"
-                                    f" finite); lower --lr (now {lr:g})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for k, v in zip(curve, values, strict=True):
-                    curve[k].append(v)
-                bar.update()
-                bar.set_postfix(L_E=f"{values[1]:.3f}", L_F=f"{values[2]:.4f}", L_M=f"{values[3]:.2f}")
+        for step in range(1, steps + 1):
+            idx = next(draws)
+            mb = batch if idx is None else batch[idx.to(batch.ids.device)]
+            loss, terms = objective(model, iv, mb, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
+            values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()
+            if not math.isfinite(values[0]):
+                bad = next((k for k, v in zip(terms, values[1:], strict=True) if not math.isfinite(v)), "loss")
+                raise UserError(f"the loss became {values[0]} at step {step} ({bad} is not finite);"
+                                f" lower --lr (now {lr:g})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in zip(curve, values, strict=True):
+                curve[k].append(v)
+            bar.update()
+            bar.set_postfix(L_E=f"{values[1]:.3f}", L_F=f"{values[2]:.4f}", L_M=f"{values[3]:.2f}")
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True

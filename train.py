@@ -31,7 +31,7 @@ from gpt2 import GPT, UserError
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
 DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png")  # what a run folder holds
+RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "knockout.png")  # what a run folder holds
 SITE_NAMES = {"head": "attention heads", "attn_out": "attention output", "mlp_out": "MLP output",
               "resid": "residual stream after the block"}
 
@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=1.0, help="strength dial at evaluation: the learned intervention"
                    " times beta; 0 is the original model, -1 reverses it (training always uses 1) (default: 1)")
     p.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (default: 0.02)")
-    p.add_argument("--epochs", type=int, default=25, help="passes over the training prompts (default: 25)")
+    p.add_argument("--steps", type=int, default=ascale.STEPS, help="Adam steps, whatever the number of training"
+                   f" prompts (default: {ascale.STEPS})")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per training step (default: 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
@@ -89,6 +90,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " intervention, and print both. ActivScalar and SteerVec act on the prompt positions they were"
                    " trained for and let the generated positions pass through unchanged; DynScalar acts on every"
                    " position. No KV cache: N tokens cost N forward passes over the growing sequence (default: 0)")
+    p.add_argument("--knockout", action="store_true", help="after training, check the heatmap against a knockout"
+                   " map: switch each location off in turn over the training prompts and compare (analyze.py"
+                   " knockout); writes knockout.png and a knockout entry in metrics.json. Costs layers x positions x"
+                   " sites passes over the training prompts: seconds on the toy world, minutes for GPT-2 on a CPU;"
+                   " needs one prompt length (not --method dynscalar)")
     p.add_argument("--eval", metavar="FILE", help="evaluate a saved intervention.safetensors instead of training:"
                    " its method and sites are the file's, and so are model, task, target and seed unless given;"
                    " prints the table (and --show, --generate), writes nothing")
@@ -98,13 +104,16 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be a number >= 0")
     if not 0 < args.lr < 1e30:
         p.error("--lr must be a positive number")
-    for name in ("epochs", "show", "generate"):
+    for name in ("steps", "show", "generate"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0")
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
-    if args.eval and (args.out or args.overwrite):
-        p.error("--eval writes nothing; drop --out and --overwrite (they are for training)")
+    if args.eval and (args.out or args.overwrite or args.knockout):
+        p.error("--eval writes nothing; drop --out, --overwrite and --knockout (they are for training; for a saved"
+                " run: python analyze.py knockout FILE)")
+    if args.knockout and args.method == "dynscalar":
+        p.error("--knockout needs prompts of one length; use it with activscalar, steervec or all")
     if not math.isfinite(args.beta):
         p.error("--beta must be a finite number")
     return args
@@ -216,6 +225,11 @@ def train(args) -> None:
         if results[method]["interrupted"]:
             break
     print_table(results)
+    if args.knockout:
+        import analyze
+        runs = {m: (ivs[m], folders[m]) for m in results if not results[m]["interrupted"]}
+        title = f"{task.name} · {Path(args.model).name}"
+        analyze.knockout_check(model, batches["train"], task.train.tokens[0], runs, title)
     print(f"wrote {out}/" + ("{" + ",".join(results) + "}/" if args.method == "all" else ""))
     if args.generate:
         generations(model, tok, ivs, task.test, args.show or 3, args.generate)
@@ -265,7 +279,7 @@ def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref
     positions = None if method == "dynscalar" else task.train.ids.shape[1]
     iv = ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
     start = time.time()
-    curve = ascale.fit(model, iv, batches["train"], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+    curve = ascale.fit(model, iv, batches["train"], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                        lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin, seed=args.seed)
     seconds = time.time() - start
     if curve["interrupted"]:
@@ -295,9 +309,10 @@ def measure(model, iv, batches) -> dict:
             "active_threshold": ascale.ACTIVE}
 
 
-def evaluate_saved(args) -> None:
-    """--eval FILE: load an intervention onto its model (or --model of the same shape), rebuild its
-    task's prompts, evaluate and print; nothing is written."""
+def open_saved(args):
+    """Load a saved intervention (args.eval) onto its model (or --model of the same shape) and rebuild
+    the prompts it was trained on; flags left unset come from the file. Returns (model, tokenizer,
+    intervention, task, prepared batches per split)."""
     meta = ascale.read_metadata(args.eval)
     args.model = args.model or meta["model"] or DEFAULTS["model"]
     args.revision = args.revision or meta["revision"] or None
@@ -316,11 +331,19 @@ def evaluate_saved(args) -> None:
         raise UserError(f"{args.eval} is for {iv.positions}-token prompts, but task {args.task} has"
                         f" {task.train.ids.shape[1]}-token prompts for this tokenizer")
     check_generate(args, model, task)
-    print(f"evaluating {iv.method} on {','.join(iv.sites)} at beta {args.beta}: task {task.name},"
-          f" {len(task.train)} train and {len(task.test)} test prompts, target {args.target}")
+    print(f"{iv.method} on {','.join(iv.sites)}: task {task.name}, {len(task.train)} train and {len(task.test)}"
+          f" test prompts, target {args.target}")
     report_preference(model, task, args.batch_size)
     batches = {s: ascale.prepare(model, getattr(task, s), args.target, args.batch_size) for s in ("train", "test")}
+    return model, tok, iv, task, batches
+
+
+def evaluate_saved(args) -> None:
+    """--eval FILE: evaluate a saved intervention on the prompts it was trained on and print; nothing
+    is written."""
+    model, tok, iv, task, batches = open_saved(args)
     iv.beta = args.beta
+    print(f"at beta {args.beta}:")
     print_table({iv.method: measure(model, iv, batches)})
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)

@@ -10,7 +10,7 @@ from gpt2 import GPT, GPTConfig, UserError
 from tasks import PromptSet
 
 X, Y = 6342, 11307  # " Paris", " Berlin" in GPT-2's vocabulary: the two answers of the test prompts
-FAST = dict(epochs=50, lr=0.1, batch_size=8, lambda_m=1e-3, progress=False)  # enough for the tiny model
+FAST = dict(steps=50, lr=0.1, batch_size=8, lambda_m=1e-3, progress=False)  # enough for the tiny model
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +244,7 @@ def test_the_objective_starts_faithful_and_only_reads_the_answer_positions(model
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda idx, intervene=None, at=None: (
         calls.append((intervene is None, at is None)), forward(idx, intervene=intervene, at=at))[1])
-    ascale.fit(model, iv, batch, epochs=3, batch_size=4, progress=False)
+    ascale.fit(model, iv, batch, steps=6, batch_size=4, progress=False)
     assert calls == [(False, False)] * 6
 
 
@@ -307,7 +307,7 @@ def test_active_locations_of_activscalar_count_the_scalars(model):
 @pytest.mark.parametrize("method", ascale.METHODS)
 def test_the_model_weights_stay_bit_identical(model, method):
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    iv, _, _ = trained(model, method, "wrong", epochs=5)
+    iv, _, _ = trained(model, method, "wrong", steps=5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())
@@ -315,16 +315,16 @@ def test_the_model_weights_stay_bit_identical(model, method):
 
 
 def test_same_seed_same_numbers(model):
-    runs = [trained(model, "activscalar", "flip", epochs=4, batch_size=3, seed=7) for _ in range(2)]
+    runs = [trained(model, "activscalar", "flip", steps=4, batch_size=3, seed=7) for _ in range(2)]
     assert runs[0][2]["loss"] == runs[1][2]["loss"]
     assert torch.equal(runs[0][0].alpha["mlp_out"], runs[1][0].alpha["mlp_out"])
-    other = trained(model, "activscalar", "flip", epochs=4, batch_size=3, seed=8)
+    other = trained(model, "activscalar", "flip", steps=4, batch_size=3, seed=8)
     assert other[2]["loss"] != runs[0][2]["loss"]  # the seed orders the minibatches
 
 
 def test_a_nan_loss_stops_with_a_clear_error(model):
     with pytest.raises(UserError, match=r"loss became nan at step \d+ \(L_E is not finite\); lower --lr"):
-        trained(model, "activscalar", "wrong", lr=1e20, epochs=5)
+        trained(model, "activscalar", "wrong", lr=1e20, steps=5)
 
 
 def test_ctrl_c_keeps_what_was_learned(model, monkeypatch):
@@ -337,7 +337,7 @@ def test_ctrl_c_keeps_what_was_learned(model, monkeypatch):
         return objective(*args, **kwargs)
 
     monkeypatch.setattr(ascale, "objective", interrupted_at_step_4)
-    iv, batch, curve = trained(model, "activscalar", "wrong", epochs=10)
+    iv, batch, curve = trained(model, "activscalar", "wrong", steps=10)
     assert curve["interrupted"] and curve["steps"] == 3 and len(curve["loss"]) == 3
     assert ascale.l1(iv) > 0
 
@@ -354,7 +354,7 @@ def test_pythia_trains_too(tmp_path):
 
 @pytest.mark.parametrize("method", ascale.METHODS)
 def test_save_then_load_gives_the_same_metrics(model, method, tmp_path):
-    iv, batch, _ = trained(model, method, "wrong", sites=("head", "attn_out"), epochs=10)
+    iv, batch, _ = trained(model, method, "wrong", sites=("head", "attn_out"), steps=10)
     path = tmp_path / "intervention.safetensors"
     ascale.save(path, iv, model=model, task="my.jsonl", target="wrong", seed=3, tokens=["a", " b"] * 4)
     loaded, meta = ascale.load(path, GPT.from_pretrained(model.name_or_path))
@@ -469,7 +469,7 @@ def test_attribution_is_activscalars_first_step(model):
     batch = ascale.prepare(model, prompts(N=6, T=5, swap=True), "flip")
     grads = ascale.attribution(model, batch, ["mlp_out"])
     iv = ascale.make("activscalar", model.config, ["mlp_out"], 5)
-    ascale.fit(model, iv, batch, epochs=1, lr=0.01, batch_size=6, margin=100.0, progress=False)
+    ascale.fit(model, iv, batch, steps=1, lr=0.01, batch_size=6, margin=100.0, progress=False)
     torch.testing.assert_close(iv.alpha["mlp_out"].detach(), 0.01 * grads["mlp_out"].sign(), atol=1e-6, rtol=0)
 
 

@@ -16,7 +16,7 @@ CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spa
             ("Cuba", "Havana"), ("Peru", "Lima"), ("China", "Beijing")]
 TEMPLATE = "The capital of {country} is {city}. Q: What is the capital of {country}? A:"
 FLAGS = ["--model", "--revision", "--task", "--method", "--sites", "--target", "--lambda-f", "--lambda-m", "--margin",
-         "--beta", "--lr", "--epochs", "--batch-size", "--seed", "--device", "--dtype", "--out", "--overwrite",
+         "--beta", "--lr", "--steps", "--batch-size", "--seed", "--device", "--dtype", "--out", "--overwrite",
          "--show", "--generate", "--eval"]
 
 
@@ -66,7 +66,7 @@ def check_run_folder(folder, method):
 def one_run(setup, tmp_path_factory):
     model, task = setup
     out = tmp_path_factory.mktemp("run") / "activscalar"
-    proc = run_script("--model", model, "--task", task, "--epochs", "3", "--out", str(out), "--show", "2",
+    proc = run_script("--model", model, "--task", task, "--steps", "3", "--out", str(out), "--show", "2",
                       "--generate", "4")
     return proc, out
 
@@ -86,7 +86,7 @@ def test_one_method_end_to_end(one_run):
 
 def test_all_methods_end_to_end(setup, tmp_path):
     model, task = setup
-    argv = ("--model", model, "--task", task, "--method", "all", "--epochs", "2", "--out", str(tmp_path))
+    argv = ("--model", model, "--task", task, "--method", "all", "--steps", "2", "--out", str(tmp_path))
     proc = run_script(*argv, "--generate", "3")
     assert proc.returncode == 0, proc.stderr
     for method in ascale.METHODS:
@@ -154,7 +154,7 @@ def test_help_explains_every_flag(capsys):
 def test_same_seed_same_numbers(setup, tmp_path):
     model, task = setup
     for name in ("a", "b"):
-        assert train.main(["--model", model, "--task", task, "--epochs", "2", "--batch-size", "4", "--seed", "5",
+        assert train.main(["--model", model, "--task", task, "--steps", "2", "--batch-size", "4", "--seed", "5",
                            "--out", str(tmp_path / name)]) == 0
     a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
     assert a["loss_curve"] == b["loss_curve"] and a["test"] == b["test"]
@@ -165,7 +165,7 @@ def test_dynscalar_takes_prompts_of_several_lengths(setup, tmp_path):
     longer = {"prompt": TEMPLATE.format(country="the United Kingdom", city="Paris"), "correct": " London",
               "wrong": " Paris"}
     task = write_task(tmp_path / "mixed.jsonl", ccc_rows([longer]))
-    assert train.main(["--model", model, "--task", task, "--method", "dynscalar", "--epochs", "2",
+    assert train.main(["--model", model, "--task", task, "--method", "dynscalar", "--steps", "2",
                        "--out", str(tmp_path / "run")]) == 0
     check_run_folder(tmp_path / "run", "dynscalar")
 
@@ -181,7 +181,7 @@ def test_ctrl_c_evaluates_and_saves_what_was_learned(setup, tmp_path, monkeypatc
         return objective(*args, **kwargs)
 
     monkeypatch.setattr(ascale, "objective", interrupted_at_step_3)
-    assert train.main(["--model", model, "--task", task, "--epochs", "5", "--batch-size", "4",
+    assert train.main(["--model", model, "--task", task, "--steps", "5", "--batch-size", "4",
                        "--out", str(tmp_path)]) == 0
     m = check_run_folder(tmp_path, "activscalar")
     assert m["interrupted"] and m["steps"] == 2
@@ -206,9 +206,10 @@ def test_bad_input_from_the_command_line_is_one_line(setup, tmp_path):
     assert "unknown site 'mlp'" in one_error_line(proc.stderr)
 
 
-def bad(argv, capsys) -> str:
+def bad(argv, capsys, script=train) -> str:
+    """Run script.main(argv) (train.py's by default): exit code 2 and one error line, returned."""
     try:
-        code = train.main(argv)
+        code = script.main(argv)
     except SystemExit as e:  # argparse's own checks
         code = e.code
     assert code == 2
@@ -248,7 +249,7 @@ def test_intervention_for_another_model(one_run, tmp_path, capsys):
 
 def test_a_nan_loss(setup, tmp_path, capsys):
     model, task = setup
-    err = bad(["--model", model, "--task", task, "--lr", "1e20", "--epochs", "3", "--out", str(tmp_path)], capsys)
+    err = bad(["--model", model, "--task", task, "--lr", "1e20", "--steps", "3", "--out", str(tmp_path)], capsys)
     assert "loss became nan" in err and "lower --lr" in err
     assert not (tmp_path / "metrics.json").exists()
 
@@ -283,15 +284,15 @@ def test_an_unwritable_out_is_refused_before_any_work(setup, tmp_path, monkeypat
 def test_a_rerun_never_replaces_a_finished_run_unasked(setup, tmp_path, capsys):
     model, task = setup
     out = str(tmp_path / "run")
-    assert train.main(["--model", model, "--task", task, "--epochs", "1", "--out", out]) == 0
+    assert train.main(["--model", model, "--task", task, "--steps", "1", "--out", out]) == 0
     first = (tmp_path / "run" / "metrics.json").read_bytes()
     capsys.readouterr()
-    err = bad(["--model", model, "--task", task, "--epochs", "1", "--out", out], capsys)
+    err = bad(["--model", model, "--task", task, "--steps", "1", "--out", out], capsys)
     assert "already holds a run (metrics.json, intervention.safetensors, heatmap.png)" in err
     assert "--out NEW_FOLDER" in err and "--overwrite" in err
     assert (tmp_path / "run" / "metrics.json").read_bytes() == first
-    assert train.main(["--model", model, "--task", task, "--epochs", "2", "--out", out, "--overwrite"]) == 0
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["epochs"] == 2
+    assert train.main(["--model", model, "--task", task, "--steps", "2", "--out", out, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["steps"] == 2
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
@@ -299,7 +300,7 @@ def test_a_jsonl_with_a_byte_order_mark(setup, tmp_path, newline):
     model, _ = setup
     path = tmp_path / "bom.jsonl"
     path.write_bytes(("\ufeff" + "".join(json.dumps(r) + newline for r in ccc_rows()) + newline).encode())
-    assert train.main(["--model", model, "--task", str(path), "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert train.main(["--model", model, "--task", str(path), "--steps", "1", "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n_prompts"] == 3
 
 
