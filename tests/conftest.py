@@ -62,6 +62,16 @@ def pythia_tokenizer_json() -> Path:
 
 # ----------------------------------------------------------------------------- tiny checkpoints
 
+LLAMA_DEFAULTS = {"llama": ("LlamaForCausalLM", "LlamaConfig"), "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"),
+                  "qwen3": ("Qwen3ForCausalLM", "Qwen3Config"), "mistral": ("MistralForCausalLM", "MistralConfig")}
+
+# Llama 3's rotary scaling, shrunk so that a tiny model meets all three bands: with head_dim 16 and
+# rope_theta 10000 the wavelengths are 6.3, 19.9, 62.8, 199, ... positions; old context 64 puts the
+# first below 64/4 (kept), the next two between 64/4 and 64/1 (blended), the rest above (divided by 8).
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
 def tiny_hf_model(model_type="gpt2", seed=0, **overrides):
     """A tiny random transformers model (the numerical oracle). Weights are drawn wider than the
     default init (and LayerNorms perturbed) so that every tensor matters for the logits."""
@@ -77,6 +87,12 @@ def tiny_hf_model(model_type="gpt2", seed=0, **overrides):
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
         kw.update(overrides)
         model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**kw))
+    elif model_type in LLAMA_DEFAULTS:
+        cls, config = LLAMA_DEFAULTS[model_type]
+        kw = dict(vocab_size=50304, max_position_embeddings=128, hidden_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, rms_norm_eps=1e-5)
+        kw.update(overrides)
+        model = getattr(transformers, cls)(getattr(transformers, config)(**kw))
     else:
         raise ValueError(model_type)
     with torch.no_grad():
@@ -85,17 +101,45 @@ def tiny_hf_model(model_type="gpt2", seed=0, **overrides):
     return model.eval()
 
 
-def save_checkpoint(model, folder: Path, *, hub_quirks=False, shards=False, bin_only=False) -> Path:
+def legacy_config(config: dict) -> dict:
+    """A transformers-5 config.json rewritten with the keys the Hub's Llama and Qwen repos use:
+    rope_theta and rope_scaling (null, or Llama 3's dict) instead of rope_parameters, no layer_types,
+    and Qwen's unused sliding-window settings."""
+    config = dict(config)
+    rope = dict(config.pop("rope_parameters"))
+    config.pop("layer_types", None)
+    config["rope_theta"] = rope.pop("rope_theta")
+    config["rope_scaling"] = rope if rope.pop("rope_type") != "default" else None
+    if config["rope_scaling"]:
+        config["rope_scaling"]["rope_type"] = "llama3"
+    if config["model_type"] in ("qwen2", "qwen3"):
+        config.update(use_sliding_window=False, sliding_window=32768, max_window_layers=21)
+    return config
+
+
+def save_checkpoint(model, folder: Path, *, hub_quirks=False, shards=False, bin_only=False, legacy=False) -> Path:
     """Write model in the Hub's file layout: config.json + model.safetensors (or shards, or a
     pytorch_model.bin). hub_quirks=True adds what real Hub checkpoints carry: the `gpt2` repo's
-    unprefixed keys and causal-mask buffers; Pythia's attention.bias/masked_bias/rotary inv_freq."""
+    unprefixed keys and causal-mask buffers; Pythia's attention.bias/masked_bias/rotary inv_freq;
+    old Llama checkpoints' rotary inv_freq. legacy=True writes config.json as the Hub's Llama and
+    Qwen repos do (legacy_config)."""
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(folder / "config.json")
+    if legacy:
+        config = legacy_config(json.loads((folder / "config.json").read_text()))
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
     cfg = model.config
-    if model.config.model_type == "gpt2":
+    if cfg.model_type in LLAMA_DEFAULTS:
+        if cfg.tie_word_embeddings:
+            state.pop("lm_head.weight")  # tied to embed_tokens, as on the Hub
+        if hub_quirks:
+            for i in range(cfg.num_hidden_layers):
+                head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+                state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.ones(head_dim // 2)
+    elif model.config.model_type == "gpt2":
         state.pop("lm_head.weight", None)  # tied to wte, as on the Hub
         if hub_quirks:
             state = {k.removeprefix("transformer."): v for k, v in state.items()}
