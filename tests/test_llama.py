@@ -102,7 +102,7 @@ def zero_output(module, inputs, output):
     return torch.zeros_like(output)
 
 
-@pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling-tied", "qwen3-qk-norm-head-dim"])
+@pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling-tied", "qwen2-qkv-bias-tied", "qwen3-qk-norm-head-dim"])
 @pytest.mark.parametrize("site", ["attn_out", "mlp_out", "head", "resid"])
 def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, name, site):
     """Each site knocked out in ours = the same module's output zeroed in transformers (a forward hook
