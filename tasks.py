@@ -62,7 +62,8 @@ class Item:
 class PromptSet:
     """One split of a task, tokenised. N prompts, padded to T = the longest prompt's length."""
     prompts: list[str]
-    ids: torch.Tensor          # (N, T) long, right-padded with the tokenizer's end-of-text token
+    ids: torch.Tensor          # (N, T) long, BOS first where the model has one (Llama 3), right-padded
+                               # with the tokenizer's end-of-text token
     answer_pos: torch.Tensor   # (N,) long, index of each prompt's last token (where we read logits)
     correct: torch.Tensor      # (N,) long, token id of c
     wrong: torch.Tensor        # (N,) long, token id of w

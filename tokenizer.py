@@ -89,10 +89,28 @@ def _bos_token(post: dict | None) -> int | None:
     return bos
 
 
+def _whole_words(vocab: dict, ranks: dict, byte_of: dict, added: set, path) -> dict[bytes, int]:
+    """With ignore_merges (Llama 3), a word that is in the vocabulary is that token even if no merge makes
+    it, and tiktoken does the same for any byte string in its ranks. So such tokens join the ranks, where
+    nothing else can reach them: a token that two tokens could be merged into is refused (tiktoken would
+    merge them, `tokenizers` would not). Llama 3's merges list every such pair, so none is."""
+    whole = {}
+    for t, i in vocab.items():
+        if t in added or not all(c in byte_of for c in t):
+            continue
+        token = bytes(byte_of[c] for c in t)
+        if token in ranks:
+            continue
+        if any(token[:k] in ranks and token[k:] in ranks for k in range(1, len(token))):
+            raise ValueError(f"{path}: vocabulary entry {t!r} is two tokens joined, but no merge makes it")
+        whole[token] = i
+    return whole
+
+
 def _unsupported(spec: dict) -> list[str]:
     """What in a tokenizer.json this module would not reproduce exactly (empty list: all is fine)."""
     model, pre, problems = spec["model"], spec.get("pre_tokenizer") or {}, []
-    if model.get("byte_fallback") or pre.get("type") == "Metaspace" or "Prepend" in json.dumps(spec["normalizer"]):
+    if model.get("byte_fallback") or pre.get("type") == "Metaspace" or "Prepend" in json.dumps(spec.get("normalizer")):
         return ["a SentencePiece-style tokenizer (byte fallback, '▁' for spaces: Llama 2, Mistral v0.1-v0.3);"
                 " only byte-level BPE is (GPT-2, Pythia, Llama 3, Qwen)"]
     if model.get("type") != "BPE":
@@ -212,11 +230,8 @@ class Tokenizer:
             if vocab[left + right] < last or (vocab[left + right] > last and token in ranks):
                 raise ValueError(f"{path}: merge {merge!r} is out of order; ids must follow merge order")
             ranks[token] = last = vocab[left + right]
-        if model.get("ignore_merges"):  # a word in the vocabulary is its token: it must be one tiktoken knows
-            added_text = {t["content"] for t in spec["added_tokens"]}
-            for t in vocab.keys() - added_text:
-                if all(c in byte_of for c in t) and bytes(byte_of[c] for c in t) not in ranks:
-                    raise ValueError(f"{path}: vocabulary entry {t!r} is the result of no merge")
+        if model.get("ignore_merges"):
+            ranks |= _whole_words(vocab, ranks, byte_of, {t["content"] for t in spec["added_tokens"]}, path)
 
         # `tokenizers` ignores the ids written for added tokens: it numbers them itself, in file order,
         # on from the vocabulary (unless a token is already in it). A file that disagrees is refused.

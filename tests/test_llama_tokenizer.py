@@ -82,14 +82,15 @@ def test_digits_are_split_by_the_files_own_regex(llama_tokenizer_files):
     assert [qwen2.token_str(i) for i in qwen2.encode("1234567")] == list("1234567")  # single digits
 
 
-def _hand_made(tmp_path, ignore_merges: bool):
-    """bytes, then bc, ab, cd, abcd: the word "abcd" merges b c first and is stuck at a|bc|d, unless
-    ignore_merges takes it whole from the vocabulary."""
+def _hand_made(tmp_path, ignore_merges: bool, extra=()):
+    """bytes, then bc, ab, cd, abcd, then `extra` entries that no merge makes: the word "abcd" merges b c
+    first and is stuck at a|bc|d, unless ignore_merges takes it whole from the vocabulary."""
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
     split = {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": False}
     merges = ["b c", "a b", "c d", "ab cd"]
     vocab = {c: b for b, c in bytes_to_unicode().items()} | {m.replace(" ", ""): 256 + i for i, m in enumerate(merges)}
-    eot = {"id": 260, "content": "<|end_of_text|>", "single_word": False, "lstrip": False, "rstrip": False,
+    vocab |= {t: 260 + i for i, t in enumerate(extra)}
+    eot = {"id": len(vocab), "content": "<|end_of_text|>", "single_word": False, "lstrip": False, "rstrip": False,
            "normalized": False, "special": True}
     spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [eot], "normalizer": None,
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [split, byte_level]}, "post_processor": None,
@@ -97,7 +98,7 @@ def _hand_made(tmp_path, ignore_merges: bool):
                                              "continuing_subword_prefix": None, "end_of_word_suffix": None,
                                              "fuse_unk": False, "byte_fallback": False,
                                              "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}}
-    path = tmp_path / f"ignore-{ignore_merges}.json"
+    path = tmp_path / f"ignore-{ignore_merges}-{len(extra)}.json"
     path.write_text(json.dumps(spec))
     return path
 
@@ -110,6 +111,18 @@ def test_ignore_merges(tmp_path):
         assert ours.encode(text) == hf.encode(text).ids, text
     assert ours.encode("abcd") == [259]
     assert HFTokenizer.from_file(str(_hand_made(tmp_path, ignore_merges=False))).encode("abcd").ids == [97, 256, 100]
+
+
+def test_ignore_merges_with_entries_no_merge_makes(tmp_path):
+    """A vocabulary entry that no merge makes is still a whole word under ignore_merges; one that two tokens
+    could be merged into (tiktoken would, `tokenizers` would not) is refused."""
+    path = _hand_made(tmp_path, ignore_merges=True, extra=["xyz"])  # xy, yz are not tokens
+    ours, hf = Tokenizer.from_tokenizer_json(path), HFTokenizer.from_file(str(path))
+    for text in ["xyz", " xyz", "xyzx", "xyz abcd", "axyz"]:
+        assert ours.encode(text) == hf.encode(text).ids, text
+    assert ours.encode("xyz") == [260] and ours.eot_token == 261
+    with pytest.raises(ValueError, match="'bcd' is two tokens joined, but no merge makes it"):
+        Tokenizer.from_tokenizer_json(_hand_made(tmp_path, ignore_merges=True, extra=["bcd"]))
 
 
 def test_files_we_would_read_differently_are_refused(tmp_path, llama_tokenizer_files):
@@ -131,8 +144,6 @@ def test_files_we_would_read_differently_are_refused(tmp_path, llama_tokenizer_f
     refused("no end-of-text token", added_tokens=[{**t, "content": t["content"].replace("end_of_text", "eot")}
                                                   for t in spec["added_tokens"]])
     model = spec["model"]
-    refused("result of no merge", model={**model, "vocab": {**model["vocab"], "qqqq": len(model["vocab"]) - 1},
-                                         "merges": model["merges"]})
     # Llama 2 / Mistral v0.1-v0.3: SentencePiece-style BPE
     refused("SentencePiece", model={**model, "byte_fallback": True}, pre_tokenizer=None,
             normalizer={"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
