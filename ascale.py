@@ -55,12 +55,13 @@ class Intervention(nn.Module):
         super().__init__()
         self.sites = check_sites(sites)
         self.n_layer, self.n_head, self.n_embd = cfg.n_layer, cfg.n_head, cfg.n_embd
+        self.head_dim = cfg.head_dim  # n_embd // n_head, except in Qwen3
         self.positions = positions
         self.beta = 1.0
 
     def site_shape(self, site: str) -> tuple[int, ...]:
         """The shape of one activation vector h at a site: (D,), or (nh, hs) for `head`."""
-        return (self.n_head, self.n_embd // self.n_head) if site == "head" else (self.n_embd,)
+        return (self.n_head, self.head_dim) if site == "head" else (self.n_embd,)
 
     def forward(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
         """h (B, T, ...) at every position, or with pos (B,): (B, 1, ...), row b at position pos[b]."""
@@ -391,6 +392,7 @@ def save(path, iv: Intervention, *, model, tokens=(), **run) -> None:
             "model": str(getattr(model, "name_or_path", "")), "revision": str(getattr(model, "revision", "") or ""),
             "model_type": model.config.model_type, "n_layer": str(iv.n_layer), "n_head": str(iv.n_head),
             "n_embd": str(iv.n_embd), "positions": str(iv.positions or ""), "tokens": json.dumps(list(tokens)),
+            "head_dim": str(iv.head_dim),
             **{k: str(v) for k, v in run.items()}}
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in iv.state_dict().items()}
     write_atomically(path, to_bytes(tensors, metadata=meta))
@@ -428,11 +430,13 @@ def load(path, model) -> tuple[Intervention, dict[str, str]]:
     meta = read_metadata(path)
     cfg = model.config
     want = (int(meta["n_layer"]), int(meta["n_head"]), int(meta["n_embd"]))
-    have = (cfg.n_layer, cfg.n_head, cfg.n_embd)
+    want += (int(meta.get("head_dim", want[2] // want[1])),)  # files saved before head_dim was
+    have = (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.head_dim)
     if want != have:
-        raise UserError(f"{path} was trained on {meta['model'] or 'a model'} ({want[0]} layers, {want[1]} heads,"
-                        f" width {want[2]}); {getattr(model, 'name_or_path', 'this model')} has {have[0]} layers,"
-                        f" {have[1]} heads, width {have[2]}: train an intervention for this model")
+        raise UserError(f"{path} was trained on {meta['model'] or 'a model'} ({want[0]} layers, {want[1]} heads"
+                        f" of size {want[3]}, width {want[2]}); {getattr(model, 'name_or_path', 'this model')} has"
+                        f" {have[0]} layers, {have[1]} heads of size {have[3]}, width {have[2]}: train an intervention"
+                        " for this model")
     iv = make(meta["method"], cfg, meta["sites"].split(","), int(meta["positions"]) if meta["positions"] else None)
     try:
         iv.load_state_dict(load_file(str(path)))

@@ -3,6 +3,7 @@ How fast is one training step of ActivScalar here, against the way most steering
 (transformers plus forward hooks), and against what the hardware can do?
 
     python bench.py                         # CPU, float32: GPT-2-small and Pythia-160m sizes, batch 32
+    python bench.py --models qwen2.5-0.5b   # a Llama-family row (also llama-3.2-1b)
     python bench.py --device cuda           # a GPU, bfloat16
     python bench.py --tiny --steps 2        # tiny sizes, seconds (the smoke test)
 
@@ -15,7 +16,8 @@ One step, timed from start to end (both sides do the same four things):
     ours      ascale.objective(model, ActivScalar(attn_out, mlp_out), batch) -> loss.backward() -> Adam
               step; the original distribution is cached once by ascale.prepare.
     baseline  the same intervention and objective written the straightforward way on transformers'
-              GPT2LMHeadModel / GPTNeoXForCausalLM: forward hooks on every attention and MLP module
+              GPT2LMHeadModel / GPTNeoXForCausalLM / Qwen2ForCausalLM / LlamaForCausalLM: forward hooks
+              on every attention and MLP module
               multiply their output by (1 + α[layer]) per position, `model(ids).logits[:, -1]` (all
               positions unembedded, then the answer position taken), the three-term loss, backward,
               Adam. Weights frozen, use_cache=False, the original distribution cached once too.
@@ -26,6 +28,8 @@ gradients of every α on step 1, same loss on step 2 (when all three terms are l
 FLOPs per step are counted from the shapes (`step_flops`): matmuls only, a multiply-add = 2 FLOPs.
     forward   per layer and token 2·(4D² + 2·D·F)  (q,k,v 3D², output projection D², MLP 2·D·F)
               per layer 4·B·T²·D                   (QKᵀ and AV, the full T×T square)
+              Llama family: q,k,v D·(Q + 2K), output projection Q·D, SwiGLU MLP 3·D·F, attention
+              4·B·T²·Q, with Q = n_head·head_dim and K = n_kv_head·head_dim (grouped-query attention)
               unembedding 2·B·R·D·V                (R positions: 1 for ours, T for the baseline)
     backward  the weights are frozen, so each linear needs only its input gradient (one matmul of
               the forward's size) and attention needs four (dP, dV, dQ, dK: twice its forward); layer
@@ -71,12 +75,31 @@ SIZES = {
                                      use_parallel_residual=True, tie_word_embeddings=False,
                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                       "partial_rotary_factor": 0.25})),
+    "qwen2.5-0.5b": ("qwen2", dict(vocab_size=151936, max_position_embeddings=32768, hidden_size=896,
+                                   num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                   intermediate_size=4864, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    "llama-3.2-1b": ("llama", dict(vocab_size=128256, max_position_embeddings=131072, hidden_size=2048,
+                                   num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                                   intermediate_size=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                    "original_max_position_embeddings": 8192})),
 }
 TINY = {
     "gpt2": dict(vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0),
     "pythia-160m": dict(vocab_size=512, max_position_embeddings=64, hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=256, bos_token_id=0, eos_token_id=0),
+    "qwen2.5-0.5b": dict(vocab_size=512, max_position_embeddings=64, hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=128),
+    "llama-3.2-1b": dict(vocab_size=512, max_position_embeddings=64, hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 32}),
 }
+HF_CLASSES = {"gpt2": ("GPT2LMHeadModel", "GPT2Config"), "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig"),
+              "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"), "llama": ("LlamaForCausalLM", "LlamaConfig")}
 
 
 # ----------------------------------------------------------------------------- the same random model, twice
@@ -89,10 +112,8 @@ def make_checkpoint(name: str, tiny: bool, folder: Path, seed: int = 0):
     model_type, kw = SIZES[name]
     kw = {**kw, **(TINY[name] if tiny else {})}
     torch.manual_seed(seed)
-    if model_type == "gpt2":
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**kw))
-    else:
-        model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**kw))
+    model_class, config_class = HF_CLASSES[model_type]
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**kw))
     folder.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(folder / "config.json")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -142,13 +163,17 @@ class Baseline:
     def __init__(self, hf, prompts, device, dtype):
         self.model = hf.to(device, dtype)
         cfg = hf.config
-        n_layer = cfg.n_layer if cfg.model_type == "gpt2" else cfg.num_hidden_layers
+        if cfg.model_type == "gpt2":
+            blocks, attn_name = hf.transformer.h, "attn"
+        elif cfg.model_type == "gpt_neox":
+            blocks, attn_name = hf.gpt_neox.layers, "attention"
+        else:  # Llama family
+            blocks, attn_name = hf.model.layers, "self_attn"
         B, T = prompts.ids.shape
         self.ids = prompts.ids.to(device)
-        self.alpha = {s: torch.zeros(n_layer, T, device=device, requires_grad=True) for s in SITES}
-        blocks = hf.transformer.h if cfg.model_type == "gpt2" else hf.gpt_neox.layers
+        self.alpha = {s: torch.zeros(len(blocks), T, device=device, requires_grad=True) for s in SITES}
         for layer, block in enumerate(blocks):
-            attn = block.attn if cfg.model_type == "gpt2" else block.attention
+            attn = getattr(block, attn_name)
             attn.register_forward_hook(self.scale_hook("attn_out", layer))
             block.mlp.register_forward_hook(self.scale_hook("mlp_out", layer))
         with torch.no_grad():   # the original model's distribution at the answer, cached once
@@ -272,15 +297,17 @@ def step_flops(cfg, B: int, T: int, read: int, last_layer_rows: bool = False) ->
     per prompt that are unembedded (1 for ours, T for the baseline). last_layer_rows: the last layer
     runs its queries, output projection and MLP at the `read` positions only (q, k, v at all)."""
     D, F_, L, V = cfg.n_embd, cfg.n_inner, cfg.n_layer, cfg.vocab_size
+    Q, K = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim   # widths of all q heads, of all k (or v) heads
+    mlp_matrices = 3 if cfg.swiglu else 2                             # gate, up, down; or in, out
 
     def layer(rows):  # (q,k,v projection, output projection + MLP, attention) FLOPs at `rows` query rows
-        return 2 * B * T * 3 * D * D, 2 * B * rows * (D * D + 2 * D * F_), 4 * B * rows * T * D
+        return 2 * B * T * D * (Q + 2 * K), 2 * B * rows * (Q * D + mlp_matrices * D * F_), 4 * B * rows * T * Q
 
     qkv, rest, scores = layer(T)
     last = layer(read) if last_layer_rows else (qkv, rest, scores)
     unembed = 2 * B * read * D * V
     forward = (L - 1) * (qkv + rest + scores) + sum(last) + unembed
-    mlp = 2 * B * T * 2 * D * F_
+    mlp = 2 * B * T * mlp_matrices * D * F_
     no_grad_needed = qkv + (rest - mlp) + 2 * scores + (mlp if cfg.parallel_residual else 0)  # layer 0, below its sites
     backward = (L - 1) * (qkv + rest + 2 * scores) + last[0] + last[1] + 2 * last[2] + unembed - no_grad_needed
     return {"forward": forward, "backward": backward, "total": forward + backward}

@@ -1,27 +1,38 @@
 """
-A hand-written GPT-2 and Pythia (GPT-NeoX) forward pass with a scaling slot at every site.
+A hand-written forward pass of GPT-2, Pythia (GPT-NeoX), Llama 3.x and Qwen2 / 2.5 / 3, with a
+scaling slot at every site.
 
-One model serves both families; the differences are a few switches in GPTConfig:
+One model serves the four families; the differences are a few switches in GPTConfig:
 
-                      GPT-2                         Pythia (GPT-NeoX)
-    positions         learned table `wpe`           rotary, on a fraction of each head
-    residual          x + attn(ln_1 x), then + mlp  x + attn(ln_1 x) + mlp(ln_2 x)  (parallel)
-    GELU              tanh approximation            exact
-    unembedding       tied to `wte`                 its own matrix (`embed_out`)
+                 GPT-2             Pythia (GPT-NeoX)        Llama 3.x (Mistral)       Qwen2 / 2.5 / 3
+    norm         LayerNorm         LayerNorm                RMSNorm                   RMSNorm
+    MLP          GELU (tanh)       GELU (exact)             SwiGLU                    SwiGLU
+    positions    learned `wpe`     rotary on 25% of a head  rotary on the whole head  rotary on the whole head
+    heads        nh q, k, v        nh q, k, v               nh q, fewer k, v (GQA)    GQA, see below
+    residual     sequential        parallel                 sequential                sequential
+    unembedding  tied to `wte`     its own (`embed_out`)    tied or its own           tied or its own
 
-Module names follow GPT-2's checkpoint (wte, h.N.attn.c_attn, ln_f, ...); Pythia's tensors
-are renamed onto them when loading (see NEOX_NAMES).
+    sequential  x + attn(ln_1 x), then + mlp(ln_2 ·);   parallel  x + attn(ln_1 x) + mlp(ln_2 x)
+    SwiGLU      down(silu(gate x) · up x), no biases;   GQA  each k, v head serves nh / n_kv_head query heads
+    Llama 3     rope_scaling "llama3": low rotary frequencies slowed down (llama3_frequencies)
+    Qwen2       biases on q, k, v;   Qwen3  RMSNorm on each head's q and k, and head_dim ≠ n_embd / nh
+
+Module names follow GPT-2's checkpoint (wte, h.N.attn.c_attn, ln_f, ...); the other families'
+tensors are renamed onto them when loading (NEOX_NAMES, LLAMA_NAMES), and Llama's separate
+q, k, v (and gate, up) matrices are stacked into one c_attn (c_fc), as GPT-2 stores them.
 
 Sites (SPEC.md): `model(idx, intervene=fn)` calls `fn(site, layer, h)` and uses what it returns:
-    head      (B, T, nh, hs)  one head's result, before the output projection c_proj
+    head      (B, T, nh, hs)  one (query) head's result, before the output projection c_proj
     attn_out  (B, T, D)       attention sublayer output, the vector added to the residual
     mlp_out   (B, T, D)       MLP sublayer output
     resid     (B, T, D)       residual stream after the whole block
 in this order within each layer, layers in order. (One exception, for speed: with `at=` and an
 intervention that sets `takes_positions`, the last layer runs only at the read positions; see GPT.forward.)
+hs is the head size cfg.head_dim: n_embd // n_head, except where a config sets it (Qwen3).
 """
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -30,6 +41,8 @@ from torch import nn
 from torch.nn import functional as F
 
 SITES = ("head", "attn_out", "mlp_out", "resid")
+LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # config.json model_types read as the Llama family
+SUPPORTED = "gpt2, gpt_neox (Pythia), llama (Llama 3.x), mistral, qwen2 (Qwen2, Qwen2.5) or qwen3"
 
 
 class UserError(Exception):
@@ -38,24 +51,38 @@ class UserError(Exception):
 
 @dataclass
 class GPTConfig:
-    model_type: str = "gpt2"        # "gpt2" or "gpt_neox"
+    model_type: str = "gpt2"        # "gpt2", "gpt_neox", or one of LLAMA_TYPES
     vocab_size: int = 50257
     n_ctx: int = 1024               # longest prompt the model can read
     n_layer: int = 12
-    n_head: int = 12
+    n_head: int = 12                # query heads
     n_embd: int = 768
     n_inner: int = 3072             # MLP hidden width
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = 1e-5    # ε of every LayerNorm or RMSNorm
     gelu_approx: str = "tanh"       # "tanh" (GPT-2's gelu_new) or "none" (exact)
     rotary_dim: int = 0             # rotated dims per head; 0 = learned positions (GPT-2)
-    rotary_base: float = 10000.0
+    rotary_base: float = 10000.0    # rope_theta
     parallel_residual: bool = False
-    attn_bias: bool = True          # biases on c_attn and c_proj
+    attn_bias: bool = True          # biases on q, k, v (c_attn)
     tie_embeddings: bool = True     # unembedding = wte (GPT-2) or separate (Pythia)
+    # Llama / Qwen switches; the defaults are GPT-2's
+    proj_bias: bool = True          # bias on the attention output projection c_proj
+    mlp_bias: bool = True
+    rms_norm: bool = False          # RMSNorm instead of LayerNorm
+    swiglu: bool = False            # SwiGLU MLP instead of GELU
+    n_kv_head: int = 0              # key/value heads (grouped-query attention); 0 = n_head
+    head_dim: int = 0               # features per head; 0 = n_embd // n_head
+    qk_norm: bool = False           # RMSNorm on each head's q and k (Qwen3)
+    rope_llama3: tuple = ()         # Llama 3 rope_scaling: (factor, low_freq_factor, high_freq_factor, old context)
+    sliding_window: int = 0         # keys a query may see (Mistral); 0 = all. Longer prompts are refused
+
+    def __post_init__(self):
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.n_embd // self.n_head
 
     @classmethod
     def from_hf(cls, hf: dict) -> "GPTConfig":
-        """Read a Hugging Face config.json (GPT2Config or GPTNeoXConfig) into our config."""
+        """Read a Hugging Face config.json (GPT2Config, GPTNeoXConfig, or a Llama-family one) into our config."""
         kind = hf.get("model_type")
         if kind == "gpt2":
             if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
@@ -75,9 +102,39 @@ class GPTConfig:
                        hf["num_hidden_layers"], nh, d, hf["intermediate_size"], hf.get("layer_norm_eps", 1e-5),
                        gelu_approx=_gelu(hf.get("hidden_act", "gelu")), rotary_dim=int(d // nh * pct),
                        rotary_base=float(base), parallel_residual=hf.get("use_parallel_residual", True),
-                       attn_bias=hf.get("attention_bias", True),
+                       attn_bias=hf.get("attention_bias", True), proj_bias=hf.get("attention_bias", True),
                        tie_embeddings=hf.get("tie_word_embeddings", False))
-        raise UserError(f"model_type {kind!r} is not supported; use a GPT-2 (gpt2) or Pythia (gpt_neox) checkpoint")
+        if kind in LLAMA_TYPES:
+            return cls.from_hf_llama(hf)
+        raise UserError(f"model_type {kind!r} is not supported; use {SUPPORTED}")
+
+    @classmethod
+    def from_hf_llama(cls, hf: dict) -> "GPTConfig":
+        """Llama, Mistral, Qwen2, Qwen3. Rotary settings are read as the Hub's files write them (rope_theta,
+        rope_scaling) and as transformers 5 does (rope_parameters)."""
+        kind = hf["model_type"]
+        if hf.get("hidden_act", "silu") != "silu":
+            raise UserError(f"activation {hf['hidden_act']!r} is not supported for {kind} (expected silu)")
+        rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise UserError(f"rotary scaling {rope_type!r} is not supported; only default rotary and Llama 3's"
+                            " (rope_type llama3) are")
+        llama3 = () if rope_type == "default" else (
+            rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"],
+            rope.get("original_max_position_embeddings", hf["max_position_embeddings"]))
+        # Mistral slides its window in every layer; Qwen only where use_sliding_window says so.
+        window = hf.get("sliding_window") if kind == "mistral" or hf.get("use_sliding_window") else None
+        d, nh = hf["hidden_size"], hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or d // nh
+        bias = hf.get("attention_bias", False) and kind != "mistral"
+        return cls(kind, hf["vocab_size"], hf["max_position_embeddings"], hf["num_hidden_layers"], nh, d,
+                   hf["intermediate_size"], hf.get("rms_norm_eps", 1e-6), rotary_dim=head_dim,
+                   rotary_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+                   attn_bias=bias or kind == "qwen2", proj_bias=bias,
+                   tie_embeddings=hf.get("tie_word_embeddings", False), mlp_bias=hf.get("mlp_bias", False),
+                   rms_norm=True, swiglu=True, n_kv_head=hf.get("num_key_value_heads") or nh, head_dim=head_dim,
+                   qk_norm=kind == "qwen3", rope_llama3=llama3, sliding_window=window or 0)
 
 
 def _gelu(name: str) -> str:
@@ -89,10 +146,27 @@ def _gelu(name: str) -> str:
 
 # ----------------------------------------------------------------------------- the model
 
-def rotary(T: int, dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_frequencies(cfg: GPTConfig, device) -> torch.Tensor:
+    """The rotary angle per position of each pair of rotated features (rotary_dim/2,), in float32."""
+    dim = cfg.rotary_dim
+    inv_freq = 1.0 / cfg.rotary_base ** (torch.arange(0, dim, 2, device=device).float() / dim)
+    return llama3_frequencies(inv_freq, *cfg.rope_llama3) if cfg.rope_llama3 else inv_freq
+
+
+def llama3_frequencies(inv_freq, factor, low_freq_factor, high_freq_factor, old_context) -> torch.Tensor:
+    """Llama 3.1's longer context: frequencies whose wavelength is longer than old_context / low_freq_factor
+    are divided by `factor`, those shorter than old_context / high_freq_factor stay, and those between
+    are blended, moving smoothly from the one to the other."""
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (old_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)  # 0 slow .. 1 fast
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    slow, fast = wavelength > old_context / low_freq_factor, wavelength < old_context / high_freq_factor
+    return torch.where(fast, inv_freq, torch.where(slow, inv_freq / factor, blended))
+
+
+def rotary(T: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables (T, dim) for rotary position embeddings, computed in float32."""
-    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, device=device).float() / dim)  # (dim/2,)
-    angles = torch.outer(torch.arange(T, device=device).float(), inv_freq)           # (T, dim/2)
+    angles = torch.outer(torch.arange(T, device=inv_freq.device).float(), inv_freq)  # (T, dim/2)
     angles = torch.cat((angles, angles), dim=-1)                                      # (T, dim)
     return angles.cos(), angles.sin()
 
@@ -108,22 +182,47 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x_rot, x_pass), dim=-1)
 
 
+class RMSNorm(nn.Module):
+    """LayerNorm without the mean and the bias (Llama, Qwen): x / rms(x) · weight, computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def norm(cfg: GPTConfig, dim: int) -> nn.Module:
+    return RMSNorm(dim, cfg.layer_norm_eps) if cfg.rms_norm else nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.attn_bias)  # q, k, v for all heads
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.attn_bias)      # W_O
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, q_dim + 2 * kv_dim, bias=cfg.attn_bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(q_dim, cfg.n_embd, bias=cfg.proj_bias)               # W_O
+        if cfg.qk_norm:  # Qwen3: each head's q and k are normalised before the rotation
+            self.q_norm, self.k_norm = norm(cfg, cfg.head_dim), norm(cfg, cfg.head_dim)
 
     def forward(self, x, layer, rope, intervene, at=None):
         """x (B, T, D) -> (B, T, D); with `at` (B,) -> (B, 1, D), the output at those positions only
         (queries there, keys and values from every position)."""
         B, T, D = x.shape
-        nh, hs = self.n_head, D // self.n_head
-        q, k, v = self.c_attn(x).split(D, dim=2)                   # each (B, T, D)
-        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split((nh * hs, nkv * hs, nkv * hs), dim=2)  # (B, T, nh·hs), k, v (B, T, nkv·hs)
+        q, k, v = q.view(B, T, nh, hs), k.view(B, T, nkv, hs), v.view(B, T, nkv, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))            # (B, nh, T, hs), k, v (B, nkv, T, hs)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if nkv != nh:  # grouped-query attention: key/value head j serves query heads j·nh/nkv ... (j+1)·nh/nkv - 1
+            k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, T, hs)
         if at is None:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         else:  # one query per prompt, the one at `at`; it may look at keys 0 ... at
@@ -133,26 +232,30 @@ class CausalSelfAttention(nn.Module):
         z = z.transpose(1, 2)                                       # (B, T or 1, nh, hs)
         if intervene is not None:
             z = intervene("head", layer, z) if at is None else intervene("head", layer, z, pos=at)
-        return self.c_proj(z.reshape(B, -1, D))                    # (B, T or 1, D)
+        return self.c_proj(z.reshape(B, -1, nh * hs))              # (B, T or 1, D)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.n_inner)
-        self.c_proj = nn.Linear(cfg.n_inner, cfg.n_embd)
-        self.approximate = cfg.gelu_approx
+        self.swiglu, self.approximate = cfg.swiglu, cfg.gelu_approx
+        width = 2 * cfg.n_inner if cfg.swiglu else cfg.n_inner    # SwiGLU: the gate's rows, then up's
+        self.c_fc = nn.Linear(cfg.n_embd, width, bias=cfg.mlp_bias)
+        self.c_proj = nn.Linear(cfg.n_inner, cfg.n_embd, bias=cfg.mlp_bias)
 
     def forward(self, x):
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)               # (B, T, F) each
+            return self.c_proj(F.silu(gate) * up)
         return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.ln_1 = norm(cfg, cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.ln_2 = norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
         self.parallel = cfg.parallel_residual
 
@@ -177,7 +280,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd) if cfg.rotary_dim == 0 else None
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.ln_f = norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -195,10 +298,13 @@ class GPT(nn.Module):
         cfg = self.config
         if T > cfg.n_ctx:
             raise UserError(f"prompt has {T} tokens but the model reads at most {cfg.n_ctx}; shorten it")
+        if cfg.sliding_window and T > cfg.sliding_window:
+            raise UserError(f"prompt has {T} tokens but this model attends within a window of {cfg.sliding_window},"
+                            " which we do not implement; shorten it")
         x = self.wte(idx)                                           # (B, T, D)
         rope = None
         if cfg.rotary_dim:
-            rope = rotary(T, cfg.rotary_dim, cfg.rotary_base, idx.device)
+            rope = rotary(T, rope_frequencies(cfg, idx.device))
         else:
             x = x + self.wpe(torch.arange(T, device=idx.device))    # (B, T, D) + (T, D)
         skip = at is not None and (intervene is None or getattr(intervene, "takes_positions", False))
@@ -275,8 +381,38 @@ NEOX_NAMES = {
 }
 
 
+# Llama-family (Llama, Mistral, Qwen) name -> ours. q, k, v and gate, up are stacked first (LLAMA_STACKED).
+LLAMA_NAMES = {
+    "model.embed_tokens.": "wte.",
+    "model.layers.": "h.",
+    ".input_layernorm.": ".ln_1.",
+    ".post_attention_layernorm.": ".ln_2.",
+    ".self_attn.": ".attn.",           # q_norm, k_norm (Qwen3) keep their names
+    ".attn.o_proj.": ".attn.c_proj.",
+    ".mlp.down_proj.": ".mlp.c_proj.",
+    "model.norm.": "ln_f.",
+}
+# Our one matrix <- the Hub's matrices whose rows it stacks, in this order (biases alike).
+LLAMA_STACKED = {".self_attn.c_attn.": (".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj."),
+                 ".mlp.c_fc.": (".mlp.gate_proj.", ".mlp.up_proj.")}
+
+
+def stack_llama(state: dict) -> dict:
+    """Stack each layer's q, k, v into one c_attn (and gate, up into one c_fc), as GPT-2 stores them.
+    A layer that lacks one of the parts keeps them apart, and loading then names what is missing."""
+    state = dict(state)
+    for ours, parts in LLAMA_STACKED.items():
+        for key in [k for k in state if parts[0] in k]:
+            names = [key.replace(parts[0], part) for part in parts]
+            if all(name in state for name in names):
+                state[key.replace(parts[0], ours)] = torch.cat([state.pop(name) for name in names])
+    return state
+
+
 def rename_checkpoint(state: dict, cfg: GPTConfig) -> dict:
     """Map a Hugging Face state dict onto our module names and layouts (float32)."""
+    if cfg.model_type in LLAMA_TYPES:
+        state = stack_llama(state)
     out = {}
     for key, t in state.items():
         if key.endswith(IGNORED_SUFFIXES):
@@ -287,11 +423,11 @@ def rename_checkpoint(state: dict, cfg: GPTConfig) -> dict:
             if key.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
                 t = t.t()                               # GPT-2's Conv1D stores (in, out); Linear wants (out, in)
         else:
-            for old, new in NEOX_NAMES.items():
+            for old, new in (NEOX_NAMES if cfg.model_type == "gpt_neox" else LLAMA_NAMES).items():
                 key = key.replace(old, new)
-            if ".attn.c_attn." in key:
+            if cfg.model_type == "gpt_neox" and ".attn.c_attn." in key:
                 # NeoX fuses q, k, v per head: rows ordered (nh, 3, hs). We want (3, nh, hs).
-                nh, hs = cfg.n_head, cfg.n_embd // cfg.n_head
+                nh, hs = cfg.n_head, cfg.head_dim
                 t = t.view(nh, 3, hs, -1).transpose(0, 1).reshape(t.shape)
         if key == "lm_head.weight" and cfg.tie_embeddings:
             continue                                    # the same matrix as wte
@@ -311,6 +447,7 @@ def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> s
     from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        GatedRepoError,
         HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
@@ -329,9 +466,12 @@ def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> s
                         " toy world: --model models/toyworld") from None
     except EntryNotFoundError:
         raise FileNotFoundError(filename) from None
+    except GatedRepoError:
+        raise UserError(f"model {name_or_path!r} is gated on the Hub: accept its licence on huggingface.co, then"
+                        " `hf auth login` (or set HF_TOKEN); or pass a local folder") from None
     except (RepositoryNotFoundError, HFValidationError):
-        raise UserError(f"unknown model {name_or_path!r}: not a local folder nor a Hub model id"
-                        " (try gpt2, gpt2-medium, gpt2-large, gpt2-xl, EleutherAI/pythia-70m ... pythia-12b)") from None
+        raise UserError(f"unknown model {name_or_path!r}: not a local folder nor a Hub model id (try gpt2 ... gpt2-xl,"
+                        " EleutherAI/pythia-70m ... pythia-12b, meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-0.5B)") from None
     except RevisionNotFoundError:
         raise UserError(f"model {name_or_path!r} has no revision {revision!r}"
                         " (Pythia's are step0 ... step143000)") from None
@@ -376,7 +516,7 @@ def read_weights(name_or_path: str, revision: str | None = None) -> dict:
 
 if __name__ == "__main__":
     import argparse
-    p = argparse.ArgumentParser(description="Greedy continuation of a prompt with GPT-2 or Pythia.")
+    p = argparse.ArgumentParser(description="Greedy continuation of a prompt with GPT-2, Pythia, Llama or Qwen.")
     p.add_argument("prompt", help="text to continue")
     p.add_argument("--model", default="gpt2", help="Hub id or local folder (default: gpt2)")
     p.add_argument("--revision", default=None, help="Hub revision, e.g. step100000 for Pythia")
@@ -385,7 +525,8 @@ if __name__ == "__main__":
     try:
         from tokenizer import get_tokenizer
         model, tok = GPT.from_pretrained(args.model, args.revision), get_tokenizer(args.model, args.revision)
-        out = model.generate(torch.tensor([tok.encode(args.prompt)]), args.n)
+        bos = [] if tok.bos_token is None else [tok.bos_token]  # Llama 3's tokenizer puts <|begin_of_text|> first
+        out = model.generate(torch.tensor([bos + tok.encode(args.prompt)]), args.n)
         print(tok.decode(out[0].tolist()))
     except UserError as e:
         raise SystemExit(f"error: {e}") from None

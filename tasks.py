@@ -62,7 +62,8 @@ class Item:
 class PromptSet:
     """One split of a task, tokenised. N prompts, padded to T = the longest prompt's length."""
     prompts: list[str]
-    ids: torch.Tensor          # (N, T) long, right-padded with the tokenizer's end-of-text token
+    ids: torch.Tensor          # (N, T) long, BOS first where the model has one (Llama 3), right-padded
+                               # with the tokenizer's end-of-text token
     answer_pos: torch.Tensor   # (N,) long, index of each prompt's last token (where we read logits)
     correct: torch.Tensor      # (N,) long, token id of c
     wrong: torch.Tensor        # (N,) long, token id of w
@@ -123,8 +124,10 @@ def single_token(tokenizer, text: str) -> int | None:
 
 
 def tokenize(items: list[Item], tokenizer) -> PromptSet:
-    """Turn items (whose answers are known to be single tokens) into a PromptSet."""
-    seqs = [tokenizer.encode(it.prompt) for it in items]
+    """Turn items (whose answers are known to be single tokens) into a PromptSet. Each prompt starts
+    with the BOS token where the model's own tokenizer adds one (Llama 3's <|begin_of_text|>)."""
+    bos = [] if getattr(tokenizer, "bos_token", None) is None else [tokenizer.bos_token]
+    seqs = [bos + tokenizer.encode(it.prompt) for it in items]
     T = max((len(s) for s in seqs), default=0)
     ids = torch.full((len(items), T), tokenizer.eot_token, dtype=torch.long)
     for row, s in enumerate(seqs):

@@ -1,5 +1,5 @@
 """
-Tokenizers for GPT-2 and Pythia: byte-level BPE, run by tiktoken.
+Tokenizers for GPT-2, Pythia, Llama 3 and Qwen2 / 2.5 / 3: byte-level BPE, run by tiktoken.
 
 How byte-level BPE turns text into token ids:
   1. Split the text into words with a regex (GPT_SPLIT_PATTERN): " the", " 42", "'s", "\\n\\n", ...
@@ -17,6 +17,14 @@ two steps before 1 and 2: the text is cut at "added tokens" (specials such as <|
 runs of 2 to 24 spaces), and the text between them is normalised to Unicode NFC. (NFC here uses
 Python's Unicode tables; `tokenizers` has older ones, so combining marks new in Unicode 14 or later
 can come out in another order: a rare difference we accept.)
+
+Llama 3 and Qwen read their tokenizer.json the same way, with three differences: step 1 uses the
+file's own regex (a `Split` pre-tokenizer; Llama 3 cuts numbers into groups of up to three digits,
+Qwen into single digits); Llama 3 does not normalise, and its BPE has `ignore_merges` (a word that
+is itself in the vocabulary is that one token, which is what tiktoken always does); and Llama 3's
+post-processor puts <|begin_of_text|> before every text. encode() never adds that token: it is
+`bos_token`, which tasks.py puts first in every prompt (None for the families without one).
+SentencePiece tokenizers (Llama 2, Mistral v0.1-v0.3: byte fallback, "▁" for spaces) are refused.
 """
 
 import json
@@ -44,19 +52,82 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>")  # the token that pads prompts: GPT-2, Pythia, Qwen; Llama 3
+
+
+def _split_pattern(pre: dict) -> str | None:
+    """The regex that cuts text into words (step 1), or None if the pre-tokenizer is not one we reproduce:
+    GPT-2's ByteLevel with its built-in regex (Pythia), or a Split on the file's own regex, each match
+    its own word, followed by a ByteLevel without a regex (Llama 3, Qwen)."""
+    if (pre.get("type"), pre.get("add_prefix_space"), pre.get("use_regex", True)) == ("ByteLevel", False, True):
+        return GPT_SPLIT_PATTERN
+    if pre.get("type") != "Sequence" or len(pre["pretokenizers"]) != 2:
+        return None
+    split, byte_level = pre["pretokenizers"]
+    if ((split.get("type"), split.get("behavior"), split.get("invert"), "Regex" in split.get("pattern", {}))
+            == ("Split", "Isolated", False, True) and (byte_level.get("type"), byte_level.get("add_prefix_space"),
+                                                       byte_level.get("use_regex")) == ("ByteLevel", False, False)):
+        return split["pattern"]["Regex"]
+    return None
+
+
+def _bos_token(post: dict | None) -> int | None:
+    """The id the post-processor puts before every text (Llama 3's <|begin_of_text|>), or None.
+    ValueError for a post-processor that does anything else to the ids (appends EOS, wraps, ...)."""
+    steps = post["processors"] if post and post["type"] == "Sequence" else [post] if post else []
+    bos = None
+    for step in steps:
+        if step["type"] == "ByteLevel":
+            continue  # moves offsets only
+        single = [p["SpecialToken"]["id"] if "SpecialToken" in p else "$A" for p in step.get("single", [])]
+        if step["type"] == "TemplateProcessing" and single == ["$A"]:
+            continue
+        if step["type"] == "TemplateProcessing" and len(single) == 2 and single[1] == "$A":
+            (bos,) = step["special_tokens"][single[0]]["ids"]
+            continue
+        raise ValueError(f"post_processor {step['type']} {single or ''} adds more than one token before the text")
+    return bos
+
+
+def _whole_words(vocab: dict, ranks: dict, byte_of: dict, added: set, path) -> dict[bytes, int]:
+    """With ignore_merges (Llama 3), a word that is in the vocabulary is that token even if no merge makes
+    it, and tiktoken does the same for any byte string in its ranks. So such tokens join the ranks, where
+    nothing else can reach them: a token that two tokens could be merged into is refused (tiktoken would
+    merge them, `tokenizers` would not). Llama 3's merges list every such pair, so none is."""
+    whole = {}
+    for t, i in vocab.items():
+        if t in added or not all(c in byte_of for c in t):
+            continue
+        token = bytes(byte_of[c] for c in t)
+        if token in ranks:
+            continue
+        if any(token[:k] in ranks and token[k:] in ranks for k in range(1, len(token))):
+            raise ValueError(f"{path}: vocabulary entry {t!r} is two tokens joined, but no merge makes it")
+        whole[token] = i
+    return whole
+
+
 def _unsupported(spec: dict) -> list[str]:
     """What in a tokenizer.json this module would not reproduce exactly (empty list: all is fine)."""
     model, pre, problems = spec["model"], spec.get("pre_tokenizer") or {}, []
+    if model.get("byte_fallback") or pre.get("type") == "Metaspace" or "Prepend" in json.dumps(spec.get("normalizer")):
+        return ["a SentencePiece-style tokenizer (byte fallback, '▁' for spaces: Llama 2, Mistral v0.1-v0.3);"
+                " only byte-level BPE is (GPT-2, Pythia, Llama 3, Qwen)"]
     if model.get("type") != "BPE":
         problems.append(f"model type {model.get('type')!r} is not BPE")
     if any(model.get(k) for k in ("dropout", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback")):
         problems.append("BPE with dropout, subword prefix/suffix or byte fallback")
     if spec.get("normalizer") not in (None, {"type": "NFC"}):
         problems.append(f"normalizer {spec['normalizer']} is not NFC")
-    if (pre.get("type"), pre.get("add_prefix_space"), pre.get("use_regex", True)) != ("ByteLevel", False, True):
-        problems.append(f"pre_tokenizer {pre} is not ByteLevel (GPT-2's regex, no prefix space)")
+    if _split_pattern(pre) is None:
+        problems.append(f"pre_tokenizer {pre} is neither ByteLevel (GPT-2's regex, no prefix space) nor"
+                        " Split(regex, Isolated) + ByteLevel(no regex, no prefix space)")
     if any(t["single_word"] or t["lstrip"] or t["rstrip"] for t in spec["added_tokens"]):
         problems.append("added tokens with single_word, lstrip or rstrip")
+    try:
+        _bos_token(spec.get("post_processor"))
+    except ValueError as e:
+        problems.append(str(e))
     return problems
 
 
@@ -83,12 +154,15 @@ class Tokenizer:
     added:   {text: id} tokens matched in the raw text, before anything else (<|endoftext|>).
     added_normalized: {text: id} tokens matched after NFC, in the text between those (Pythia's
              space runs). Added text is always a token: "<|endoftext|>" in a prompt is the special
-             token (eot_token), for both models, as in Hugging Face's tokenizers.
-    nfc:     normalise the text between raw added tokens to Unicode NFC (Pythia) or not (GPT-2).
+             token (eot_token), for every model, as in Hugging Face's tokenizers.
+    nfc:     normalise the text between raw added tokens to Unicode NFC (Pythia, Qwen) or not (GPT-2).
+    bos_token: the id the model's own tokenizer puts before every text (Llama 3), or None. encode()
+             leaves it out (as `tokenizers` does with add_special_tokens=False); prompts put it first.
+    eot_token: the end-of-text id (END_OF_TEXT), which also pads prompts to one length.
     """
 
     def __init__(self, encoding: tiktoken.Encoding, added: dict[str, int],
-                 added_normalized: dict[str, int] | None = None, nfc: bool = False):
+                 added_normalized: dict[str, int] | None = None, nfc: bool = False, bos_token: int | None = None):
         self.encoding = encoding
         self.added = dict(added)
         self.added_normalized = {unicodedata.normalize("NFC", t) if nfc else t: i
@@ -97,7 +171,9 @@ class Tokenizer:
         self._added_re = _added_token_pattern(list(self.added))
         self._added_normalized_re = _added_token_pattern(list(self.added_normalized))
         self.n_vocab = encoding.n_vocab  # largest id + 1
-        self.eot_token = self.added["<|endoftext|>"]
+        self.bos_token = bos_token
+        ids = self.added | self.added_normalized
+        self.eot_token = next(ids[t] for t in END_OF_TEXT if t in ids)
 
     def encode(self, text: str) -> list[int]:
         ids = []
@@ -127,8 +203,8 @@ class Tokenizer:
 
     @classmethod
     def from_tokenizer_json(cls, path) -> "Tokenizer":
-        """Read a Hugging Face tokenizer.json for byte-level BPE (Pythia's). Raises ValueError for
-        features we do not reproduce, rather than encoding differently from the `tokenizers` library."""
+        """Read a Hugging Face tokenizer.json for byte-level BPE (Pythia's, Llama 3's, Qwen's). Raises
+        ValueError for features we do not reproduce, rather than encoding differently from `tokenizers`."""
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
         problems = _unsupported(spec)
@@ -141,17 +217,21 @@ class Tokenizer:
         # Ranks: the single bytes, then each merge's result, ranked by its id (tiktoken reports ranks as
         # ids). `tokenizers` merges the pair listed first in the merges; tiktoken the pair whose merged
         # bytes rank lowest. For merges learnt by BPE training these agree, given ids that rise along
-        # the merge list and one merge per token (both checked here); a hand-made merge list could
-        # break it, so the tests compare the two on every vocabulary entry and on varied text.
+        # the merge list (checked here) and one merge per token, or, as in Llama 3's file, every way of
+        # cutting the token in two, one after the other (then whichever pair tiktoken takes, the same
+        # token results). A hand-made merge list could break it, so the tests compare the two on every
+        # vocabulary entry and on varied text.
         # (Pythia's vocabulary lacks the 13 bytes that never occur in UTF-8, so text never needs them.)
         ranks = {bytes([byte_of[t]]): i for t, i in vocab.items() if len(t) == 1}
         last = -1
         for merge in model["merges"]:
             left, right = merge.split(" ") if isinstance(merge, str) else merge
             token = bytes(byte_of[c] for c in left + right)
-            if vocab[left + right] <= last or token in ranks:
+            if vocab[left + right] < last or (vocab[left + right] > last and token in ranks):
                 raise ValueError(f"{path}: merge {merge!r} is out of order; ids must follow merge order")
             ranks[token] = last = vocab[left + right]
+        if model.get("ignore_merges"):
+            ranks |= _whole_words(vocab, ranks, byte_of, {t["content"] for t in spec["added_tokens"]}, path)
 
         # `tokenizers` ignores the ids written for added tokens: it numbers them itself, in file order,
         # on from the vocabulary (unless a token is already in it). A file that disagrees is refused.
@@ -163,16 +243,19 @@ class Tokenizer:
             next_id += t["content"] not in vocab
         added = {t["content"]: t["id"] for t in spec["added_tokens"] if not t["normalized"]}
         added_normalized = {t["content"]: t["id"] for t in spec["added_tokens"] if t["normalized"]}
+        if not any(t in added | added_normalized for t in END_OF_TEXT):
+            raise ValueError(f"{path}: no end-of-text token ({' or '.join(END_OF_TEXT)}) among the added tokens")
         # tiktoken only needs the added tokens to decode them; encode() finds them itself.
-        encoding = tiktoken.Encoding(str(path), pat_str=GPT_SPLIT_PATTERN, mergeable_ranks=ranks,
-                                     special_tokens=added | added_normalized)
-        return cls(encoding, added, added_normalized, nfc=spec.get("normalizer") is not None)
+        encoding = tiktoken.Encoding(str(path), pat_str=_split_pattern(spec.get("pre_tokenizer") or {}),
+                                     mergeable_ranks=ranks, special_tokens=added | added_normalized)
+        return cls(encoding, added, added_normalized, nfc=spec.get("normalizer") is not None,
+                   bos_token=_bos_token(spec.get("post_processor")))
 
 
 def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer:
     """The tokenizer of a checkpoint (Hub id or local folder), chosen by config.json's model_type.
-    Every GPT-2 checkpoint gets GPT-2's own tokenizer (a folder's vocab files are not read);
-    a Pythia checkpoint gets the tokenizer.json of the same revision."""
+    Every GPT-2 checkpoint gets GPT-2's own tokenizer (a folder's vocab files are not read); the
+    others (Pythia, Llama 3, Qwen) get the tokenizer.json of the same revision."""
     model_type = gpt2.read_config(name_or_path, revision).get("model_type")
     if model_type == "gpt2":
         try:
@@ -181,7 +264,7 @@ def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer:
             raise gpt2.UserError(f"cannot load GPT-2's tokenizer files through tiktoken ({type(e).__name__});"
                                  " run once with network, or set TIKTOKEN_CACHE_DIR to a folder holding"
                                  " tiktoken's cached gpt2 files") from None
-    if model_type == "gpt_neox":
+    if model_type == "gpt_neox" or model_type in gpt2.LLAMA_TYPES:
         # Pythia's training-checkpoint revisions share one tokenizer; take main's if the revision lacks it.
         for rev in dict.fromkeys((revision, None)):
             try:
@@ -190,6 +273,6 @@ def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer:
                 continue
             except ValueError as e:
                 raise gpt2.UserError(str(e)) from None
-        raise gpt2.UserError(f"{name_or_path!r} has no tokenizer.json (if offline: not in the cache yet)")
-    raise gpt2.UserError(f"model_type {model_type!r} of {name_or_path!r} is not supported;"
-                         " use a GPT-2 (gpt2) or Pythia (gpt_neox) checkpoint")
+        raise gpt2.UserError(f"{name_or_path!r} has no tokenizer.json (if offline: not in the cache yet; a"
+                             " SentencePiece tokenizer.model alone, as Llama 2's, is not supported)")
+    raise gpt2.UserError(f"model_type {model_type!r} of {name_or_path!r} is not supported; use {gpt2.SUPPORTED}")

@@ -62,6 +62,16 @@ def pythia_tokenizer_json() -> Path:
 
 # ----------------------------------------------------------------------------- tiny checkpoints
 
+LLAMA_DEFAULTS = {"llama": ("LlamaForCausalLM", "LlamaConfig"), "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"),
+                  "qwen3": ("Qwen3ForCausalLM", "Qwen3Config"), "mistral": ("MistralForCausalLM", "MistralConfig")}
+
+# Llama 3's rotary scaling, shrunk so that a tiny model meets all three bands: with head_dim 16 and
+# rope_theta 10000 the wavelengths are 6.3, 19.9, 62.8, 199, ... positions; old context 64 puts the
+# first below 64/4 (kept), the next two between 64/4 and 64/1 (blended), the rest above (divided by 8).
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
 def tiny_hf_model(model_type="gpt2", seed=0, **overrides):
     """A tiny random transformers model (the numerical oracle). Weights are drawn wider than the
     default init (and LayerNorms perturbed) so that every tensor matters for the logits."""
@@ -77,6 +87,12 @@ def tiny_hf_model(model_type="gpt2", seed=0, **overrides):
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
         kw.update(overrides)
         model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**kw))
+    elif model_type in LLAMA_DEFAULTS:
+        cls, config = LLAMA_DEFAULTS[model_type]
+        kw = dict(vocab_size=50304, max_position_embeddings=128, hidden_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, rms_norm_eps=1e-5)
+        kw.update(overrides)
+        model = getattr(transformers, cls)(getattr(transformers, config)(**kw))
     else:
         raise ValueError(model_type)
     with torch.no_grad():
@@ -85,17 +101,45 @@ def tiny_hf_model(model_type="gpt2", seed=0, **overrides):
     return model.eval()
 
 
-def save_checkpoint(model, folder: Path, *, hub_quirks=False, shards=False, bin_only=False) -> Path:
+def legacy_config(config: dict) -> dict:
+    """A transformers-5 config.json rewritten with the keys the Hub's Llama and Qwen repos use:
+    rope_theta and rope_scaling (null, or Llama 3's dict) instead of rope_parameters, no layer_types,
+    and Qwen's unused sliding-window settings."""
+    config = dict(config)
+    rope = dict(config.pop("rope_parameters"))
+    config.pop("layer_types", None)
+    config["rope_theta"] = rope.pop("rope_theta")
+    config["rope_scaling"] = rope if rope.pop("rope_type") != "default" else None
+    if config["rope_scaling"]:
+        config["rope_scaling"]["rope_type"] = "llama3"
+    if config["model_type"] in ("qwen2", "qwen3"):
+        config.update(use_sliding_window=False, sliding_window=32768, max_window_layers=21)
+    return config
+
+
+def save_checkpoint(model, folder: Path, *, hub_quirks=False, shards=False, bin_only=False, legacy=False) -> Path:
     """Write model in the Hub's file layout: config.json + model.safetensors (or shards, or a
     pytorch_model.bin). hub_quirks=True adds what real Hub checkpoints carry: the `gpt2` repo's
-    unprefixed keys and causal-mask buffers; Pythia's attention.bias/masked_bias/rotary inv_freq."""
+    unprefixed keys and causal-mask buffers; Pythia's attention.bias/masked_bias/rotary inv_freq;
+    old Llama checkpoints' rotary inv_freq. legacy=True writes config.json as the Hub's Llama and
+    Qwen repos do (legacy_config)."""
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(folder / "config.json")
+    if legacy:
+        config = legacy_config(json.loads((folder / "config.json").read_text()))
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
     cfg = model.config
-    if model.config.model_type == "gpt2":
+    if cfg.model_type in LLAMA_DEFAULTS:
+        if cfg.tie_word_embeddings:
+            state.pop("lm_head.weight")  # tied to embed_tokens, as on the Hub
+        if hub_quirks:
+            for i in range(cfg.num_hidden_layers):
+                head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+                state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.ones(head_dim // 2)
+    elif model.config.model_type == "gpt2":
         state.pop("lm_head.weight", None)  # tied to wte, as on the Hub
         if hub_quirks:
             state = {k.removeprefix("transformer."): v for k, v in state.items()}
@@ -139,3 +183,79 @@ def tiny_pythia(tmp_path):
     """(folder, transformers model) for a tiny random Pythia saved in the Hub's layout."""
     model = tiny_hf_model("gpt_neox")
     return save_checkpoint(model, tmp_path / "tiny-pythia"), model
+
+
+# ----------------------------------------------------------------------------- Llama 3 / Qwen2 tokenizer files
+
+# The split regexes of the real files (Llama 3: numbers in groups of up to three digits; Qwen2: single digits).
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                   "<|reserved_special_token_1|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|reserved_special_token_2|>", "<|eot_id|>"]
+QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>"]
+
+
+def training_text():
+    """Varied text for a small BPE: the tasks' own sentences (so CCC's capitals and IOI's names become
+    single tokens), code, numbers, contractions, CRLF, accents, CJK and emoji."""
+    import tasks
+    lines = [t.format(country=c, city=city) for c, city in tasks.COUNTRIES.items() for t in tasks.CCC_TEMPLATES[:3]]
+    lines += [t.format(X=x, Y=y, S=x, place=p, object=o) for t in tasks.IOI_TEMPLATES
+              for x, y, p, o in zip(tasks.NAMES, tasks.NAMES[1:], tasks.PLACES * 5, tasks.OBJECTS * 3, strict=False)]
+    lines += ["def f(x):\n    return x ** 2  # square\r\n", "if (a && b) {\n\treturn c[i];\n}", "for i in range(10):",
+              "I don't know, we'll see. IT'S DONE, WE'VE SEEN, THEY'RE HERE", "1234567890 3.14159 2024-01-01 1,000,000",
+              "café naïve résumé Zürich", "東京は日本の首都です。北京是中国的首都", "I love 🍕 and 👍🏽!"] * 20
+    return lines
+
+
+def write_tokenizer_json(kind: str, path: Path, vocab_size: int = 3000) -> Path:
+    """A tokenizer.json with the structure of the real Llama 3 (kind "llama3") or Qwen2 ("qwen2") files,
+    its BPE trained by the `tokenizers` library on training_text():
+      both   pre_tokenizer Sequence[Split(their regex, Isolated), ByteLevel(no regex)], ByteLevel decoder,
+             added (special) tokens numbered after the vocabulary;
+      llama3 no normaliser; BPE with ignore_merges, and merges listing every way to cut each token in two
+             (as the converted-from-tiktoken file does); a post-processor putting <|begin_of_text|> first;
+      qwen2  NFC normaliser; post_processor ByteLevel (no BOS); a non-special added token (<tool_call>)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers.models import BPE
+    llama3 = kind == "llama3"
+    tok = Tokenizer(BPE(ignore_merges=llama3))
+    if not llama3:
+        tok.normalizer = normalizers.NFC()
+    split = pre_tokenizers.Split(Regex(LLAMA3_PATTERN if llama3 else QWEN2_PATTERN), behavior="isolated", invert=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                 use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(training_text(), trainer)
+    tok.add_special_tokens(LLAMA3_SPECIALS if llama3 else QWEN2_SPECIALS)
+    if llama3:
+        bos = tok.token_to_id("<|begin_of_text|>")
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                          pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+                                          special_tokens=[("<|begin_of_text|>", bos)])])
+    else:
+        tok.add_tokens([AddedToken("<tool_call>", normalized=False, special=False)])
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    path = Path(path)
+    tok.save(str(path))
+    if llama3:  # every split of every token, ordered by the token's id, then by the parts' ids
+        spec = json.loads(path.read_text())
+        vocab = spec["model"]["vocab"]
+        merges = sorted((vocab[t], vocab[t[:i]], vocab[t[i:]], t[:i], t[i:]) for t in vocab
+                        for i in range(1, len(t)) if t[:i] in vocab and t[i:] in vocab)
+        spec["model"]["merges"] = [[left, right] for *_, left, right in merges]
+        path.write_text(json.dumps(spec, ensure_ascii=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer_files(tmp_path_factory):
+    """{"llama3": path, "qwen2": path}: tokenizer.json files built once per test session."""
+    folder = tmp_path_factory.mktemp("tokenizers")
+    return {kind: write_tokenizer_json(kind, folder / f"{kind}.json") for kind in ("llama3", "qwen2")}

@@ -36,3 +36,22 @@ def test_flop_count_by_hand():
     assert f["forward"] == linear + scores + unembed
     mlp = 2 * 3 * 2 * 2 * 4
     assert f["backward"] == mlp + unembed        # GPT-2 (sequential): layer 0's attention needs no gradient
+
+
+def test_bench_llama_family_rows_tiny(capsys):
+    """The Llama-shaped rows (grouped-query attention, SwiGLU, tied; Llama 3's rotary scaling) agree too."""
+    results = bench.main(["--tiny", "--device", "cpu", "--batch-size", "4", "--steps", "1", "--warmup", "2",
+                          "--models", "qwen2.5-0.5b,llama-3.2-1b"])
+    assert [r["model"] for r in results] == ["qwen2.5-0.5b", "llama-3.2-1b"]
+    for r in results:
+        assert abs(r["first_step_loss"]["ours"] - r["first_step_loss"]["baseline"]) < 1e-4
+        assert r["ours"]["flops"] < r["baseline"]["flops"]
+    assert "| qwen2.5-0.5b | ours |" in capsys.readouterr().out
+
+
+def test_flop_count_grouped_query_swiglu():
+    """One layer with 2 query heads of size 3 sharing 1 key/value head, SwiGLU: q 6 wide, k and v 3 each."""
+    cfg = GPTConfig(n_layer=1, n_embd=4, n_inner=5, vocab_size=10, n_head=2, n_kv_head=1, head_dim=3, swiglu=True)
+    f = bench.step_flops(cfg, B=1, T=2, read=2)
+    linear = 2 * 2 * (4 * (6 + 2 * 3) + 6 * 4 + 3 * 4 * 5)    # q,k,v + output projection + gate, up, down
+    assert f["forward"] == linear + 4 * 2 * 2 * 6 + 2 * 2 * 4 * 10

@@ -196,8 +196,8 @@ def test_invalid_model_name():
 
 
 def test_unsupported_model_type(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(UserError, match="model_type 'llama' is not supported"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma"}))
+    with pytest.raises(UserError, match="model_type 'gemma' is not supported"):
         GPT.from_pretrained(str(tmp_path))
 
 

@@ -222,9 +222,9 @@ def test_get_tokenizer_from_folders(tmp_path, gpt2_bpe, pythia_tokenizer_json):
 
 
 def test_get_tokenizer_unknown_model_type(monkeypatch):
-    monkeypatch.setattr(gpt2, "read_config", lambda name, revision=None: {"model_type": "llama"})
-    with pytest.raises(gpt2.UserError, match="'llama'.*gpt2.*gpt_neox"):
-        get_tokenizer("some/llama")
+    monkeypatch.setattr(gpt2, "read_config", lambda name, revision=None: {"model_type": "gemma"})
+    with pytest.raises(gpt2.UserError, match="'gemma'.*gpt2.*gpt_neox.*llama.*qwen2"):
+        get_tokenizer("some/gemma")
 
 
 def test_get_tokenizer_gpt2_offline(monkeypatch):
