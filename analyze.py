@@ -285,15 +285,7 @@ def main(argv=None) -> int:
     if rest and args.command != "lambda":
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     args.train_args = rest
-    try:
-        {"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta}[args.command](args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return train.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta}[args.command], args)
 
 
 if __name__ == "__main__":

@@ -379,6 +379,16 @@ candle banana knife chair towel
 """.split()
 
 
+def draw_ioi(rng: random.Random, names, templates=IOI_TEMPLATES, places=PLACES, objects=OBJECTS) -> Item:
+    """One random IOI item: a template, two names (indirect object and subject) in ABBA or BABA
+    order, a place and an object. c = " IO", w = " S"."""
+    tpl = rng.choice(templates)
+    io, s = rng.sample(names, 2)
+    x, y = (io, s) if rng.random() < 0.5 else (s, io)  # ABBA or BABA
+    prompt = tpl.format(X=x, Y=y, S=s, place=rng.choice(places), object=rng.choice(objects))
+    return Item(prompt, " " + io, " " + s, (io, s))
+
+
 def ioi_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen_lengths: bool,
               test_frac: float, n_train: int, n_test: int, notes: list[str]) -> tuple[list, list, list]:
     """IOI items for train and test, and the templates used.
@@ -403,13 +413,10 @@ def ioi_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
         for _ in range(50 * n):  # enough draws to fill any split that can be filled
             if len(items) == n:
                 break
-            tpl = rng.choice(templates)
-            io, s = rng.sample(pool, 2)
-            x, y = (io, s) if rng.random() < 0.5 else (s, io)  # ABBA or BABA
-            prompt = tpl.format(X=x, Y=y, S=s, place=rng.choice(places), object=rng.choice(objects))
-            if prompt not in seen:
-                seen.add(prompt)
-                items.append(Item(prompt, " " + io, " " + s, (io, s)))
+            item = draw_ioi(rng, pool, templates, places, objects)
+            if item.prompt not in seen:
+                seen.add(item.prompt)
+                items.append(item)
         return items
 
     if unseen_lengths and not fixed_length:  # draw plenty, then keep the lengths each side may have

@@ -2,13 +2,15 @@
 Train an activation-scaling intervention, evaluate it, and show where it acts.
 
     python train.py --task ccc                      ActivScalar on GPT-2 small, country-capital conflicts
+    python train.py --task ccc --model models/toyworld --knockout    offline, on the toy world, checked
     python train.py --task ioi --method all         ActivScalar, SteerVec and DynScalar side by side
     python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1 --generate 20
 
 What a run does: load the model and tokenizer -> build the task's train and test prompts ->
 report how often the original model prefers the correct answer -> train (the progress bar shows
 the three loss terms) -> evaluate on train and test -> print a table -> write the run folder
-(default runs/<task>-<model>-<method>/): metrics.json, intervention.safetensors, heatmap.png.
+(default runs/<task>-<model>-<method>/): metrics.json, intervention.safetensors, heatmap.png
+(and with --knockout, knockout.png: the heatmap against a map of what each location really does).
 A folder that already holds a run is refused before any work (--out elsewhere, or --overwrite).
 Ctrl-C during training stops it; what was learned so far is still evaluated and saved.
 """
@@ -45,7 +47,8 @@ class Parser(argparse.ArgumentParser):
 def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog="Defaults are for GPT-2 small on CCC; the README says how they were chosen.")
-    p.add_argument("--model", help="Hub id (gpt2, gpt2-medium, ..., EleutherAI/pythia-70m, ...) or a local folder"
+    p.add_argument("--model", help="Hub id (gpt2, gpt2-medium, ..., EleutherAI/pythia-70m, ..., Qwen/Qwen2.5-0.5B,"
+                   " meta-llama/Llama-3.2-1B, ...) or a local folder such as models/toyworld (offline)"
                    " with config.json and model.safetensors (default: gpt2; with --eval: the file's model)")
     p.add_argument("--revision", help="Hub revision, e.g. step1000 for a Pythia training checkpoint")
     p.add_argument("--task", help="ccc (country-capital conflict), ioi (indirect object identification), or a .jsonl"
@@ -121,11 +124,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run(evaluate_saved if args.eval else train, args)
+
+
+def run(command, args) -> int:
+    """command(args) as a script's main: a UserError is one line on stderr and exit code 2."""
     try:
-        if args.eval:
-            evaluate_saved(args)
-        else:
-            train(args)
+        command(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
