@@ -53,7 +53,7 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
         if method == "steervec":       # ‖β·v‖ has no sign
             agree["sign_agreement"] = float("nan")
         agree["attribution_spearman"] = ascale.agreement(estimate, effects)["spearman"]
-        agree["large_effect"] = 1.0
+        agree = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in agree.items()}  # JSON: null
         out[method] = agree
         plot_knockout(folder / "knockout.png", tokens, effects, estimate, acts, agree, f"{method} · {title}")
         metrics_file = folder / "metrics.json"
@@ -61,10 +61,17 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
             metrics = json.loads(metrics_file.read_text())
             metrics["knockout"] = agree
             train.write_json(metrics_file, metrics)
-        print(f"{method}: Spearman(|β·α|, |knockout|) {agree['spearman']:.2f}; {agree['large_active']:.0%} of"
-              f" {agree['n_large']} large-effect locations active; sign agreement {agree['sign_agreement']:.0%};"
-              f" attribution vs knockout {agree['attribution_spearman']:.2f}  -> {folder / 'knockout.png'}")
+        print(f"{method}: {summary(agree)}  -> {folder / 'knockout.png'}")
     return out
+
+
+def summary(agree: dict) -> str:
+    """The agreement numbers in one line (n/a where a number does not exist)."""
+    def num(key, fmt):
+        return "n/a" if agree[key] is None else format(agree[key], fmt)
+    return (f"Spearman(|β·α|, |knockout|) {num('spearman', '.2f')}; {num('large_active', '.0%')} of {agree['n_large']}"
+            f" large-effect locations active; sign agreement {num('sign_agreement', '.0%')}; attribution vs knockout"
+            f" {num('attribution_spearman', '.2f')}")
 
 
 def location_map(model, iv, batch) -> dict[str, torch.Tensor]:
@@ -124,9 +131,7 @@ def plot_knockout(path: Path, tokens, effects, estimate, acts, agree, title) -> 
     ax.set_xlabel("|knockout effect| (logits); dotted: large effect")
     ax.set_ylabel("|intervention| at the location; dashed: active")
     ax.legend(fontsize=8)
-    ax.set_title(f"Spearman {agree['spearman']:.2f} · {agree['large_active']:.0%} of {agree['n_large']} large-effect"
-                 f" locations active · sign agreement {agree['sign_agreement']:.0%} · attribution vs knockout"
-                 f" Spearman {agree['attribution_spearman']:.2f}", fontsize=9)
+    ax.set_title(summary(agree), fontsize=9)
     fig.suptitle(title, fontsize=11)
     save_figure(fig, path)
 

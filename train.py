@@ -46,7 +46,7 @@ class Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
-               epilog="Defaults are for GPT-2 small on CCC; the README says how they were chosen.")
+               epilog="The training defaults were tuned on the toy world's CCC and IOI; the README says how.")
     p.add_argument("--model", help="Hub id (gpt2, gpt2-medium, ..., EleutherAI/pythia-70m, ..., Qwen/Qwen2.5-0.5B,"
                    " meta-llama/Llama-3.2-1B, ...) or a local folder such as models/toyworld (offline)"
                    " with config.json and model.safetensors (default: gpt2; with --eval: the file's model)")
@@ -64,13 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " wrong the original model ranks lower), wrong, or correct (default: flip)")
     p.add_argument("--lambda-f", type=float, default=1.0, help="weight of faithfulness, the KL divergence of the"
                    " other tokens' distribution (default: 1)")
-    p.add_argument("--lambda-m", type=float, default=0.01, help="weight of minimality, the l1 norm of the"
-                   " intervention's parameters; larger: fewer active locations (default: 0.01)")
-    p.add_argument("--margin", type=float, default=1.0, help="effectiveness hinge: push the target's logit this"
-                   " far above the other answer's (default: 1)")
+    p.add_argument("--lambda-m", type=float, default=ascale.LAMBDA_M, help="weight of minimality, the l1 norm of"
+                   f" the intervention's parameters; larger: fewer active locations (default: {ascale.LAMBDA_M})")
+    p.add_argument("--margin", type=float, default=ascale.MARGIN, help="effectiveness hinge: push the target's logit"
+                   f" this far above the other answer's (default: {ascale.MARGIN:g})")
     p.add_argument("--beta", type=float, default=1.0, help="strength dial at evaluation: the learned intervention"
                    " times beta; 0 is the original model, -1 reverses it (training always uses 1) (default: 1)")
-    p.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (default: 0.02)")
+    p.add_argument("--lr", type=float, default=ascale.LR, help=f"Adam learning rate (default: {ascale.LR})")
     p.add_argument("--steps", type=int, default=ascale.STEPS, help="Adam steps, whatever the number of training"
                    f" prompts (default: {ascale.STEPS})")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per training step (default: 32)")
