@@ -24,7 +24,7 @@ def test_ccc_on_a_tiny_llama3(tmp_path, llama_tokenizer_files):
     model = tiny_folder(tmp_path, "llama", llama_tokenizer_files["llama3"], head_dim=16, tie_word_embeddings=True,
                         rope_parameters=LLAMA3_ROPE)
     out = tmp_path / "run"
-    proc = run_script("--model", model, "--task", "ccc", "--sites", "head,attn_out,mlp_out", "--epochs", "2",
+    proc = run_script("--model", model, "--task", "ccc", "--sites", "head,attn_out,mlp_out", "--steps", "4",
                       "--out", str(out), "--show", "1")
     assert proc.returncode == 0, proc.stderr
     check_run_folder(out, "activscalar")
@@ -38,7 +38,7 @@ def test_jsonl_task_on_a_tiny_qwen3(tmp_path, llama_tokenizer_files, capsys):
     model = tiny_folder(tmp_path, "qwen3", llama_tokenizer_files["qwen2"], hidden_size=48, head_dim=16)
     task = write_task(tmp_path / "caps.jsonl", ccc_rows())
     out = tmp_path / "run"
-    assert train.main(["--model", model, "--task", task, "--method", "all", "--sites", "head,resid", "--epochs", "2",
+    assert train.main(["--model", model, "--task", task, "--method", "all", "--sites", "head,resid", "--steps", "4",
                        "--batch-size", "4", "--out", str(out)]) == 0
     for method in ascale.METHODS:
         check_run_folder(out / method, method)
