@@ -180,8 +180,8 @@ def run_lambda(args) -> None:
             rows.append({"method": method, "lambda_m": value, "n_active": m["n_active"], "n_params": m["n_params"],
                          "l1": m["l1"], **per_split(m, ("flip_rate", "kl"))})
     train.write_json(out / "sweep.json", {"rows": rows, "command": " ".join(sys.argv)})
-    plot_curves(out / "tradeoff.png", rows, "n_active", "active locations (log scale)", "lambda_m", "λM",
-                f"What minimality costs · {Path(args.task).stem} · {Path(args.model).name}", log_x=True)
+    plot_curves(out / "tradeoff.png", rows, "n_active", "active locations (log scale); points labelled with λM",
+                "lambda_m", f"What minimality costs · {Path(args.task).stem} · {Path(args.model).name}", log_x=True)
     print_rows(rows, ["method", "lambda_m", "n_params", "n_active", "flip_rate_train", "flip_rate_test", "kl_test"])
     print(f"wrote {out}/sweep.json and {out}/tradeoff.png")
 
@@ -200,7 +200,7 @@ def run_beta(args) -> None:
         rows.append({"method": iv.method, "beta": beta, **per_split(m, ("flip_rate", "kl", "logit_diff_after"))})
     folder = Path(args.file).parent
     train.write_json(folder / "beta.json", {"rows": rows, "command": " ".join(sys.argv)})
-    plot_curves(folder / "beta.png", rows, "beta", "β (0: the original model, 1: as trained)", None, None,
+    plot_curves(folder / "beta.png", rows, "beta", "β (0: the original model, 1: as trained)", None,
                 f"The strength dial · {iv.method} · {task.name} · {Path(targs.model).name}")
     print_rows(rows, ["beta", "flip_rate_train", "flip_rate_test", "kl_train", "kl_test"])
     print(f"wrote {folder}/beta.json and {folder}/beta.png")
@@ -209,25 +209,26 @@ def run_beta(args) -> None:
 # ----------------------------------------------------------------------------- shared output
 
 
-def plot_curves(path: Path, rows: list[dict], x: str, xlabel: str, label: str | None, label_name: str | None,
-                title: str, log_x: bool = False) -> None:
-    """Two panels, test flip rate and test KL against `x`, one line per method (points annotated with
-    `label`)."""
+def plot_curves(path: Path, rows: list[dict], x: str, xlabel: str, label: str | None, title: str,
+                log_x: bool = False) -> None:
+    """Two panels, flip rate and KL (test solid, train dotted) against `x`, one colour per method;
+    points joined in the order of `label` (and annotated with it) or of `x`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, (key, name) in zip(axes, [("flip_rate", "flip rate"), ("kl", "KL of the other tokens, nats")],
                                strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows):
-            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r[x])
+        for method, color in zip(methods, ("tab:blue", "tab:green", "tab:purple"), strict=False):
+            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r[label or x])  # along λM or β
             xs = [max(r[x], 0.5) if log_x else r[x] for r in mine]
             for split, style in (("test", "-o"), ("train", ":.")):
-                ax.plot(xs, [r[f"{key}_{split}"] for r in mine], style, label=f"{method} ({split})")
+                ax.plot(xs, [r[f"{key}_{split}"] for r in mine], style, color=color, label=f"{method} ({split})")
             if label:
                 for r, xv in zip(mine, xs, strict=True):
-                    ax.annotate(f"{label_name} {r[label]:g}", (xv, r[f"{key}_test"]), fontsize=7,
+                    ax.annotate(f"{r[label]:g}", (xv, r[f"{key}_test"]), fontsize=7, color=color,
                                 textcoords="offset points", xytext=(3, 3))
         if log_x:
             ax.set_xscale("log")

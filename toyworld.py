@@ -114,7 +114,7 @@ def check_one_token(tok: Tokenizer) -> None:
     words = [c for c in tasks.COUNTRIES.values() if c.isalpha()] + tasks.NAMES + tasks.PLACES + tasks.OBJECTS
     split = [w for w in words if len(tok.encode(" " + w)) != 1]
     if split:
-        raise SystemExit(f"the tokenizer splits {len(split)} words of the world, e.g. {split[:5]}; use more --docs")
+        raise UserError(f"the tokenizer splits {len(split)} words of the world, e.g. {split[:5]}; use more --docs")
 
 
 # ----------------------------------------------------------------------------- 3. the model
@@ -125,8 +125,8 @@ def init_weights(model: GPT, seed: int) -> None:
     projections of each block scaled by 1/sqrt(2·n_layer) (they add up on the residual stream)."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
-        if p.dim() == 1:
-            torch.nn.init.ones_(p) if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else p.data.zero_()
+        if p.dim() == 1:  # LayerNorm weights 1, biases 0
+            p.data.fill_(1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0)
         else:
             std = 0.02 / math.sqrt(2 * model.config.n_layer) if name.endswith("c_proj.weight") else 0.02
             p.data.normal_(0.0, std, generator=gen)

@@ -20,24 +20,29 @@ python train.py --model $model --task ccc --method dynscalar --target correct --
 python analyze.py lambda --model $model --task ccc --out "$out/ccc-lambda" --overwrite
 # 4. The strength dial of the CCC ActivScalar run.
 python analyze.py beta "$out/ccc-all/activscalar/intervention.safetensors"
-# 5. How the defaults were chosen: learning rate x steps for ActivScalar (λM is the sweep above).
+# 5. How the defaults were chosen: learning rate x steps for ActivScalar at margin 2, then the margin
+#    at the chosen lr and steps (λM is the sweep above).
 for task in ccc ioi; do
-  for lr in 0.01 0.02 0.05; do
-    for steps in 50 100 200 400; do
-      python train.py --model $model --task $task --lr $lr --steps $steps --out "$out/tune/$task-lr$lr-s$steps" \
+  for lr in 0.01 0.02 0.05 0.1; do
+    for steps in 100 300 600; do
+      python train.py --model $model --task $task --lr $lr --steps $steps --out "$out/tune/$task-lr$lr-s$steps-m2" \
         --overwrite > /dev/null 2>&1
     done
+  done
+  for margin in 0 1 3; do
+    python train.py --model $model --task $task --margin $margin --out "$out/tune/$task-lr0.05-s300-m$margin" \
+      --overwrite > /dev/null 2>&1
   done
 done
 python - "$out/tune" <<'EOF'
 import json, sys
 from pathlib import Path
-print("task  lr     steps  flip train / test  KL test  active")
-for f in sorted(Path(sys.argv[1]).glob("*/metrics.json"), key=lambda p: (p.parent.name.split("-")[0],
-                float(p.parent.name.split("-lr")[1].split("-s")[0]), int(p.parent.name.split("-s")[-1]))):
-    m, c = json.loads(f.read_text()), json.loads(f.read_text())["config"]
-    print(f"{c['task']:5} {c['lr']:<6} {c['steps']:<6} {m['train']['flip_rate']:.2f} / {m['test']['flip_rate']:.2f}"
-          f"        {m['test']['kl']:.3f}    {m['n_active']:.0f}")
+runs = [json.loads(f.read_text()) for f in Path(sys.argv[1]).glob("*/metrics.json")]
+print("task  margin  lr     steps  flip train / test  KL test  active")
+for m in sorted(runs, key=lambda m: (m["config"]["task"], m["config"]["margin"], m["config"]["lr"], m["config"]["steps"])):
+    c = m["config"]
+    print(f"{c['task']:5} {c['margin']:<7g} {c['lr']:<6g} {c['steps']:<6} {m['train']['flip_rate']:.2f} / "
+          f"{m['test']['flip_rate']:.2f}        {m['test']['kl']:.3f}    {m['n_active']:.0f}")
 EOF
 
 cp "$out/ccc-all/activscalar/heatmap.png" docs/toyworld-ccc-heatmap.png

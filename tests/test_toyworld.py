@@ -47,7 +47,7 @@ def test_transformers_reads_the_same_model(world):
 
 def test_every_word_of_the_world_is_one_token(world):
     _, tok = world
-    toyworld.check_one_token(tok)  # raises SystemExit naming the words otherwise
+    toyworld.check_one_token(tok)  # raises UserError naming the words otherwise
 
 
 def test_it_knows_the_capitals(world):
