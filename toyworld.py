@@ -97,8 +97,12 @@ def make_document(rng: random.Random) -> str:
 def train_tokenizer(texts: list[str], path: Path) -> Tokenizer:
     """Byte-level BPE (GPT-2's pre-tokenizer, all 256 bytes in the alphabet, <|endoftext|> = 0), merged
     until every word of the corpus is one token; written to `path` and read back through tokenizer.py."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+    except ImportError:
+        raise UserError("toyworld.py trains its tokenizer with the `tokenizers` library, a test dependency:"
+                        " pip install -r requirements-dev.txt") from None
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
