@@ -289,16 +289,17 @@ def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref
     seconds = time.time() - start
     if curve["interrupted"]:
         print(f"stopped by Ctrl-C after {curve['steps']} steps: evaluating and saving what was learned")
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = task.train.tokens[0] if positions else ()
+    # The parameters are saved before the evaluation, so that a Ctrl-C there keeps what was learned.
+    ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
+                target=args.target, seed=args.seed, fixed_length=int(args.method != "dynscalar"),
+                unseen_lengths=int(args.unseen_lengths))
     iv.beta = args.beta
     metrics = {"method": method, **measure(model, iv, batches),
                "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "interrupted": curve.pop("interrupted"), "seconds": round(seconds, 2), "loss_curve": curve,
                "config": {**vars(args), "method": method}}
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = task.train.tokens[0] if positions else ()
-    ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
-                target=args.target, seed=args.seed, fixed_length=int(args.method != "dynscalar"),
-                unseen_lengths=int(args.unseen_lengths))
     write_json(folder / "metrics.json", metrics)
     heatmap(model, iv, task, folder / "heatmap.png", f"{method} · {task.name} · {Path(args.model).name}", metrics)
     if args.show:

@@ -188,6 +188,17 @@ def test_ctrl_c_evaluates_and_saves_what_was_learned(setup, tmp_path, monkeypatc
     assert "stopped by Ctrl-C after 2 steps" in capsys.readouterr().out
 
 
+def test_ctrl_c_during_evaluation_keeps_the_parameters(setup, tmp_path, monkeypatch):
+    model, task = setup
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "measure", interrupted)
+    assert train.main(["--model", model, "--task", task, "--steps", "2", "--out", str(tmp_path)]) == 130
+    assert ascale.read_metadata(tmp_path / "intervention.safetensors")["method"] == "activscalar"
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
