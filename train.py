@@ -85,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="run folder, created if missing (default: runs/<task>-<model>-<method>/); one that"
                    " already holds a run is refused before any work: choose a new one, or pass --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the run folder (its"
-                   " metrics.json, intervention.safetensors, heatmap.png) instead of refusing")
+                   " metrics.json, intervention.safetensors, heatmap.png, knockout.png) instead of refusing")
     p.add_argument("--show", type=int, default=0, metavar="N", help="print N test prompts with their top-5 next"
                    " tokens before and after the intervention (default: 0)")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="after training (or --eval), continue"
