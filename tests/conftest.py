@@ -259,3 +259,34 @@ def llama_tokenizer_files(tmp_path_factory):
     """{"llama3": path, "qwen2": path}: tokenizer.json files built once per test session."""
     folder = tmp_path_factory.mktemp("tokenizers")
     return {kind: write_tokenizer_json(kind, folder / f"{kind}.json") for kind in ("llama3", "qwen2")}
+
+
+def assert_matches_transformers(ours, hf, idx):
+    """Our logits within 1e-4 of transformers' on idx (B, T), and 20 greedy tokens identical."""
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=0)
+        expected = hf.generate(idx[:1, :5], max_new_tokens=20, do_sample=False, min_new_tokens=20)
+    assert torch.equal(ours.generate(idx[:1, :5], 20), expected)
+
+
+def knock_out(site, layer, head=None):
+    """An intervene function that zeroes one site of one layer (for `head`, only that head)."""
+    def fn(s, l, h):
+        if s != site or l != layer:
+            return h
+        if site == "head":
+            h = h.clone()
+            h[:, :, head] = 0
+            return h
+        return torch.zeros_like(h)
+    return fn
+
+
+def zero_head_pre_hook(head, hs):
+    """A transformers forward pre-hook for the attention output projection: zero one head's slice
+    of its input (that head's result), as our `head` site does."""
+    def pre_hook(module, args):
+        z = args[0].clone()
+        z[..., head * hs:(head + 1) * hs] = 0
+        return (z,)
+    return pre_hook

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, save_checkpoint, tiny_hf_model
+from conftest import ROOT, assert_matches_transformers, knock_out, save_checkpoint, tiny_hf_model, zero_head_pre_hook
 
 import gpt2
 from gpt2 import GPT, UserError
@@ -40,11 +40,7 @@ def random_ids(B=2, T=17, seed=0):
 @pytest.mark.parametrize("model_type,name,overrides", VARIANTS, ids=[v[1] for v in VARIANTS])
 def test_logits_and_greedy_tokens_match_transformers(tmp_path, model_type, name, overrides):
     ours, hf = load_pair(tmp_path, model_type, overrides)
-    idx = random_ids()
-    with torch.no_grad():
-        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=0)
-        expected = hf.generate(idx[:1, :5], max_new_tokens=20, do_sample=False, min_new_tokens=20)
-    assert torch.equal(ours.generate(idx[:1, :5], 20), expected)
+    assert_matches_transformers(ours, hf, random_ids())
 
 
 def test_old_style_neox_config_keys(tmp_path):
@@ -126,23 +122,9 @@ def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, model_type, site):
     layer, head, hs = 1, 1, ours.config.n_embd // ours.config.n_head
     block = hf_blocks(hf)[layer]
 
-    def knock_out(s, l, h):
-        if s != site or l != layer:
-            return h
-        if site == "head":
-            h = h.clone()
-            h[:, :, head] = 0
-            return h
-        return torch.zeros_like(h)
-
     if site == "head":  # zero that head's slice of the output projection's input
         proj = block.attn.c_proj if model_type == "gpt2" else block.attention.dense
-
-        def pre_hook(module, args):
-            z = args[0].clone()
-            z[..., head * hs:(head + 1) * hs] = 0
-            return (z,)
-        handle = proj.register_forward_pre_hook(pre_hook)
+        handle = proj.register_forward_pre_hook(zero_head_pre_hook(head, hs))
     else:
         module = {"attn_out": block.attn if model_type == "gpt2" else block.attention,
                   "mlp_out": block.mlp, "resid": block}[site]
@@ -151,7 +133,7 @@ def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, model_type, site):
     with torch.no_grad():
         expected = hf(idx).logits
     handle.remove()
-    got = ours(idx, intervene=knock_out)
+    got = ours(idx, intervene=knock_out(site, layer, head))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     assert (got - ours(idx)).abs().max() > 1e-3  # the knock-out did something
 

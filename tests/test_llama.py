@@ -7,7 +7,14 @@ import math
 
 import pytest
 import torch
-from conftest import LLAMA3_ROPE, save_checkpoint, tiny_hf_model
+from conftest import (
+    LLAMA3_ROPE,
+    assert_matches_transformers,
+    knock_out,
+    save_checkpoint,
+    tiny_hf_model,
+    zero_head_pre_hook,
+)
 
 import ascale
 import gpt2
@@ -42,11 +49,7 @@ def test_logits_and_greedy_tokens_match_transformers(tmp_path, name, legacy):
     ours, hf = load_pair(tmp_path, name, legacy)
     config = json.loads((tmp_path / name / "config.json").read_text())
     assert ("rope_scaling" in config) == legacy and ("rope_parameters" in config) != legacy
-    idx = random_ids()
-    with torch.no_grad():
-        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=0)
-        expected = hf.generate(idx[:1, :5], max_new_tokens=20, do_sample=False, min_new_tokens=20)
-    assert torch.equal(ours.generate(idx[:1, :5], 20), expected)
+    assert_matches_transformers(ours, hf, random_ids())
 
 
 def test_config_switches(tmp_path):
@@ -111,21 +114,8 @@ def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, name, site):
     layer, head, hs = 1, 3, ours.config.head_dim   # head 3 reads key/value head 1 (of 2)
     block = hf.model.layers[layer]
 
-    def knock_out(s, l, h):
-        if s != site or l != layer:
-            return h
-        if site == "head":
-            h = h.clone()
-            h[:, :, head] = 0
-            return h
-        return torch.zeros_like(h)
-
     if site == "head":
-        def pre_hook(module, args):
-            z = args[0].clone()
-            z[..., head * hs:(head + 1) * hs] = 0
-            return (z,)
-        handle = block.self_attn.o_proj.register_forward_pre_hook(pre_hook)
+        handle = block.self_attn.o_proj.register_forward_pre_hook(zero_head_pre_hook(head, hs))
     else:
         handle = {"attn_out": block.self_attn, "mlp_out": block.mlp, "resid": block}[site].register_forward_hook(
             zero_output)
@@ -133,7 +123,7 @@ def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, name, site):
     with torch.no_grad():
         expected = hf(idx).logits
     handle.remove()
-    got = ours(idx, intervene=knock_out)
+    got = ours(idx, intervene=knock_out(site, layer, head))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     assert (got - ours(idx)).abs().max() > 1e-3  # the knock-out did something
 
