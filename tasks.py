@@ -145,7 +145,8 @@ def tokenize(items: list[Item], tokenizer) -> PromptSet:
 
 
 def n_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer.encode(text))
+    """A prompt's length in tokens, as tokenize lays it out (BOS included where there is one)."""
+    return len(tokenizer.encode(text)) + (getattr(tokenizer, "bos_token", None) is not None)
 
 
 def count_str(counter: Counter) -> str:

@@ -194,3 +194,4 @@ def test_task_prompts_start_with_bos_exactly_where_the_model_adds_one(kind, llam
         assert ps.tokens[i][0] == ("<|begin_of_text|>" if kind == "llama3" else "The")
     assert ps.correct[0].item() == hf.encode(ps.correct_str[0], add_special_tokens=False).ids[0]  # no BOS in answers
     assert tasks.single_token(ours, " Paris") is not None
+    assert any(f"whose prompt is {ps.ids.shape[1]} tokens" in note for note in task.notes)  # BOS counted
