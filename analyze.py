@@ -75,10 +75,10 @@ def summary(agree: dict) -> str:
 
 
 def location_map(model, iv, batch) -> dict[str, torch.Tensor]:
-    """What the intervention does per location, as in its heatmap: β·α (ActivScalar), ‖β·v‖
-    (SteerVec), β·α(h) on the first training prompt (DynScalar)."""
+    """What the intervention does per location: β·α (ActivScalar), ‖β·v‖ (SteerVec), β·α(h)
+    averaged over the prompts, like the knockout map (DynScalar)."""
     if iv.positions is None:
-        return {s: m.cpu() for s, m in iv.location_map(model, batch.ids[:1]).items()}
+        return {s: m.cpu() for s, m in iv.location_map(model, batch.ids).items()}
     return {s: m.cpu() for s, m in iv.location_map().items()}
 
 

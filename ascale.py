@@ -165,16 +165,16 @@ class DynScalar(Scaling):
         return (h_hat * self.w[site][layer]).sum(-1) + self.b[site][layer]
 
     def location_map(self, model, ids) -> dict[str, torch.Tensor]:
-        """β·α(h) on one prompt ids (1, T): (L, T) or (L, T, nh) per site."""
+        """β·α(h) on prompts ids (N, T) of one length, averaged over them: (L, T) or (L, T, nh) per site."""
         maps = {s: [None] * self.n_layer for s in self.sites}
 
         def record(site, layer, h):
             if site in self.sites:
-                maps[site][layer] = self.beta * self.scale(site, layer, h)[0]
+                maps[site][layer] = self.beta * self.scale(site, layer, h).mean(0)
             return self(site, layer, h)
 
         with torch.no_grad():
-            model(ids, intervene=record, at=torch.tensor([ids.shape[1] - 1], device=ids.device))
+            model(ids, intervene=record, at=torch.full((len(ids),), ids.shape[1] - 1, device=ids.device))
         return {s: torch.stack(m) for s, m in maps.items()}
 
 
