@@ -198,7 +198,7 @@ def neox_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         if key == "lm_head.weight" and cfg.tie_embeddings:
             continue
         if ".attn.c_attn." in key:  # ours: rows (3, nh, hs); GPT-NeoX fuses them per head, (nh, 3, hs)
-            nh, hs = cfg.n_head, cfg.n_embd // cfg.n_head
+            nh, hs = cfg.n_head, cfg.head_dim
             t = t.view(3, nh, hs, -1).transpose(0, 1).reshape(t.shape)
         for ours, theirs in TO_NEOX.items():  # prefixes ("h." -> "gpt_neox.layers.") and parts (".ln_1.")
             if ours.startswith("."):
@@ -214,7 +214,7 @@ def neox_config(cfg: GPTConfig, tok: Tokenizer) -> dict:
     return {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
             "intermediate_size": cfg.n_inner, "max_position_embeddings": cfg.n_ctx, "hidden_act": "gelu",
-            "rotary_pct": cfg.rotary_dim / (cfg.n_embd // cfg.n_head), "rotary_emb_base": cfg.rotary_base,
+            "rotary_pct": cfg.rotary_dim / cfg.head_dim, "rotary_emb_base": cfg.rotary_base,
             "use_parallel_residual": cfg.parallel_residual, "layer_norm_eps": cfg.layer_norm_eps,
             "attention_bias": cfg.attn_bias, "tie_word_embeddings": cfg.tie_embeddings,
             "bos_token_id": tok.eot_token, "eos_token_id": tok.eot_token, "torch_dtype": "float32"}
@@ -246,14 +246,12 @@ def measure(folder, seed: int = 0) -> dict:
     model, tok = GPT.from_pretrained(str(folder)), get_tokenizer(str(folder))
     one = {k: v for k, v in tasks.COUNTRIES.items() if tasks.single_token(tok, " " + v) is not None}
     facts = [tasks.Item(QUESTIONS[0].format(country=k), " " + v, " " + v) for k, v in one.items()]
-    ps = tasks.tokenize(facts, tok)
-    top = torch.cat([model(ps.ids[i:i + 64], at=ps.answer_pos[i:i + 64]).argmax(-1) for i in range(0, len(ps), 64)])
-    out = {"facts_top1": (top == ps.correct).float().mean().item(), "n_countries": len(one)}
+    out = {"facts_top1": tasks.preference(model, tasks.tokenize(facts, tok))[1], "n_countries": len(one)}
     for name, fixed in (("fixed", True), ("mixed", False)):
         ccc = tasks.load_task("ccc", tok, seed=seed, fixed_length=fixed)
         ioi = tasks.load_task("ioi", tok, seed=seed, fixed_length=fixed)
-        out[f"ccc_in_context_{name}"] = 1 - sum(tasks.preference(model, s)[0] * len(s) for s in (ccc.train, ccc.test)) \
-            / (len(ccc.train) + len(ccc.test))
+        correct = sum(tasks.preference(model, s)[0] * len(s) for s in (ccc.train, ccc.test))  # prompts, both splits
+        out[f"ccc_in_context_{name}"] = 1 - correct / (len(ccc.train) + len(ccc.test))
         out[f"ioi_test_{name}"] = tasks.preference(model, ioi.test)[0]
     rng = random.Random(f"fresh/{seed}")
     fresh = [tasks.draw_ioi(rng, tasks.NAMES) for _ in range(300)]
@@ -294,7 +292,7 @@ Made by:
 - **Tokenizer**: byte-level BPE (`tokenizers`) trained on {args.docs:,} documents until every word is one
   token: {tok.n_vocab:,} tokens, `<|endoftext|>` = {tok.eot_token}.
 - **Model**: GPT-NeoX (Pythia) layout: {cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads, MLP
-  {cfg.n_inner}, rotary on {cfg.rotary_dim} of {cfg.n_embd // cfg.n_head} dims per head, parallel residual,
+  {cfg.n_inner}, rotary on {cfg.rotary_dim} of {cfg.head_dim} dims per head, parallel residual,
   {'tied' if cfg.tie_embeddings else 'untied'} unembedding, context {cfg.n_ctx}: {n_params:,} parameters, float32.
 - **Training**: {args.steps:,} steps of {args.batch_size} × {args.seq_len} tokens, AdamW (β = 0.9, 0.95,
   weight decay 0.1 on matrices), lr {args.lr:g} with {args.warmup} warm-up steps and cosine decay to a tenth,
