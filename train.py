@@ -17,8 +17,6 @@ Ctrl-C during training stops it; what was learned so far is still evaluated and 
 
 import argparse
 import dataclasses
-import io
-import json
 import math
 import os
 import sys
@@ -28,14 +26,13 @@ from pathlib import Path
 import torch
 
 import ascale
+import report
 from gpt2 import GPT, UserError
 
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
 DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "knockout.png")  # what a run folder holds
-SITE_NAMES = {"head": "attention heads", "attn_out": "attention output", "mlp_out": "MLP output",
-              "resid": "residual stream after the block"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " dynscalar: the scalar is a probe of h, for prompts of any length; all: train the three,"
                    " each into its own subfolder, and compare them (default: activscalar)")
     p.add_argument("--sites", default="attn_out,mlp_out", help="comma-separated sites to intervene on, from"
-                   f" {', '.join(SITE_NAMES)} (default: attn_out,mlp_out)")
+                   f" {', '.join(report.SITE_NAMES)} (default: attn_out,mlp_out)")
     p.add_argument("--target", choices=ascale.TARGETS, help="which answer to steer to: flip (whichever of correct and"
                    " wrong the original model ranks lower), wrong, or correct (default: flip)")
     p.add_argument("--lambda-f", type=float, default=1.0, help="weight of faithfulness, the KL divergence of the"
@@ -231,10 +228,9 @@ def train(args) -> None:
             break
     print_table(results)
     if args.knockout:
-        import analyze
         runs = {m: (ivs[m], folders[m]) for m in results if not results[m]["interrupted"]}
         title = f"{task.name} · {Path(args.model).name}"
-        analyze.knockout_check(model, batches["train"], task.train.tokens[0], runs, title)
+        report.knockout_check(model, batches["train"], task.train.tokens[0], runs, title)
     print(f"wrote {out}/" + ("{" + ",".join(results) + "}/" if args.method == "all" else ""))
     if args.generate:
         generations(model, tok, ivs, task.test, args.show or 3, args.generate)
@@ -300,8 +296,9 @@ def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref
                "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "interrupted": curve.pop("interrupted"), "seconds": round(seconds, 2), "loss_curve": curve,
                "config": {**vars(args), "method": method}}
-    write_json(folder / "metrics.json", metrics)
-    heatmap(model, iv, task, folder / "heatmap.png", f"{method} · {task.name} · {Path(args.model).name}", metrics)
+    report.write_json(folder / "metrics.json", metrics)
+    title = f"{method} · {task.name} · {Path(args.model).name}"
+    report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
     return metrics, iv
@@ -360,10 +357,6 @@ def evaluate_saved(args) -> None:
 # ----------------------------------------------------------------------------- output
 
 
-def write_json(path: Path, obj) -> None:
-    ascale.write_atomically(path, json.dumps(obj, indent=1).encode())
-
-
 def print_table(results: dict[str, dict]) -> None:
     """Methods side by side; cells with two numbers are train / test."""
     rows = [("flip rate", "flip_rate", "{:.2f}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
@@ -413,62 +406,6 @@ def generations(model, tok, ivs: dict, ps, n: int, n_tokens: int) -> None:
             if tok.eot_token in new:
                 new = new[:new.index(tok.eot_token) + 1]
             print(f"  {label.ljust(width)}: {tok.decode(new)!r}")
-
-
-def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
-    """One panel per site: layers x positions (the prompt's tokens on the axis), or layers x heads.
-    Scalar methods: β·α on a diverging colour map, white = no change. SteerVec: ‖β·v‖, white = 0."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if iv.positions is None:  # DynScalar: its scalars on one test prompt, which may have any length
-        T = int(task.test.answer_pos[0]) + 1
-        maps, tokens, which = iv.location_map(model, task.test.ids[:1, :T]), task.test.tokens[0], "test prompt 1"
-    else:
-        maps, tokens, which = iv.location_map(), task.train.tokens[0], "training prompt 1"
-    scalar = iv.method != "steervec"
-    panels = []
-    for site, m in maps.items():
-        m = m.float().cpu()                                          # (L, T) or (L, T, nh)
-        if m.dim() == 3:  # heads: each head's value at the position where it is largest in size
-            m = m.gather(1, m.abs().argmax(1, keepdim=True))[:, 0]   # (L, nh)
-            panels.append((site, m, [str(h) for h in range(m.shape[1])], "head (its value where it is largest)"))
-        else:
-            panels.append((site, m, [t.replace("\n", "\\n") for t in tokens], f"position (tokens of {which})"))
-    vmax = max(max(float(m.abs().max()) for _, m, _, _ in panels), 2 * ascale.ACTIVE)
-    n_cols = max(m.shape[1] for _, m, _, _ in panels)
-    n_layer = iv.n_layer
-    fig, axes = plt.subplots(len(panels), 1, squeeze=False, constrained_layout=True,
-                             figsize=(max(6.0, 0.5 * n_cols + 1.5), len(panels) * (0.32 * n_layer + 1.6) + 1.6))
-    for ax, (site, m, labels, xname) in zip(axes[:, 0], panels, strict=True):
-        im = ax.imshow(m.numpy(), cmap="RdBu_r" if scalar else "Reds", vmin=-vmax if scalar else 0, vmax=vmax,
-                       aspect="auto")
-        ax.set_title(f"{site}: {SITE_NAMES[site]}", loc="left", fontsize=11)
-        if xname.startswith("head"):
-            ax.set_xticks(range(len(labels)), labels, fontsize=8)
-        else:
-            ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=8)
-        ax.set_yticks(range(0, n_layer, max(1, n_layer // 16)))
-        ax.set_ylabel("layer")
-        ax.set_xlabel(xname, fontsize=9)
-        if m.numel() <= 1200:  # write the value into each active cell
-            for (y, x), v in zip(torch.cartesian_prod(torch.arange(m.shape[0]), torch.arange(m.shape[1])).tolist(),
-                                 m.flatten().tolist(), strict=True):
-                if abs(v) >= (ascale.ACTIVE if scalar else 0.25 * vmax):
-                    ax.text(x, y, f"{v:.2g}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(v) > 0.6 * vmax else "black")
-    label = ("β·α, the activation is scaled by 1 + β·α:  −1 switched off,  0 unchanged (white),  +1 doubled" if scalar
-             else "‖β·v‖, the norm of the vector added to the activation (white: nothing added)")
-    cbar = fig.colorbar(im, ax=axes[:, 0].tolist(), orientation="horizontal", aspect=50, shrink=0.8)
-    cbar.set_label(label, fontsize=9)
-    fig.suptitle(f"{title}\nflip rate {metrics['train']['flip_rate']:.0%} train, {metrics['test']['flip_rate']:.0%}"
-                 f" test · {metrics['n_params']:,} parameters · {metrics['n_active']:.0f} active locations",
-                 fontsize=11)
-    png = io.BytesIO()
-    fig.savefig(png, dpi=120, format="png")
-    plt.close(fig)
-    ascale.write_atomically(path, png.getvalue())
 
 
 if __name__ == "__main__":
