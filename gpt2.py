@@ -17,9 +17,9 @@ One model serves the four families; the differences are a few switches in GPTCon
     Llama 3     rope_scaling "llama3": low rotary frequencies slowed down (llama3_frequencies)
     Qwen2       biases on q, k, v;   Qwen3  RMSNorm on each head's q and k, and head_dim ≠ n_embd / nh
 
-Module names follow GPT-2's checkpoint (wte, h.N.attn.c_attn, ln_f, ...); the other families'
-tensors are renamed onto them when loading (NEOX_NAMES, LLAMA_NAMES), and Llama's separate
-q, k, v (and gate, up) matrices are stacked into one c_attn (c_fc), as GPT-2 stores them.
+Module names follow GPT-2's checkpoint (wte, h.N.attn.c_attn, ln_f, ...); checkpoints.py renames the
+other families' tensors (Hub files and GGUF) onto them, stacking Llama's separate q, k, v (and gate,
+up) matrices into one c_attn (c_fc), as GPT-2 stores them. This file is the model alone.
 
 Sites (SPEC.md): `model(idx, intervene=fn)` calls `fn(site, layer, h)` and uses what it returns:
     head      (B, T, nh, hs)  one (query) head's result, before the output projection c_proj
@@ -31,27 +31,22 @@ intervention that sets `takes_positions`, the last layer runs only at the read p
 hs is the head size cfg.head_dim: n_embd // n_head, except where a config sets it (Qwen3).
 """
 
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+import checkpoints
+from errors import UserError
+
 SITES = ("head", "attn_out", "mlp_out", "resid")
-LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # config.json model_types read as the Llama family
-SUPPORTED = "gpt2, gpt_neox (Pythia), llama (Llama 3.x), mistral, qwen2 (Qwen2, Qwen2.5) or qwen3"
-
-
-class UserError(Exception):
-    """A problem with what the user asked for; its message says what to fix (one line)."""
 
 
 @dataclass
 class GPTConfig:
-    model_type: str = "gpt2"        # "gpt2", "gpt_neox", or one of LLAMA_TYPES
+    model_type: str = "gpt2"        # "gpt2", "gpt_neox", or one of checkpoints.LLAMA_TYPES
     vocab_size: int = 50257
     n_ctx: int = 1024               # longest prompt the model can read
     n_layer: int = 12
@@ -74,74 +69,12 @@ class GPTConfig:
     head_dim: int = 0               # features per head; 0 = n_embd // n_head
     qk_norm: bool = False           # RMSNorm on each head's q and k (Qwen3)
     rope_llama3: tuple = ()         # Llama 3 rope_scaling: (factor, low_freq_factor, high_freq_factor, old context)
+    rope_divisors: tuple = ()       # the same as a divisor per frequency, as GGUF files store it (rope_freqs)
     sliding_window: int = 0         # keys a query may see (Mistral); 0 = all. Longer prompts are refused
 
     def __post_init__(self):
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.n_embd // self.n_head
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> "GPTConfig":
-        """Read a Hugging Face config.json (GPT2Config, GPTNeoXConfig, or a Llama-family one) into our config."""
-        kind = hf.get("model_type")
-        if kind == "gpt2":
-            if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
-                raise UserError("this GPT-2 config changes the attention scaling, which we do not support")
-            d = hf["n_embd"]
-            return cls("gpt2", hf["vocab_size"], hf["n_positions"], hf["n_layer"], hf["n_head"], d,
-                       hf.get("n_inner") or 4 * d, hf.get("layer_norm_epsilon", 1e-5),
-                       gelu_approx=_gelu(hf.get("activation_function", "gelu_new")))
-        if kind == "gpt_neox":
-            rope = hf.get("rope_parameters") or {}  # newer transformers keep rotary settings here
-            pct = hf.get("rotary_pct", rope.get("partial_rotary_factor", 1.0))
-            base = hf.get("rotary_emb_base", rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
-            if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
-                raise UserError("rotary scaling (rope_scaling / rope_type) is not supported")
-            d, nh = hf["hidden_size"], hf["num_attention_heads"]
-            return cls("gpt_neox", hf["vocab_size"], hf["max_position_embeddings"],
-                       hf["num_hidden_layers"], nh, d, hf["intermediate_size"], hf.get("layer_norm_eps", 1e-5),
-                       gelu_approx=_gelu(hf.get("hidden_act", "gelu")), rotary_dim=int(d // nh * pct),
-                       rotary_base=float(base), parallel_residual=hf.get("use_parallel_residual", True),
-                       attn_bias=hf.get("attention_bias", True), proj_bias=hf.get("attention_bias", True),
-                       tie_embeddings=hf.get("tie_word_embeddings", False))
-        if kind in LLAMA_TYPES:
-            return cls.from_hf_llama(hf)
-        raise UserError(f"model_type {kind!r} is not supported; use {SUPPORTED}")
-
-    @classmethod
-    def from_hf_llama(cls, hf: dict) -> "GPTConfig":
-        """Llama, Mistral, Qwen2, Qwen3. Rotary settings are read as the Hub's files write them (rope_theta,
-        rope_scaling) and as transformers 5 does (rope_parameters)."""
-        kind = hf["model_type"]
-        if hf.get("hidden_act", "silu") != "silu":
-            raise UserError(f"activation {hf['hidden_act']!r} is not supported for {kind} (expected silu)")
-        rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "llama3"):
-            raise UserError(f"rotary scaling {rope_type!r} is not supported; only default rotary and Llama 3's"
-                            " (rope_type llama3) are")
-        llama3 = () if rope_type == "default" else (
-            rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"],
-            rope.get("original_max_position_embeddings", hf["max_position_embeddings"]))
-        # Mistral slides its window in every layer; Qwen only where use_sliding_window says so.
-        window = hf.get("sliding_window") if kind == "mistral" or hf.get("use_sliding_window") else None
-        d, nh = hf["hidden_size"], hf["num_attention_heads"]
-        head_dim = hf.get("head_dim") or d // nh
-        bias = hf.get("attention_bias", False) and kind != "mistral"
-        return cls(kind, hf["vocab_size"], hf["max_position_embeddings"], hf["num_hidden_layers"], nh, d,
-                   hf["intermediate_size"], hf.get("rms_norm_eps", 1e-6), rotary_dim=head_dim,
-                   rotary_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-                   attn_bias=bias or kind == "qwen2", proj_bias=bias,
-                   tie_embeddings=hf.get("tie_word_embeddings", False), mlp_bias=hf.get("mlp_bias", False),
-                   rms_norm=True, swiglu=True, n_kv_head=hf.get("num_key_value_heads") or nh, head_dim=head_dim,
-                   qk_norm=kind == "qwen3", rope_llama3=llama3, sliding_window=window or 0)
-
-
-def _gelu(name: str) -> str:
-    table = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
-    if name not in table:
-        raise UserError(f"activation {name!r} is not supported (expected one of {sorted(table)})")
-    return table[name]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -150,6 +83,8 @@ def rope_frequencies(cfg: GPTConfig, device) -> torch.Tensor:
     """The rotary angle per position of each pair of rotated features (rotary_dim/2,), in float32."""
     dim = cfg.rotary_dim
     inv_freq = 1.0 / cfg.rotary_base ** (torch.arange(0, dim, 2, device=device).float() / dim)
+    if cfg.rope_divisors:
+        inv_freq = inv_freq / torch.tensor(cfg.rope_divisors, device=device)
     return llama3_frequencies(inv_freq, *cfg.rope_llama3) if cfg.rope_llama3 else inv_freq
 
 
@@ -339,186 +274,38 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> "GPT":
-        """Load a Hub id ("gpt2", "EleutherAI/pythia-70m", revision="step1000") or a local folder
-        with the same files. Returns the model on CPU, float32, eval mode, weights frozen."""
-        cfg = GPTConfig.from_hf(read_config(name_or_path, revision))
-        model = cls(cfg)
-        state = rename_checkpoint(read_weights(name_or_path, revision), cfg)
-        expected = set(model.state_dict()) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        """Load a Hub id ("gpt2", "EleutherAI/pythia-70m", revision="step1000"), a local folder with the
+        same files, a llama.cpp .gguf file, or a packaged name ("smollm2"); checkpoints.py reads them.
+        Returns the model on CPU, float32, eval mode, weights frozen. The model is built on the meta
+        device (no memory) and then takes the checkpoint's tensors as they are (assign=True): one copy."""
+        fields, state = checkpoints.load(name_or_path, revision)
+        cfg = GPTConfig(**fields)
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = {k: p.shape for k, p in model.state_dict().items()}
+        if cfg.tie_embeddings:
+            expected.pop("lm_head.weight")
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
             what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
             raise UserError(f"checkpoint {name_or_path!r} does not fit a {cfg.model_type} model: {what}"
                             f" ({len(missing)} missing, {len(unexpected)} unexpected)")
-        for key, param in model.state_dict().items():
-            if key in state:
-                if state[key].shape != param.shape:
-                    raise UserError(f"checkpoint tensor {key!r} has shape {tuple(state[key].shape)},"
-                                    f" config.json implies {tuple(param.shape)}")
-                param.copy_(state[key])
+        for key, shape in expected.items():
+            if state[key].shape != shape:
+                raise UserError(f"checkpoint tensor {key!r} has shape {tuple(state[key].shape)},"
+                                f" its config implies {tuple(shape)}")
+        model.load_state_dict(state, strict=False, assign=True)
+        if cfg.tie_embeddings:
+            model.lm_head.weight = model.wte.weight
         model.name_or_path, model.revision = name_or_path, revision
         return model.eval().requires_grad_(False)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-# Buffers some checkpoints carry that we recompute instead (causal masks, rotary frequencies).
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias",
-                    "rotary_emb.inv_freq")
-
-# Pythia (GPT-NeoX) name -> our (GPT-2) name, for each part of the model.
-NEOX_NAMES = {
-    "gpt_neox.embed_in.": "wte.",
-    "gpt_neox.layers.": "h.",
-    ".input_layernorm.": ".ln_1.",
-    ".post_attention_layernorm.": ".ln_2.",
-    ".attention.query_key_value.": ".attn.c_attn.",
-    ".attention.dense.": ".attn.c_proj.",
-    ".mlp.dense_h_to_4h.": ".mlp.c_fc.",
-    ".mlp.dense_4h_to_h.": ".mlp.c_proj.",
-    "gpt_neox.final_layer_norm.": "ln_f.",
-    "embed_out.": "lm_head.",
-}
-
-
-# Llama-family (Llama, Mistral, Qwen) name -> ours. q, k, v and gate, up are stacked first (LLAMA_STACKED).
-LLAMA_NAMES = {
-    "model.embed_tokens.": "wte.",
-    "model.layers.": "h.",
-    ".input_layernorm.": ".ln_1.",
-    ".post_attention_layernorm.": ".ln_2.",
-    ".self_attn.": ".attn.",           # q_norm, k_norm (Qwen3) keep their names
-    ".attn.o_proj.": ".attn.c_proj.",
-    ".mlp.down_proj.": ".mlp.c_proj.",
-    "model.norm.": "ln_f.",
-}
-# Our one matrix <- the Hub's matrices whose rows it stacks, in this order (biases alike).
-LLAMA_STACKED = {".self_attn.c_attn.": (".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj."),
-                 ".mlp.c_fc.": (".mlp.gate_proj.", ".mlp.up_proj.")}
-
-
-def stack_llama(state: dict) -> dict:
-    """Stack each layer's q, k, v into one c_attn (and gate, up into one c_fc), as GPT-2 stores them.
-    A layer that lacks one of the parts keeps them apart, and loading then names what is missing."""
-    state = dict(state)
-    for ours, parts in LLAMA_STACKED.items():
-        for key in [k for k in state if parts[0] in k]:
-            names = [key.replace(parts[0], part) for part in parts]
-            if all(name in state for name in names):
-                state[key.replace(parts[0], ours)] = torch.cat([state.pop(name) for name in names])
-    return state
-
-
-def rename_checkpoint(state: dict, cfg: GPTConfig) -> dict:
-    """Map a Hugging Face state dict onto our module names and layouts (float32)."""
-    if cfg.model_type in LLAMA_TYPES:
-        state = stack_llama(state)
-    out = {}
-    for key, t in state.items():
-        if key.endswith(IGNORED_SUFFIXES):
-            continue
-        t = t.float()
-        if cfg.model_type == "gpt2":
-            key = key.removeprefix("transformer.")      # the `gpt2` repo has no prefix; the others do
-            if key.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
-                t = t.t()                               # GPT-2's Conv1D stores (in, out); Linear wants (out, in)
-        else:
-            for old, new in (NEOX_NAMES if cfg.model_type == "gpt_neox" else LLAMA_NAMES).items():
-                key = key.replace(old, new)
-            if cfg.model_type == "gpt_neox" and ".attn.c_attn." in key:
-                # NeoX fuses q, k, v per head: rows ordered (nh, 3, hs). We want (3, nh, hs).
-                nh, hs = cfg.n_head, cfg.head_dim
-                t = t.view(nh, 3, hs, -1).transpose(0, 1).reshape(t.shape)
-        if key == "lm_head.weight" and cfg.tie_embeddings:
-            continue                                    # the same matrix as wte
-        out[key] = t.contiguous()
-    return out
-
-
-def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> str:
-    """Local path of one checkpoint file: from a local folder, or from the Hub (through its cache).
-    Raises FileNotFoundError if the checkpoint exists but lacks this file, UserError otherwise."""
-    if os.path.isdir(name_or_path):
-        path = os.path.join(name_or_path, filename)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(path)
-        return path
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    try:
-        return hf_hub_download(name_or_path, filename, revision=revision)
-    except LocalEntryNotFoundError:
-        # Offline (or Hub unreachable) and not in the cache: we cannot tell "absent" from "not cached".
-        if filename != "config.json":
-            raise FileNotFoundError(filename) from None
-        how = "HF_HUB_OFFLINE=1 is set" if HF_HUB_OFFLINE else "the Hub cannot be reached"
-        raise UserError(f"model {name_or_path!r}{f' at revision {revision!r}' if revision else ''} is not in the"
-                        f" Hugging Face cache ({HF_HUB_CACHE}) and {how}: run once with network"
-                        f" (or `hf download {name_or_path}`), or pass a local folder, such as the offline"
-                        " toy world: --model models/toyworld") from None
-    except EntryNotFoundError:
-        raise FileNotFoundError(filename) from None
-    except GatedRepoError:
-        raise UserError(f"model {name_or_path!r} is gated on the Hub: accept its licence on huggingface.co, then"
-                        " `hf auth login` (or set HF_TOKEN); or pass a local folder") from None
-    except (RepositoryNotFoundError, HFValidationError):
-        raise UserError(f"unknown model {name_or_path!r}: not a local folder nor a Hub model id (try gpt2 ... gpt2-xl,"
-                        " EleutherAI/pythia-70m ... pythia-12b, meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-0.5B)") from None
-    except RevisionNotFoundError:
-        raise UserError(f"model {name_or_path!r} has no revision {revision!r}"
-                        " (Pythia's are step0 ... step143000)") from None
-
-
-def read_config(name_or_path: str, revision: str | None = None) -> dict:
-    try:
-        with open(hub_file(name_or_path, "config.json", revision)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{name_or_path!r} has no config.json: is it a model folder?") from None
-
-
-def read_weights(name_or_path: str, revision: str | None = None) -> dict:
-    """All tensors of a checkpoint: model.safetensors, a sharded safetensors checkpoint, or (for old
-    revisions that only have it) pytorch_model.bin read with weights_only=True, never unpickling code."""
-    from safetensors.torch import load_file
-    try:
-        return load_file(hub_file(name_or_path, "model.safetensors", revision))
-    except FileNotFoundError:
-        pass
-    try:
-        with open(hub_file(name_or_path, "model.safetensors.index.json", revision)) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            state.update(load_file(hub_file(name_or_path, shard, revision)))
-        return state
-    except FileNotFoundError:
-        pass
-    try:
-        path = hub_file(name_or_path, "pytorch_model.bin", revision)
-    except FileNotFoundError:
-        raise UserError(f"{name_or_path!r} has no weights we can read (model.safetensors, its sharded index,"
-                        " or pytorch_model.bin); if offline, the weights may not be in the cache yet") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} holds more than plain tensors and will not be unpickled ({type(e).__name__});"
-                        " convert it to safetensors") from None
 
 
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="Greedy continuation of a prompt with GPT-2, Pythia, Llama or Qwen.")
     p.add_argument("prompt", help="text to continue")
-    p.add_argument("--model", default="gpt2", help="Hub id or local folder (default: gpt2)")
+    p.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, or smollm2 (default: gpt2)")
     p.add_argument("--revision", default=None, help="Hub revision, e.g. step100000 for Pythia")
     p.add_argument("-n", type=int, default=20, help="tokens to generate (default: 20)")
     args = p.parse_args()

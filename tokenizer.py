@@ -25,6 +25,12 @@ is itself in the vocabulary is that one token, which is what tiktoken always doe
 post-processor puts <|begin_of_text|> before every text. encode() never adds that token: it is
 `bos_token`, which tasks.py puts first in every prompt (None for the families without one).
 SentencePiece tokenizers (Llama 2, Mistral v0.1-v0.3: byte fallback, "▁" for spaces) are refused.
+
+SmolLM2 cuts every digit into its own piece first (a `Digits(individual_digits)` pre-tokenizer before
+GPT-2's ByteLevel), so "2024" is four words: `digits=True` below. A GGUF file (llama.cpp) carries the
+same vocabulary and merges in its metadata (tokenizer.ggml.*), and names its pre-tokenizer
+(tokenizer.ggml.pre) instead of spelling it out: GGUF_PRE lists the names we know, with llama.cpp's
+rules for each (like llama.cpp, and unlike Qwen's tokenizer.json, no NFC normalisation).
 """
 
 import json
@@ -33,7 +39,8 @@ import unicodedata
 
 import tiktoken
 
-import gpt2
+import checkpoints
+from errors import UserError
 
 # GPT-2's split regex, as tiktoken writes it (possessive ++ instead of backtracking; same splits):
 #   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -52,23 +59,42 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}  # printable character -> the byte it spells
 END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>")  # the token that pads prompts: GPT-2, Pythia, Qwen; Llama 3
+DIGIT = re.compile(r"\d")  # SmolLM2's Digits(individual_digits=True): one piece per digit (Unicode Nd)
+
+# Llama 3's and Qwen2's split regexes, as llama.cpp writes them (its regex engine has no (?i:...)).
+LLAMA3_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# tokenizer.ggml.pre -> (split regex, digits first, ignore_merges), llama.cpp's rules for these names.
+GGUF_PRE = {"gpt2": (GPT_SPLIT_PATTERN, False, False), "smollm": (GPT_SPLIT_PATTERN, True, False),
+            "llama-bpe": (LLAMA3_SPLIT, False, True),
+            "qwen2": (LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}"), False, False)}
 
 
 def _split_pattern(pre: dict) -> str | None:
     """The regex that cuts text into words (step 1), or None if the pre-tokenizer is not one we reproduce:
-    GPT-2's ByteLevel with its built-in regex (Pythia), or a Split on the file's own regex, each match
-    its own word, followed by a ByteLevel without a regex (Llama 3, Qwen)."""
+    GPT-2's ByteLevel with its built-in regex (Pythia; SmolLM2 after its digits, see _digits_first), or a
+    Split on the file's own regex, each match its own word, followed by a ByteLevel without a regex
+    (Llama 3, Qwen)."""
     if (pre.get("type"), pre.get("add_prefix_space"), pre.get("use_regex", True)) == ("ByteLevel", False, True):
         return GPT_SPLIT_PATTERN
     if pre.get("type") != "Sequence" or len(pre["pretokenizers"]) != 2:
         return None
+    if _digits_first(pre):
+        return _split_pattern(pre["pretokenizers"][1])
     split, byte_level = pre["pretokenizers"]
     if ((split.get("type"), split.get("behavior"), split.get("invert"), "Regex" in split.get("pattern", {}))
             == ("Split", "Isolated", False, True) and (byte_level.get("type"), byte_level.get("add_prefix_space"),
                                                        byte_level.get("use_regex")) == ("ByteLevel", False, False)):
         return split["pattern"]["Regex"]
     return None
+
+
+def _digits_first(pre: dict) -> bool:
+    """Is the pre-tokenizer SmolLM2's: Sequence[Digits(individual_digits=True), ByteLevel(GPT-2's regex)]?"""
+    steps = pre.get("pretokenizers") or [{}]
+    return pre.get("type") == "Sequence" and steps[0] == {"type": "Digits", "individual_digits": True}
 
 
 def _bos_token(post: dict | None) -> int | None:
@@ -89,16 +115,37 @@ def _bos_token(post: dict | None) -> int | None:
     return bos
 
 
-def _whole_words(vocab: dict, ranks: dict, byte_of: dict, added: set, path) -> dict[bytes, int]:
+def _ranks(vocab: dict[str, int], merges: list, path) -> dict[bytes, int]:
+    """tiktoken's ranks from a byte-level vocabulary {token text: id} and its merges ("Ġ t" or ["Ġ", "t"]).
+    Ranks: the single bytes, then each merge's result, ranked by its id (tiktoken reports ranks as
+    ids). `tokenizers` merges the pair listed first in the merges; tiktoken the pair whose merged
+    bytes rank lowest. For merges learnt by BPE training these agree, given ids that rise along the
+    merge list (checked here) and one merge per token, or, as in Llama 3's file, every way of cutting
+    the token in two, one after the other (then whichever pair tiktoken takes, the same token
+    results). A hand-made merge list could break it, so the tests compare the two on every
+    vocabulary entry and on varied text.
+    (Pythia's vocabulary lacks the 13 bytes that never occur in UTF-8, so text never needs them.)"""
+    ranks = {bytes([BYTE_OF[t]]): i for t, i in vocab.items() if len(t) == 1 and t in BYTE_OF}
+    last = -1
+    for merge in merges:
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        token = bytes(BYTE_OF[c] for c in left + right)
+        if vocab[left + right] < last or (vocab[left + right] > last and token in ranks):
+            raise ValueError(f"{path}: merge {merge!r} is out of order; ids must follow merge order")
+        ranks[token] = last = vocab[left + right]
+    return ranks
+
+
+def _whole_words(vocab: dict, ranks: dict, added: set, path) -> dict[bytes, int]:
     """With ignore_merges (Llama 3), a word that is in the vocabulary is that token even if no merge makes
     it, and tiktoken does the same for any byte string in its ranks. So such tokens join the ranks, where
     nothing else can reach them: a token that two tokens could be merged into is refused (tiktoken would
     merge them, `tokenizers` would not). Llama 3's merges list every such pair, so none is."""
     whole = {}
     for t, i in vocab.items():
-        if t in added or not all(c in byte_of for c in t):
+        if t in added or not all(c in BYTE_OF for c in t):
             continue
-        token = bytes(byte_of[c] for c in t)
+        token = bytes(BYTE_OF[c] for c in t)
         if token in ranks:
             continue
         if any(token[:k] in ranks and token[k:] in ranks for k in range(1, len(token))):
@@ -156,24 +203,26 @@ class Tokenizer:
              space runs). Added text is always a token: "<|endoftext|>" in a prompt is the special
              token (eot_token), for every model, as in Hugging Face's tokenizers.
     nfc:     normalise the text between raw added tokens to Unicode NFC (Pythia, Qwen) or not (GPT-2).
+    digits:  cut every digit into its own word before the regex (SmolLM2).
     bos_token: the id the model's own tokenizer puts before every text (Llama 3), or None. encode()
              leaves it out (as `tokenizers` does with add_special_tokens=False); prompts put it first.
-    eot_token: the end-of-text id (END_OF_TEXT), which also pads prompts to one length.
+    eot_token: the end-of-text id (END_OF_TEXT, else `eot`), which also pads prompts to one length.
     """
 
     def __init__(self, encoding: tiktoken.Encoding, added: dict[str, int],
-                 added_normalized: dict[str, int] | None = None, nfc: bool = False, bos_token: int | None = None):
+                 added_normalized: dict[str, int] | None = None, nfc: bool = False, bos_token: int | None = None,
+                 digits: bool = False, eot: int | None = None):
         self.encoding = encoding
         self.added = dict(added)
         self.added_normalized = {unicodedata.normalize("NFC", t) if nfc else t: i
                                  for t, i in (added_normalized or {}).items()}
-        self.nfc = nfc
+        self.nfc, self.digits = nfc, digits
         self._added_re = _added_token_pattern(list(self.added))
         self._added_normalized_re = _added_token_pattern(list(self.added_normalized))
         self.n_vocab = encoding.n_vocab  # largest id + 1
         self.bos_token = bos_token
         ids = self.added | self.added_normalized
-        self.eot_token = next(ids[t] for t in END_OF_TEXT if t in ids)
+        self.eot_token = next((ids[t] for t in END_OF_TEXT if t in ids), eot)
 
     def encode(self, text: str) -> list[int]:
         ids = []
@@ -184,7 +233,12 @@ class Tokenizer:
             if self.nfc:
                 piece = unicodedata.normalize("NFC", piece)
             for word, is_added in _split(piece, self._added_normalized_re):
-                ids += [self.added_normalized[word]] if is_added else self.encoding.encode_ordinary(word)
+                if is_added:
+                    ids.append(self.added_normalized[word])
+                elif self.digits:  # each digit alone, then the regex on the text between them
+                    ids += [i for part, _ in _split(word, DIGIT) for i in self.encoding.encode_ordinary(part)]
+                else:
+                    ids += self.encoding.encode_ordinary(word)
         return ids
 
     def decode(self, ids) -> str:
@@ -212,26 +266,10 @@ class Tokenizer:
             raise ValueError(f"{path}: unsupported tokenizer.json ({'; '.join(problems)})")
         model = spec["model"]
 
-        byte_of = {c: b for b, c in bytes_to_unicode().items()}
         vocab = model["vocab"]
-        # Ranks: the single bytes, then each merge's result, ranked by its id (tiktoken reports ranks as
-        # ids). `tokenizers` merges the pair listed first in the merges; tiktoken the pair whose merged
-        # bytes rank lowest. For merges learnt by BPE training these agree, given ids that rise along
-        # the merge list (checked here) and one merge per token, or, as in Llama 3's file, every way of
-        # cutting the token in two, one after the other (then whichever pair tiktoken takes, the same
-        # token results). A hand-made merge list could break it, so the tests compare the two on every
-        # vocabulary entry and on varied text.
-        # (Pythia's vocabulary lacks the 13 bytes that never occur in UTF-8, so text never needs them.)
-        ranks = {bytes([byte_of[t]]): i for t, i in vocab.items() if len(t) == 1}
-        last = -1
-        for merge in model["merges"]:
-            left, right = merge.split(" ") if isinstance(merge, str) else merge
-            token = bytes(byte_of[c] for c in left + right)
-            if vocab[left + right] < last or (vocab[left + right] > last and token in ranks):
-                raise ValueError(f"{path}: merge {merge!r} is out of order; ids must follow merge order")
-            ranks[token] = last = vocab[left + right]
+        ranks = _ranks(vocab, model["merges"], path)
         if model.get("ignore_merges"):
-            ranks |= _whole_words(vocab, ranks, byte_of, {t["content"] for t in spec["added_tokens"]}, path)
+            ranks |= _whole_words(vocab, ranks, {t["content"] for t in spec["added_tokens"]}, path)
 
         # `tokenizers` ignores the ids written for added tokens: it numbers them itself, in file order,
         # on from the vocabulary (unless a token is already in it). A file that disagrees is refused.
@@ -246,33 +284,71 @@ class Tokenizer:
         if not any(t in added | added_normalized for t in END_OF_TEXT):
             raise ValueError(f"{path}: no end-of-text token ({' or '.join(END_OF_TEXT)}) among the added tokens")
         # tiktoken only needs the added tokens to decode them; encode() finds them itself.
-        encoding = tiktoken.Encoding(str(path), pat_str=_split_pattern(spec.get("pre_tokenizer") or {}),
-                                     mergeable_ranks=ranks, special_tokens=added | added_normalized)
+        pre = spec.get("pre_tokenizer") or {}
+        encoding = tiktoken.Encoding(str(path), pat_str=_split_pattern(pre), mergeable_ranks=ranks,
+                                     special_tokens=added | added_normalized)
         return cls(encoding, added, added_normalized, nfc=spec.get("normalizer") is not None,
-                   bos_token=_bos_token(spec.get("post_processor")))
+                   bos_token=_bos_token(spec.get("post_processor")), digits=_digits_first(pre))
+
+    @classmethod
+    def from_gguf(cls, meta: dict, path) -> "Tokenizer":
+        """The tokenizer in a GGUF file's metadata (checkpoints.gguf_file): byte-level BPE
+        (tokenizer.ggml.model "gpt2") with its tokens, merges and token types; the pre-tokenizer by
+        name (GGUF_PRE). Control and user-defined tokens are the added tokens, matched in the raw
+        text; add_bos_token says whether prompts start with bos_token_id. ValueError otherwise."""
+        kind, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "gpt2")
+        if kind != "gpt2":
+            what = "SentencePiece (\"llama\": Llama 2, Mistral v0.1-v0.3)" if kind == "llama" else repr(kind)
+            raise ValueError(f"{path}: its tokenizer is {what}; only byte-level BPE (\"gpt2\") is supported")
+        if pre not in GGUF_PRE:
+            raise ValueError(f"{path}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not one we reproduce;"
+                             f" supported: {', '.join(GGUF_PRE)}")
+        pattern, digits, ignore_merges = GGUF_PRE[pre]
+        tokens, types = meta["tokenizer.ggml.tokens"], meta.get("tokenizer.ggml.token_type") or []
+        control, user_defined = 3, 4  # llama.cpp's token types (1 is a normal token)
+        added = {t: i for i, (t, kind) in enumerate(zip(tokens, types, strict=False))
+                 if kind in (control, user_defined)}
+        vocab = {t: i for i, t in enumerate(tokens)}
+        ranks = _ranks(vocab, meta.get("tokenizer.ggml.merges") or [], path)
+        if ignore_merges:
+            ranks |= _whole_words(vocab, ranks, set(added), path)
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        if not any(t in added for t in END_OF_TEXT) and eos is None:
+            raise ValueError(f"{path}: no end-of-text token ({' or '.join(END_OF_TEXT)}, or an eos_token_id)")
+        encoding = tiktoken.Encoding(str(path), pat_str=pattern, mergeable_ranks=ranks, special_tokens=added)
+        bos = meta.get("tokenizer.ggml.bos_token_id") if meta.get("tokenizer.ggml.add_bos_token") else None
+        return cls(encoding, added, bos_token=bos, digits=digits, eot=eos)
 
 
 def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer:
-    """The tokenizer of a checkpoint (Hub id or local folder), chosen by config.json's model_type.
-    Every GPT-2 checkpoint gets GPT-2's own tokenizer (a folder's vocab files are not read); the
-    others (Pythia, Llama 3, Qwen) get the tokenizer.json of the same revision."""
-    model_type = gpt2.read_config(name_or_path, revision).get("model_type")
+    """The tokenizer of a checkpoint (Hub id, local folder, .gguf file or packaged name). A GGUF file
+    carries its own; otherwise config.json's model_type chooses: every GPT-2 checkpoint gets GPT-2's
+    own tokenizer (a folder's vocab files are not read); the others (Pythia, Llama 3, Qwen, SmolLM2)
+    get the tokenizer.json of the same revision."""
+    path = checkpoints.resolve(name_or_path)
+    if checkpoints.is_gguf(path):
+        meta, _ = checkpoints.gguf_file(path)
+        try:
+            return Tokenizer.from_gguf(meta, path)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    model_type = checkpoints.read_config(path, revision).get("model_type")
     if model_type == "gpt2":
         try:
             return Tokenizer.gpt2()
         except Exception as e:  # offline: a network error; or a damaged cache: a hash mismatch
-            raise gpt2.UserError(f"cannot load GPT-2's tokenizer files through tiktoken ({type(e).__name__});"
-                                 " run once with network, or set TIKTOKEN_CACHE_DIR to a folder holding"
-                                 " tiktoken's cached gpt2 files") from None
-    if model_type == "gpt_neox" or model_type in gpt2.LLAMA_TYPES:
+            raise UserError(f"cannot load GPT-2's tokenizer files through tiktoken ({type(e).__name__});"
+                            " run once with network, or set TIKTOKEN_CACHE_DIR to a folder holding"
+                            " tiktoken's cached gpt2 files") from None
+    if model_type == "gpt_neox" or model_type in checkpoints.LLAMA_TYPES:
         # Pythia's training-checkpoint revisions share one tokenizer; take main's if the revision lacks it.
         for rev in dict.fromkeys((revision, None)):
             try:
-                return Tokenizer.from_tokenizer_json(gpt2.hub_file(name_or_path, "tokenizer.json", rev))
+                return Tokenizer.from_tokenizer_json(checkpoints.hub_file(path, "tokenizer.json", rev))
             except FileNotFoundError:
                 continue
             except ValueError as e:
-                raise gpt2.UserError(str(e)) from None
-        raise gpt2.UserError(f"{name_or_path!r} has no tokenizer.json (if offline: not in the cache yet; a"
-                             " SentencePiece tokenizer.model alone, as Llama 2's, is not supported)")
-    raise gpt2.UserError(f"model_type {model_type!r} of {name_or_path!r} is not supported; use {gpt2.SUPPORTED}")
+                raise UserError(str(e)) from None
+        raise UserError(f"{name_or_path!r} has no tokenizer.json (if offline: not in the cache yet; a"
+                        " SentencePiece tokenizer.model alone, as Llama 2's, is not supported)")
+    raise UserError(f"model_type {model_type!r} of {name_or_path!r} is not supported; use {checkpoints.SUPPORTED}")

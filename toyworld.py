@@ -21,7 +21,7 @@ Four steps, one function each, all from one seed:
   3. model       gpt2.GPT with a Pythia (GPT-NeoX) layout, the very forward pass that train.py
                  interprets, trained on next-token prediction: AdamW, linear warm-up, cosine decay.
   4. save        the Hub's layout (config.json, model.safetensors, tokenizer.json) with our names
-                 renamed back to GPT-NeoX's (the inverse of gpt2.rename_checkpoint), and a model card
+                 renamed back to GPT-NeoX's (the inverse of checkpoints.rename_checkpoint), and a model card
                  README.md with the recipe and the behaviour measured by `measure` on the saved files.
 """
 
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-import gpt2
+import checkpoints
 import tasks
 from gpt2 import GPT, GPTConfig, UserError
 from tokenizer import Tokenizer
@@ -187,8 +187,8 @@ def train_model(cfg: GPTConfig, tok: Tokenizer, args) -> tuple[GPT, list[float]]
 
 # ----------------------------------------------------------------------------- 4. saving, in the Hub's layout
 
-# Our parameter names -> GPT-NeoX's, the inverse of gpt2.NEOX_NAMES.
-TO_NEOX = {new: old for old, new in gpt2.NEOX_NAMES.items()}
+# Our parameter names -> GPT-NeoX's, the inverse of checkpoints.NEOX_NAMES.
+TO_NEOX = {new: old for old, new in checkpoints.NEOX_NAMES.items()}
 
 
 def neox_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -210,7 +210,7 @@ def neox_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def neox_config(cfg: GPTConfig, tok: Tokenizer) -> dict:
-    """config.json as transformers' GPTNeoXConfig writes it (the keys gpt2.GPTConfig.from_hf reads)."""
+    """config.json as transformers' GPTNeoXConfig writes it (the keys checkpoints.config_from_hf reads)."""
     return {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
             "intermediate_size": cfg.n_inner, "max_position_embeddings": cfg.n_ctx, "hidden_act": "gelu",

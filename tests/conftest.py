@@ -290,3 +290,94 @@ def zero_head_pre_hook(head, hs):
         z[..., head * hs:(head + 1) * hs] = 0
         return (z,)
     return pre_hook
+
+
+# ----------------------------------------------------------------------------- GGUF files
+
+def llama_cpp_permute(w, n_head):
+    """What llama.cpp's converter does to the rows of Q and K for `llama` files: each head's rows go
+    from (2, hs/2) to (hs/2, 2), so that its kernel's neighbouring pairs are Hugging Face's halves."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_vocab(tokenizer_json: Path) -> dict:
+    """tokenizer.ggml.* metadata from a tokenizer.json, as llama.cpp's converter writes it (its
+    `gpt2` vocabulary): tokens by id, merges as "a b", added tokens as control (3) tokens."""
+    spec = json.loads(Path(tokenizer_json).read_text())
+    vocab = {**spec["model"]["vocab"], **{t["content"]: t["id"] for t in spec["added_tokens"]}}
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    added = {t["content"] for t in spec["added_tokens"]}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    return {"tokens": tokens, "merges": merges, "types": [3 if t in added else 1 for t in tokens]}
+
+
+def save_gguf(model, path: Path, qtype="F32", *, pre="llama-bpe", tokenizer_json=None, bos=None, eos=None,
+              rope_freqs=None) -> Path:
+    """Write a transformers Llama / Qwen2 / Qwen3 model as llama.cpp's converter lays it out: the
+    metadata keys it writes, tensors under GGUF names, Q and K rows permuted for `llama`, matrices in
+    `qtype` (F32, F16, Q8_0, ...; norms and biases stay F32), output.weight only if untied. With
+    tokenizer_json, its vocabulary goes into tokenizer.ggml.* with the pre-tokenizer name `pre`."""
+    import gguf
+    cfg = model.config
+    arch = cfg.model_type
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(nh)
+    w.add_head_count_kv(nkv)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != cfg.hidden_size // nh:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if tokenizer_json is not None:
+        v = gguf_vocab(tokenizer_json)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_list(v["tokens"])
+        w.add_token_types(v["types"])
+        w.add_token_merges(v["merges"])
+        if bos is not None:
+            w.add_bos_token_id(bos)
+            w.add_add_bos_token(True)
+        if eos is not None:
+            w.add_eos_token_id(eos)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    parts = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for key, t in model.state_dict().items():
+        if key == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        if key in names:
+            name = names[key]
+        else:
+            _, _, layer, *part, kind = key.split(".")
+            name = f"blk.{layer}.{parts['.'.join(part)]}.{kind}"
+        data = t.float().numpy()
+        if arch == "llama" and name.split(".")[2] in ("attn_q", "attn_k"):
+            data = llama_cpp_permute(data, nh if ".attn_q." in name else nkv)
+        kind = qtype if data.ndim == 2 else "F32"
+        if kind == "F32":
+            w.add_tensor(name, data)
+        elif kind == "F16":
+            w.add_tensor(name, data.astype("float16"))
+        else:
+            q = gguf.GGMLQuantizationType[kind]
+            w.add_tensor(name, gguf.quants.quantize(data, q), raw_dtype=q)
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs.float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)

@@ -17,6 +17,7 @@ from conftest import (
 )
 
 import ascale
+import checkpoints
 import gpt2
 from gpt2 import GPT, UserError
 
@@ -72,7 +73,7 @@ def test_llama3_rope_scaling_meets_all_three_bands():
     hf = LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16, max_position_embeddings=128,
                      rope_parameters=dict(LLAMA3_ROPE))
     expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
-    ours = gpt2.rope_frequencies(gpt2.GPTConfig.from_hf(hf.to_dict()), "cpu")
+    ours = gpt2.rope_frequencies(gpt2.GPTConfig(**checkpoints.config_from_hf(hf.to_dict())), "cpu")
     torch.testing.assert_close(ours, expected, atol=0, rtol=1e-6)
     base = 1.0 / 10000.0 ** (torch.arange(0, 16, 2).float() / 16)
     wavelength = 2 * math.pi / base
@@ -211,6 +212,6 @@ def test_sliding_window_a_prompt_would_reach(tmp_path):
         torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="17 tokens but this model attends within a window of 16"):
         ours(random_ids(T=17))
-    qwen = gpt2.GPTConfig.from_hf({**json.loads((folder / "config.json").read_text()), "model_type": "qwen2",
-                                   "use_sliding_window": True})
-    assert qwen.sliding_window == 16
+    qwen = checkpoints.config_from_hf({**json.loads((folder / "config.json").read_text()), "model_type": "qwen2",
+                                       "use_sliding_window": True})
+    assert qwen["sliding_window"] == 16

@@ -12,6 +12,7 @@ import torch
 from conftest import SHARED_DATA, need
 from tokenizers import Tokenizer as HFTokenizer
 
+import checkpoints
 import gpt2
 from tokenizer import GPT_SPLIT_PATTERN, Tokenizer, bytes_to_unicode, get_tokenizer
 
@@ -222,7 +223,7 @@ def test_get_tokenizer_from_folders(tmp_path, gpt2_bpe, pythia_tokenizer_json):
 
 
 def test_get_tokenizer_unknown_model_type(monkeypatch):
-    monkeypatch.setattr(gpt2, "read_config", lambda name, revision=None: {"model_type": "gemma"})
+    monkeypatch.setattr(checkpoints, "read_config", lambda name, revision=None: {"model_type": "gemma"})
     with pytest.raises(gpt2.UserError, match="'gemma'.*gpt2.*gpt_neox.*llama.*qwen2"):
         get_tokenizer("some/gemma")
 
@@ -230,7 +231,7 @@ def test_get_tokenizer_unknown_model_type(monkeypatch):
 def test_get_tokenizer_gpt2_offline(monkeypatch):
     def offline(name):
         raise ConnectionError("Max retries exceeded with url: ...\nmore")
-    monkeypatch.setattr(gpt2, "read_config", lambda name, revision=None: {"model_type": "gpt2"})
+    monkeypatch.setattr(checkpoints, "read_config", lambda name, revision=None: {"model_type": "gpt2"})
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(gpt2.UserError, match="TIKTOKEN_CACHE_DIR") as err:
         get_tokenizer("gpt2")
