@@ -37,6 +37,7 @@ import json
 import re
 import unicodedata
 
+import regex
 import tiktoken
 
 import checkpoints
@@ -61,7 +62,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}  # printable character -> the byte it spells
 END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>")  # the token that pads prompts: GPT-2, Pythia, Qwen; Llama 3
-DIGIT = re.compile(r"\d")  # SmolLM2's Digits(individual_digits=True): one piece per digit (Unicode Nd)
+DIGIT = regex.compile(r"\p{N}")  # SmolLM2's Digits(individual_digits=True): a piece per number character
 
 # Llama 3's and Qwen2's split regexes, as llama.cpp writes them (its regex engine has no (?i:...)).
 LLAMA3_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -178,7 +179,7 @@ def _unsupported(spec: dict) -> list[str]:
     return problems
 
 
-def _split(text: str, pattern: re.Pattern | None) -> list[tuple[str, bool]]:
+def _split(text: str, pattern) -> list[tuple[str, bool]]:
     """Cut text at the matches of pattern: [(piece, is_match), ...], without empty pieces."""
     pieces, start = [], 0
     for m in pattern.finditer(text) if pattern else []:

@@ -364,7 +364,7 @@ def save_gguf(model, path: Path, qtype="F32", *, pre="llama-bpe", tokenizer_json
             _, _, layer, *part, kind = key.split(".")
             name = f"blk.{layer}.{parts['.'.join(part)]}.{kind}"
         data = t.float().numpy()
-        if arch == "llama" and name.split(".")[2] in ("attn_q", "attn_k"):
+        if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             data = llama_cpp_permute(data, nh if ".attn_q." in name else nkv)
         kind = qtype if data.ndim == 2 else "F32"
         if kind == "F32":
