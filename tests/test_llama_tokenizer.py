@@ -3,9 +3,11 @@ the `tokenizers` library), against `tokenizers` itself, id for id; and a task's 
 exactly where the model's own tokenizer adds one."""
 
 import json
+import unicodedata
+from pathlib import Path
 
 import pytest
-from conftest import LLAMA3_PATTERN, LLAMA3_SPECIALS, QWEN2_SPECIALS
+from conftest import LLAMA3_PATTERN, LLAMA3_SPECIALS, QWEN2_SPECIALS, save_gguf, tiny_hf_model, training_text
 from test_tokenizer import EXAMPLES, fuzz_strings
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -195,3 +197,61 @@ def test_task_prompts_start_with_bos_exactly_where_the_model_adds_one(kind, llam
     assert ps.correct[0].item() == hf.encode(ps.correct_str[0], add_special_tokens=False).ids[0]  # no BOS in answers
     assert tasks.single_token(ours, " Paris") is not None
     assert any(f"whose prompt is {ps.ids.shape[1]} tokens" in note for note in task.notes)  # BOS counted
+
+
+# ----------------------------------------------------------------------------- SmolLM2's digits, and GGUF vocabularies
+
+def smollm_tokenizer_json(path: Path) -> Path:
+    """A tokenizer.json with SmolLM2's structure: Sequence[Digits(individual_digits), ByteLevel(GPT-2's
+    regex)], its BPE trained by `tokenizers` on varied text, <|endoftext|> first among the added tokens."""
+    from tokenizers import Tokenizer as HF
+    from tokenizers import decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    tok = HF(BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=2000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
+    tok.train_from_iterator(training_text(), trainer)
+    tok.save(str(path))
+    return path
+
+
+DIGIT_TEXTS = ["2024-01-01", "a1b22c333", "x 12 y", "a   1", "a\n1", "  42  ", "3.14159", "½ ² Ⅻ ٣", "1\n\n2 ",
+               "v1.2.3rc4", "₁₂ 🍕1", "10,000 and 7", "abc123def"]
+
+
+def test_smollm2_tokenizer_json_digits_first(tmp_path):
+    """SmolLM2's Hub tokenizer.json (Digits, then ByteLevel) reads, and gives `tokenizers`' ids."""
+    path = smollm_tokenizer_json(tmp_path / "smollm.json")
+    ours, hf = Tokenizer.from_tokenizer_json(path), HFTokenizer.from_file(str(path))
+    assert ours.digits and ours.eot_token == 0
+    for text in [*EXAMPLES, *DIGIT_TEXTS, *fuzz_strings(200)]:
+        assert ours.encode(text) == hf.encode(text).ids, repr(text)
+    assert [ours.token_str(i) for i in ours.encode(" 2024")] == [" ", "2", "0", "2", "4"]
+
+
+@pytest.mark.parametrize("kind,pre", [("llama3", "llama-bpe"), ("qwen2", "qwen2"), ("smollm", "smollm")])
+def test_gguf_vocabulary_gives_the_ids_of_its_tokenizer_json(tmp_path, llama_tokenizer_files, kind, pre):
+    """A GGUF file's tokenizer.ggml.* (as llama.cpp's converter writes them from a tokenizer.json) gives
+    the tokenizer.json's ids under the pre-tokenizer that tokenizer.ggml.pre names. (Qwen2's file
+    normalises to NFC and llama.cpp does not, so the texts are NFC already.)"""
+    json_path = smollm_tokenizer_json(tmp_path / "s.json") if kind == "smollm" else llama_tokenizer_files[kind]
+    hf = HFTokenizer.from_file(str(json_path))
+    bos = hf.token_to_id("<|begin_of_text|>")
+    gguf_path = save_gguf(tiny_hf_model("llama", vocab_size=hf.get_vocab_size()), tmp_path / "m.gguf",
+                          pre=pre, tokenizer_json=json_path, bos=bos, eos=hf.token_to_id("<|end_of_text|>"))
+    ours = get_tokenizer(str(gguf_path))
+    assert ours.bos_token == bos and ours.digits == (kind == "smollm")
+    texts = [t for t in [*EXAMPLES, *DIGIT_TEXTS, *fuzz_strings(200)] if unicodedata.is_normalized("NFC", t)]
+    for text in texts:
+        assert ours.encode(text) == hf.encode(text, add_special_tokens=False).ids, repr(text)
+    assert ours.decode(ours.encode("The capital of France is Paris.")) == "The capital of France is Paris."
+
+
+def test_unknown_gguf_pre_tokenizer_is_refused(tmp_path, llama_tokenizer_files):
+    path = save_gguf(tiny_hf_model("llama"), tmp_path / "m.gguf", pre="deepseek-llm",
+                     tokenizer_json=llama_tokenizer_files["llama3"])
+    with pytest.raises(gpt2.UserError, match="pre-tokenizer 'deepseek-llm' .* supported: gpt2, smollm, llama-bpe"):
+        get_tokenizer(str(path))
