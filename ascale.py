@@ -292,13 +292,23 @@ def minibatches(n: int, batch_size: int, gen: torch.Generator):
             yield order[i:i + batch_size]
 
 
+def cosine_lr(lr: float, step: int, steps: int) -> float:
+    """The learning rate of step 1 ... steps: lr·(1 + cos(π·(step-1)/steps))/2, from lr down toward 0.
+    Why not a constant rate: Adam moves every parameter by about lr per step, so the scalars that
+    minimality pushes to 0 hover at ±lr around it, and with lr >= ACTIVE they count as active. A rate
+    that decays lets them settle where they belong."""
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
+
+
 def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float = LR, batch_size: int = 32,
         lambda_f: float = 1.0, lambda_m: float = LAMBDA_M, margin: float = MARGIN, seed: int = 0,
         progress: bool = True) -> dict:
     """Train iv's parameters with Adam on the objective for `steps` optimizer steps, the model frozen.
     Training is counted in steps, not passes over the prompts, so a task of 20 prompts and one of 300
-    get the same number of updates. Minibatches are drawn by a torch.Generator seeded with `seed`
-    (the same numbers on CPU for the same seed).
+    get the same number of updates. The learning rate falls from `lr` to 0 along a half cosine over
+    the steps (`cosine_lr`; our choice, see the README): large moves first, then the parameters
+    settle. Minibatches are drawn by a torch.Generator seeded with `seed` (the same numbers on CPU
+    for the same seed).
 
     Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted"}. Ctrl-C stops
     training and returns what was learned so far; a loss that is not finite raises UserError."""
@@ -320,6 +330,7 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
                                 f" lower --lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps)
             opt.step()
             for k, v in zip(curve, values, strict=True):
                 curve[k].append(v)
