@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from gpt2 import SITES, GPTConfig, UserError
+from runfolder import write_atomically
 
 METHODS = ("activscalar", "steervec", "dynscalar")
 TARGETS = ("flip", "wrong", "correct")
@@ -300,8 +301,9 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     get the same number of updates. Minibatches are drawn by a torch.Generator seeded with `seed`
     (the same numbers on CPU for the same seed).
 
-    Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted"}. Ctrl-C stops
-    training and returns what was learned so far; a loss that is not finite raises UserError."""
+    Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted", "stopped_by"}.
+    Ctrl-C (or a KeyboardInterrupt raised for a signal, runfolder.signals_interrupt: its message names
+    it) stops training and returns what was learned so far; a loss that is not finite raises UserError."""
     from tqdm import tqdm
 
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
@@ -325,12 +327,12 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
                 curve[k].append(v)
             bar.update()
             bar.set_postfix(L_E=f"{values[1]:.3f}", L_F=f"{values[2]:.4f}", L_M=f"{values[3]:.2f}")
-        interrupted = False
-    except KeyboardInterrupt:
-        interrupted = True
+        stopped_by = None
+    except KeyboardInterrupt as e:
+        stopped_by = str(e) or "Ctrl-C"
     finally:
         bar.close()
-    return {**curve, "steps": len(curve["loss"]), "interrupted": interrupted}
+    return {**curve, "steps": len(curve["loss"]), "interrupted": stopped_by is not None, "stopped_by": stopped_by}
 
 
 # ----------------------------------------------------------------------------- 4. metrics
@@ -397,15 +399,6 @@ def save(path, iv: Intervention, *, model, tokens=(), **run) -> None:
             **{k: str(v) for k, v in run.items()}}
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in iv.state_dict().items()}
     write_atomically(path, to_bytes(tensors, metadata=meta))
-
-
-def write_atomically(path, data: bytes) -> None:
-    """Write a file so that it is either complete or absent (a temporary file beside it, then
-    os.replace): an interrupted run never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def read_metadata(path) -> dict[str, str]:
