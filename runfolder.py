@@ -112,10 +112,10 @@ class RunFolder:
 
     On entry: create out (and folders, e.g. the method subfolders of --method all), lock each, remove a
     dead run's staging, and without overwrite refuse a folder that holds any of `replaces` already.
-    On leaving normally or by KeyboardInterrupt (Ctrl-C, SIGTERM), the complete staged files replace the
-    earlier ones, and the earlier run's other files among `replaces` are removed, so a folder never mixes
-    two runs; on any other error nothing is put in place (the earlier run stays as it was). Then the
-    locks are released and the folders this run created but left empty are removed."""
+    On leaving normally or by KeyboardInterrupt (Ctrl-C, SIGTERM), `publish` puts the complete staged
+    files in place; on any other error nothing more is (the earlier run stays as it was, unless the run
+    published early). Then the locks are released and the folders this run created but left empty are
+    removed."""
 
     def __init__(self, out, folders=None, replaces=(), overwrite: bool = True, what: str = "a run"):
         self.out = Path(out)
@@ -123,6 +123,7 @@ class RunFolder:
         self.replaces, self.overwrite, self.what = tuple(replaces), overwrite, what
         self.staging = self.out / f"{STAGING}{os.getpid()}"
         self.created, self.locks = [], {}
+        self.published = {folder: set() for folder in self.folders}
 
     def staged(self, folder) -> Path:
         """Where the files of `folder` (out or one of folders) are written until they are put in place."""
@@ -152,7 +153,7 @@ class RunFolder:
     def __exit__(self, kind, error, tb) -> None:
         try:
             if kind is None or issubclass(kind, KeyboardInterrupt):
-                self._commit()
+                self.publish()
         finally:
             self._release()
         if isinstance(error, WriteError) and error.path.is_relative_to(self.staging):
@@ -163,8 +164,11 @@ class RunFolder:
         folder.mkdir(parents=True, exist_ok=True)
         self.created += reversed(missing)  # outermost first
 
-    def _commit(self) -> None:
-        """Put the staged files in place, with Ctrl-C and SIGTERM held back until it is done."""
+    def publish(self) -> None:
+        """Put the staged files in place now, and remove the earlier run's other files among `replaces`, so
+        that a folder never mixes two runs; Ctrl-C and SIGTERM are held back until it is done. The end of
+        the block does this; train.py also does it as soon as an interrupted run has saved its parameters
+        (a scheduler's SIGKILL may follow its SIGTERM before the evaluation is done)."""
         new = {f: sorted(p.name for p in self.staged(f).iterdir()) if self.staged(f).is_dir() else []
                for f in self.folders}
         if not any(new.values()):  # stopped before anything was written: the earlier run stays as it was
@@ -175,13 +179,14 @@ class RunFolder:
             for folder in self.folders:
                 staged = self.staged(folder)
                 for name in self.replaces:
-                    if name not in new[folder] and (folder / name).is_file():
+                    if name not in new[folder] and name not in self.published[folder] and (folder / name).is_file():
                         os.remove(folder / name)           # the earlier run's, not made by this one
                 for name in new[folder]:
                     try:
                         os.replace(staged / name, folder / name)
                     except OSError as e:
                         raise WriteError(folder / name, e) from None
+                    self.published[folder].add(name)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 

@@ -244,8 +244,8 @@ def train(args) -> None:
                    for split in ("train", "test")}
         results, ivs = {}, {}
         for method in methods:
-            results[method], ivs[method] = train_one(method, sites, model, tok, task, batches, args,
-                                                     writing.staged(folders[method]), pref)
+            results[method], ivs[method] = train_one(method, sites, model, tok, task, batches, args, writing,
+                                                     folders[method], pref)
             if results[method]["interrupted"]:
                 break
         print_table(results)
@@ -292,9 +292,9 @@ def check_generate(args, model, task) -> None:
                         f" {max(model.config.n_ctx - T, 0)} or fewer")
 
 
-def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref: dict):
-    """Train one method, evaluate it, write its run folder (staged: see train); return its metrics and the
-    intervention."""
+def train_one(method, sites, model, tok, task, batches, args, writing: runfolder.RunFolder, out: Path, pref: dict):
+    """Train one method, evaluate it, write its run folder `out` (staged, see train); return its metrics and
+    the intervention."""
     torch.manual_seed(args.seed)
     positions = None if method == "dynscalar" else task.train.ids.shape[1]
     iv = ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
@@ -304,12 +304,15 @@ def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref
     seconds = time.time() - start
     if curve["interrupted"]:
         print(f"stopped by {curve['stopped_by']} after {curve['steps']} steps: evaluating and saving what was learned")
+    folder = writing.staged(out)
     tokens = task.train.tokens[0] if positions else ()
     # The parameters are saved before the evaluation, so that a Ctrl-C there keeps what was learned (RunFolder
-    # puts the complete files in place on Ctrl-C and SIGTERM).
+    # puts the staged files in place on Ctrl-C and SIGTERM); once stopped, in place at once (a SIGKILL may follow).
     ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
                 target=args.target, seed=args.seed, fixed_length=int(args.method != "dynscalar"),
                 unseen_lengths=int(args.unseen_lengths))
+    if curve["interrupted"]:
+        writing.publish()
     iv.beta = args.beta
     metrics = {"method": method, **measure(model, iv, batches),
                "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
