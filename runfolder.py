@@ -17,7 +17,6 @@ a kill -9, is taken over or removed by the next run). Used by train.py and analy
 """
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -27,6 +26,11 @@ import time
 from pathlib import Path
 
 from gpt2 import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not locked there
+    fcntl = None
 
 LOCK = ".lock"          # in each locked folder
 STAGING = ".staging-"   # + pid: where a run's files are written until they are put in place together
@@ -65,7 +69,9 @@ def write_atomically(path, data: bytes) -> None:
 
 def lock(folder: Path) -> int:
     """Take the exclusive lock of an existing folder; return its file descriptor (for unlock).
-    UserError naming the holder if another run has it."""
+    UserError naming the holder if another run has it. (-1 where there is no flock: Windows.)"""
+    if fcntl is None:
+        return -1
     path = folder / LOCK
     while True:
         try:
@@ -98,6 +104,8 @@ def lock(folder: Path) -> int:
 
 def unlock(folder: Path, fd: int) -> None:
     """Remove the lock file, then release the lock (a run that opened it meanwhile retries, see lock)."""
+    if fd < 0:
+        return
     with contextlib.suppress(OSError):
         os.remove(folder / LOCK)
     os.close(fd)
@@ -136,7 +144,7 @@ class RunFolder:
                 self.locks[folder] = lock(folder)
                 for dead in folder.glob(f"{STAGING}*"):   # a killed run's; nobody else writes here now
                     shutil.rmtree(dead, ignore_errors=True)
-                done = [name for name in self.replaces if (folder / name).exists()]
+                done = [name for name in self.replaces if (folder / name).exists()] if folder in self.folders else []
                 if done and not self.overwrite:
                     raise UserError(f"{folder} already holds {self.what} ({', '.join(done)}); pass --out NEW_FOLDER"
                                     " for a new one, or --overwrite to replace it")
@@ -169,13 +177,11 @@ class RunFolder:
         that a folder never mixes two runs; Ctrl-C and SIGTERM are held back until it is done. The end of
         the block does this; train.py also does it as soon as an interrupted run has saved its parameters
         (a scheduler's SIGKILL may follow its SIGTERM before the evaluation is done)."""
-        new = {f: sorted(p.name for p in self.staged(f).iterdir()) if self.staged(f).is_dir() else []
-               for f in self.folders}
+        new = {f: sorted(p.name for p in self.staged(f).iterdir() if p.is_file() and p.suffix != ".tmp")
+                  if self.staged(f).is_dir() else [] for f in self.folders}
         if not any(new.values()):  # stopped before anything was written: the earlier run stays as it was
             return
-        held = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        try:
+        with signals_held():
             for folder in self.folders:
                 staged = self.staged(folder)
                 for name in self.replaces:
@@ -187,8 +193,6 @@ class RunFolder:
                     except OSError as e:
                         raise WriteError(folder / name, e) from None
                     self.published[folder].add(name)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
     def _release(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -201,6 +205,20 @@ class RunFolder:
 
 
 # ----------------------------------------------------------------------------- signals
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Within: Ctrl-C and SIGTERM wait until the end (they are blocked, then delivered), so that a group of
+    renames is never cut in the middle. (Nothing is held where signals cannot be blocked: Windows.)"""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 @contextlib.contextmanager
