@@ -314,7 +314,7 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
-    metrics = {"method": method, **measure(model, iv, batches),
+    metrics = {"method": method, **measure(model, iv, batches, args.batch_size),
                "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "interrupted": curve.pop("interrupted"), "stopped_by": curve.pop("stopped_by"),
                "seconds": round(seconds, 2), "loss_curve": curve,
@@ -327,12 +327,12 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     return metrics, iv
 
 
-def measure(model, iv, batches) -> dict:
+def measure(model, iv, batches, batch_size: int = 64) -> dict:
     """All metrics of SPEC: effectiveness and faithfulness per split, minimality once (the active
-    locations counted on the training prompts)."""
-    return {"train": ascale.evaluate(model, iv, batches["train"]), "test": ascale.evaluate(model, iv, batches["test"]),
-            **ascale.minimality(iv), "n_active": ascale.active_locations(model, iv, batches["train"]),
-            "active_threshold": ascale.ACTIVE}
+    locations counted on the training prompts); batch_size prompts at a time."""
+    splits = {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
+    return {**splits, **ascale.minimality(iv), "active_threshold": ascale.ACTIVE,
+            "n_active": ascale.active_locations(model, iv, batches["train"], batch_size=batch_size)}
 
 
 def open_saved(args):
@@ -370,7 +370,7 @@ def evaluate_saved(args) -> None:
     model, tok, iv, task, batches = open_saved(args)
     iv.beta = args.beta
     print(f"at beta {args.beta}:")
-    print_table({iv.method: measure(model, iv, batches)})
+    print_table({iv.method: measure(model, iv, batches, args.batch_size)})
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
     if args.generate:
