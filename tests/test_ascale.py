@@ -322,7 +322,7 @@ def test_peak_memory_on_a_large_vocabulary_does_not_grow_with_the_number_of_prom
         proc.peak = int(out)
     few, many, kept = (runs[name].peak for name in ("few", "many", "kept"))
     assert many - few < 100 * 2**20, (few, many)          # 10 times the prompts, the same memory
-    assert kept - many > 800 * 151936 * 4 * 0.9, (many, kept)
+    assert kept - many > 800 * 151936 * 4 / 2, (many, kept)   # p⁻ shows (less what the steps share with it)
 
 
 # ----------------------------------------------------------------------------- training

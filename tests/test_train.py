@@ -267,6 +267,20 @@ def test_a_second_run_into_the_same_folder_refuses_and_sigterm_stops_the_first(s
     assert m["interrupted"] and m["stopped_by"] == "SIGTERM" and 0 < m["steps"] < 100000
 
 
+def test_the_lock_of_method_all_covers_its_subfolders(setup, tmp_path, capsys):
+    import runfolder
+    _, task = setup
+    (tmp_path / "steervec").mkdir()
+    fd = runfolder.lock(tmp_path / "steervec")     # a run of one method into the subfolder
+    try:
+        line = bad(["--model", str(tmp_path / "no-model"), "--task", task, "--method", "all", "--out", str(tmp_path)],
+                   capsys)
+    finally:
+        runfolder.unlock(tmp_path / "steervec", fd)
+    assert f"{tmp_path / 'steervec'} is being written by another run" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["steervec"]   # the others' locks released and removed
+
+
 def test_what_a_killed_run_leaves_does_not_block_the_next(setup, tmp_path):
     """kill -9 leaves its lock file (the kernel has dropped the lock) and its staging folder."""
     model, task = setup
