@@ -209,11 +209,8 @@ def n_params(iv: Intervention) -> int:
 @dataclass
 class Batch:
     """A prompt set with what the objective needs about the original model there, computed once
-    (no gradients) by `prepare` and reused at every step. Index it to take a minibatch.
-
-    p⁻ takes N·V floats (20,000 prompts of Qwen's 151,936 tokens: 12 GB), so it is kept only while
-    that fits P_REST_BYTES; otherwise p_rest and neg_entropy are None and `with_original` recomputes
-    them for each minibatch: one more forward pass of the original model, without gradients."""
+    (no gradients) by `prepare` and reused at every step. Index it to take a minibatch. p⁻ is N·V floats
+    (12 GB for 20,000 prompts of Qwen's 151,936 tokens): beyond P_REST_BYTES it is None (see with_original)."""
     ids: torch.Tensor          # (N, T) prompt tokens, right-padded
     answer_pos: torch.Tensor   # (N,) position of the last prompt token, where logits are read
     answers: torch.Tensor      # (N, 2) target token t and other token o: (c, w) or (w, c)
@@ -243,9 +240,8 @@ def rest_distribution(logits: torch.Tensor, answers: torch.Tensor) -> tuple[torc
 
 
 def with_original(model, batch: Batch) -> Batch:
-    """The batch with p⁻ and Σ p⁻ log p⁻: as prepared, or, where prepare did not keep them, recomputed
-    from one forward pass of the original model at the answer positions (no gradients). The same
-    numbers either way, up to float rounding: a prompt's logits differ in the last bits between batches."""
+    """The batch with p⁻ and Σ p⁻ log p⁻: kept by prepare, or recomputed by one forward pass of the original
+    model without gradients. The same numbers, to float rounding (logits differ in the last bits by batch)."""
     if batch.p_rest is not None:
         return batch
     with torch.no_grad():
@@ -254,8 +250,8 @@ def with_original(model, batch: Batch) -> Batch:
 
 
 def answer_stats(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Intervened logits ℓ̃ (B, V) at the answer positions -> (ℓ̃(t) - ℓ̃(o), KL(p⁻ ‖ p̃⁻)), each (B,).
-    The batch must hold p⁻ (see with_original)."""
+    """Intervened logits ℓ̃ (B, V) at the answer positions -> (ℓ̃(t) - ℓ̃(o), KL(p⁻ ‖ p̃⁻)), each (B,);
+    the batch must hold p⁻ (with_original)."""
     lt, lo = logits.gather(1, batch.answers).unbind(1)              # (B,), (B,)
     kl = batch.neg_entropy - rest_log_likelihood(batch.p_rest, logits, batch.answers)
     return lt - lo, kl
@@ -263,8 +259,7 @@ def answer_stats(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def answer_logits(model, ids, answer_pos, intervene=None, batch_size: int = 64) -> torch.Tensor:
-    """Logits (N, V) at the answer positions only, float32, computed batch_size prompts at a time
-    (all N are returned: for a few prompts, as train.py --show uses it)."""
+    """Logits (N, V) at the answer positions only, float32, batch_size prompts at a time (for a few prompts)."""
     return torch.cat([model(ids[i:i + batch_size], intervene=intervene, at=answer_pos[i:i + batch_size]).float()
                       for i in range(0, len(ids), batch_size)])
 
