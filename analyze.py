@@ -29,6 +29,7 @@ from pathlib import Path
 
 import ascale
 import report
+import runfolder
 import train
 from gpt2 import UserError
 
@@ -36,14 +37,21 @@ from gpt2 import UserError
 
 
 def run_knockout(args) -> None:
-    targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
-    model, _, iv, task, batches = train.open_saved(targs)
-    if iv.positions is None and not task.train.fixed_length:
-        raise UserError(f"{args.file} is a dynscalar trained on prompts of several lengths; the knockout map needs"
-                        " one length (train it with --method all, or use activscalar/steervec)")
-    name = f"{task.name} · {Path(targs.model).name}"
-    runs = {iv.method: (iv, Path(args.file).parent)}
-    report.knockout_check(model, batches["train"], task.train.tokens[0], runs, name)
+    ascale.read_metadata(args.file)          # an intervention file, before its folder is locked
+    folder = Path(args.file).parent
+    with runfolder.RunFolder(folder) as writing:   # knockout.png and the new metrics.json go in together
+        targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
+        model, _, iv, task, batches = train.open_saved(targs)
+        if iv.positions is None and not task.train.fixed_length:
+            raise UserError(f"{args.file} is a dynscalar trained on prompts of several lengths; the knockout map"
+                            " needs one length (train it with --method all, or use activscalar/steervec)")
+        name = f"{task.name} · {Path(targs.model).name}"
+        staged = writing.staged(folder)
+        if (folder / "metrics.json").is_file():  # knockout_check adds its entry to the staged copy
+            runfolder.write_atomically(staged / "metrics.json", (folder / "metrics.json").read_bytes())
+        report.knockout_check(model, batches["train"], task.train.tokens[0], {iv.method: (iv, staged)}, name)
+    print(f"wrote {folder / 'knockout.png'}" + (" and the knockout entry of metrics.json"
+                                               if (folder / "metrics.json").is_file() else ""))
 
 
 # ----------------------------------------------------------------------------- λM sweep
@@ -57,23 +65,30 @@ def run_lambda(args) -> None:
     if unknown := [m for m in methods if m not in ascale.METHODS]:
         raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(ascale.METHODS)}")
     out = Path(args.out or f"runs/{Path(args.task).stem}-{Path(args.model).name}-lambda")
-    if (out / "sweep.json").exists() and not args.overwrite:
-        raise UserError(f"{out} already holds a sweep; pass --out NEW_FOLDER, or --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for the sweep (it is created if missing)")
     rows = []
-    for method in methods:
-        for value in values:
+    # Locked: one sweep at a time in a folder; each run locks its own subfolder (train.py).
+    with runfolder.RunFolder(out, replaces=("sweep.json", "tradeoff.png"), overwrite=args.overwrite,
+                             what="a sweep") as writing:
+        for method, value in ((m, v) for m in methods for v in values):
             folder = out / f"{method}-lm{value:g}"
             argv = ["--model", args.model, "--task", args.task, "--method", method, "--lambda-m", str(value),
                     "--seed", str(args.seed), "--out", str(folder), *args.train_args]
             print(f"\n== {method}, lambda_m {value:g}")
-            if train.main(argv + (["--overwrite"] if args.overwrite else [])) != 0:
-                raise SystemExit(2)  # train.py has printed its one-line error
+            if code := train.main(argv + (["--overwrite"] if args.overwrite else [])):
+                raise SystemExit(code)  # train.py has printed its one-line error
             m = json.loads((folder / "metrics.json").read_text())
             rows.append({"method": method, "lambda_m": value, "n_active": m["n_active"], "n_params": m["n_params"],
                          "l1": m["l1"], **per_split(m, ("flip_rate", "kl"))})
-    report.write_json(out / "sweep.json", {"rows": rows, "command": " ".join(sys.argv)})
-    report.plot_curves(out / "tradeoff.png", rows, "n_active", "active locations (log scale); points labelled with λM",
-                "lambda_m", f"What minimality costs · {Path(args.task).stem} · {Path(args.model).name}", log_x=True)
+            if m["interrupted"]:  # Ctrl-C or SIGTERM stopped that run: the sweep stops with it
+                print(f"stopped by {m.get('stopped_by') or 'Ctrl-C'}: the sweep keeps the {len(rows)} runs so far")
+                break
+        staged = writing.staged(out)
+        report.write_json(staged / "sweep.json", {"rows": rows, "command": " ".join(sys.argv)})
+        report.plot_curves(staged / "tradeoff.png", rows, "n_active", "active locations (log scale); points labelled"
+                           " with λM", "lambda_m", f"What minimality costs · {Path(args.task).stem} ·"
+                           f" {Path(args.model).name}", log_x=True)
     print_rows(rows, ["method", "lambda_m", "n_params", "n_active", "flip_rate_train", "flip_rate_test", "kl_test"])
     print(f"wrote {out}/sweep.json and {out}/tradeoff.png")
 
@@ -83,17 +98,20 @@ def run_lambda(args) -> None:
 
 def run_beta(args) -> None:
     values = parse_floats(args.betas, "--betas")
-    targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
-    model, _, iv, task, batches = train.open_saved(targs)
-    rows = []
-    for beta in values:
-        iv.beta = beta
-        m = {s: ascale.evaluate(model, iv, batches[s]) for s in ("train", "test")}
-        rows.append({"method": iv.method, "beta": beta, **per_split(m, ("flip_rate", "kl", "logit_diff_after"))})
+    ascale.read_metadata(args.file)          # an intervention file, before its folder is locked
     folder = Path(args.file).parent
-    report.write_json(folder / "beta.json", {"rows": rows, "command": " ".join(sys.argv)})
-    report.plot_curves(folder / "beta.png", rows, "beta", "β (0: the original model, 1: as trained)", None,
-                f"The strength dial · {iv.method} · {task.name} · {Path(targs.model).name}")
+    with runfolder.RunFolder(folder) as writing:   # beta.json and beta.png go in together
+        targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
+        model, _, iv, task, batches = train.open_saved(targs)
+        rows = []
+        for beta in values:
+            iv.beta = beta
+            m = {s: ascale.evaluate(model, iv, batches[s], targs.batch_size) for s in ("train", "test")}
+            rows.append({"method": iv.method, "beta": beta, **per_split(m, ("flip_rate", "kl", "logit_diff_after"))})
+        staged = writing.staged(folder)
+        report.write_json(staged / "beta.json", {"rows": rows, "command": " ".join(sys.argv)})
+        report.plot_curves(staged / "beta.png", rows, "beta", "β (0: the original model, 1: as trained)", None,
+                           f"The strength dial · {iv.method} · {task.name} · {Path(targs.model).name}")
     print_rows(rows, ["beta", "flip_rate_train", "flip_rate_test", "kl_train", "kl_test"])
     print(f"wrote {folder}/beta.json and {folder}/beta.png")
 

@@ -19,18 +19,20 @@ pass through untouched.
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
 from gpt2 import SITES, GPTConfig, UserError
+from runfolder import write_atomically
 
 METHODS = ("activscalar", "steervec", "dynscalar")
 TARGETS = ("flip", "wrong", "correct")
 # Training defaults, tuned on the toy world's CCC and IOI (the README says how).
 STEPS, LR, LAMBDA_M, MARGIN = 300, 0.05, 0.01, 2.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
+P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
 
 # ----------------------------------------------------------------------------- 1. interventions
 
@@ -164,18 +166,21 @@ class DynScalar(Scaling):
         h_hat = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-6)   # (B, T, [nh,] hs|D), unit length
         return (h_hat * self.w[site][layer]).sum(-1) + self.b[site][layer]
 
-    def location_map(self, model, ids) -> dict[str, torch.Tensor]:
+    def location_map(self, model, ids, batch_size: int = 64) -> dict[str, torch.Tensor]:
         """β·α(h) on prompts ids (N, T) of one length, averaged over them: (L, T) or (L, T, nh) per site."""
-        maps = {s: [None] * self.n_layer for s in self.sites}
+        maps = {s: torch.zeros(self.n_layer, ids.shape[1], *self.site_shape(s)[:-1], device=ids.device)
+                for s in self.sites}                                # (L, T) or (L, T, nh), summed into in place
 
         def record(site, layer, h):
             if site in self.sites:
-                maps[site][layer] = self.beta * self.scale(site, layer, h).mean(0)
+                maps[site][layer] += self.beta * self.scale(site, layer, h).sum(0) / len(ids)
             return self(site, layer, h)
 
         with torch.no_grad():
-            model(ids, intervene=record, at=torch.full((len(ids),), ids.shape[1] - 1, device=ids.device))
-        return {s: torch.stack(m) for s, m in maps.items()}
+            for i in range(0, len(ids), batch_size):
+                chunk = ids[i:i + batch_size]
+                model(chunk, intervene=record, at=torch.full((len(chunk),), ids.shape[1] - 1, device=ids.device))
+        return maps
 
 
 def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
@@ -204,19 +209,20 @@ def n_params(iv: Intervention) -> int:
 @dataclass
 class Batch:
     """A prompt set with what the objective needs about the original model there, computed once
-    (no gradients) by `prepare` and reused at every step. Index it to take a minibatch."""
+    (no gradients) by `prepare` and reused at every step. Index it to take a minibatch. p⁻ is N·V floats
+    (12 GB for 20,000 prompts of Qwen's 151,936 tokens): beyond P_REST_BYTES it is None (see with_original)."""
     ids: torch.Tensor          # (N, T) prompt tokens, right-padded
     answer_pos: torch.Tensor   # (N,) position of the last prompt token, where logits are read
     answers: torch.Tensor      # (N, 2) target token t and other token o: (c, w) or (w, c)
     diff_before: torch.Tensor  # (N,) original ℓ(t) - ℓ(o)
-    p_rest: torch.Tensor       # (N, V) original p⁻: next-token distribution without c and w, renormalised
-    neg_entropy: torch.Tensor  # (N,) Σ p⁻ log p⁻, the constant part of KL(p⁻ ‖ p̃⁻)
+    p_rest: torch.Tensor | None = None       # (N, V) original p⁻: next-token distribution without c and w
+    neg_entropy: torch.Tensor | None = None  # (N,) Σ p⁻ log p⁻, the constant part of KL(p⁻ ‖ p̃⁻)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index) -> "Batch":
-        return Batch(*(getattr(self, f.name)[index] for f in fields(self)))
+        return Batch(*(None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)))
 
 
 def rest_log_likelihood(p_rest: torch.Tensor, logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -227,8 +233,25 @@ def rest_log_likelihood(p_rest: torch.Tensor, logits: torch.Tensor, answers: tor
     return (p_rest * logits).sum(1) - rest.logsumexp(1)
 
 
+def rest_distribution(logits: torch.Tensor, answers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Original logits ℓ (B, V) -> (p⁻ (B, V), 0 at c and w; Σ p⁻ log p⁻ (B,))."""
+    p_rest = logits.scatter(1, answers, float("-inf")).softmax(1)
+    return p_rest, rest_log_likelihood(p_rest, logits, answers)
+
+
+def with_original(model, batch: Batch) -> Batch:
+    """The batch with p⁻ and Σ p⁻ log p⁻: kept by prepare, or recomputed by one forward pass of the original
+    model without gradients. The same numbers, to float rounding (logits differ in the last bits by batch)."""
+    if batch.p_rest is not None:
+        return batch
+    with torch.no_grad():
+        p_rest, neg_entropy = rest_distribution(model(batch.ids, at=batch.answer_pos).float(), batch.answers)
+    return replace(batch, p_rest=p_rest, neg_entropy=neg_entropy)
+
+
 def answer_stats(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Intervened logits ℓ̃ (B, V) at the answer positions -> (ℓ̃(t) - ℓ̃(o), KL(p⁻ ‖ p̃⁻)), each (B,)."""
+    """Intervened logits ℓ̃ (B, V) at the answer positions -> (ℓ̃(t) - ℓ̃(o), KL(p⁻ ‖ p̃⁻)), each (B,);
+    the batch must hold p⁻ (with_original)."""
     lt, lo = logits.gather(1, batch.answers).unbind(1)              # (B,), (B,)
     kl = batch.neg_entropy - rest_log_likelihood(batch.p_rest, logits, batch.answers)
     return lt - lo, kl
@@ -236,15 +259,16 @@ def answer_stats(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def answer_logits(model, ids, answer_pos, intervene=None, batch_size: int = 64) -> torch.Tensor:
-    """Logits (N, V) at the answer positions only, float32, computed batch_size prompts at a time."""
+    """Logits (N, V) at the answer positions only, float32, batch_size prompts at a time (for a few prompts)."""
     return torch.cat([model(ids[i:i + batch_size], intervene=intervene, at=answer_pos[i:i + batch_size]).float()
                       for i in range(0, len(ids), batch_size)])
 
 
 @torch.no_grad()
-def prepare(model, prompts, target: str = "flip", batch_size: int = 64) -> Batch:
+def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_bytes: int | None = None) -> Batch:
     """Run the original model once on a prompt set (tasks.PromptSet: ids, answer_pos, correct,
-    wrong) and keep what the objective and the metrics compare against.
+    wrong) and keep what the objective and the metrics compare against, batch_size prompts at a
+    time: O(N) numbers, and p⁻ (N, V) only while it fits p_rest_bytes (default P_REST_BYTES).
 
     target (SPEC): flip -> t is whichever of c, w the original model ranks lower, so every
     prediction is flipped; wrong -> t = w; correct -> t = c. o is the other one."""
@@ -255,13 +279,23 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64) -> Batch
     c, w = prompts.correct.to(device), prompts.wrong.to(device)
     if (c == w).any():
         raise UserError(f"prompt {int((c == w).nonzero()[0])} has the same token as correct and wrong answer")
-    logits = answer_logits(model, ids, pos, batch_size=batch_size)   # (N, V) ℓ
-    lc, lw = logits.gather(1, c[:, None])[:, 0], logits.gather(1, w[:, None])[:, 0]
-    t = {"flip": torch.where(lc > lw, w, c), "wrong": w, "correct": c}[target]
-    answers = torch.stack([t, c + w - t], 1)                         # (N, 2): o is the one t is not
-    p_rest = logits.scatter(1, answers, float("-inf")).softmax(1)   # (N, V), 0 at c and w
-    lt, lo = logits.gather(1, answers).unbind(1)
-    return Batch(ids, pos, answers, lt - lo, p_rest, rest_log_likelihood(p_rest, logits, answers))
+    N, V = len(ids), model.config.vocab_size
+    keep = N * V * 4 <= (P_REST_BYTES if p_rest_bytes is None else p_rest_bytes)
+    # Filled in place, chunk by chunk: small tensors kept between large ones would fragment the heap.
+    out = Batch(ids, pos, torch.empty(N, 2, dtype=c.dtype, device=device), torch.empty(N, device=device),
+                *((torch.empty(N, V, device=device), torch.empty(N, device=device)) if keep else ()))
+    for i in range(0, N, batch_size):
+        logits = model(ids[i:i + batch_size], at=pos[i:i + batch_size]).float()   # (B, V) ℓ
+        ci, wi = c[i:i + batch_size], w[i:i + batch_size]
+        lc, lw = logits.gather(1, ci[:, None])[:, 0], logits.gather(1, wi[:, None])[:, 0]
+        t = {"flip": torch.where(lc > lw, wi, ci), "wrong": wi, "correct": ci}[target]
+        answers = out.answers[i:i + batch_size]
+        answers.copy_(torch.stack([t, ci + wi - t], 1))              # (B, 2): o is the one t is not
+        lt, lo = logits.gather(1, answers).unbind(1)
+        out.diff_before[i:i + batch_size] = lt - lo
+        if keep:
+            out.p_rest[i:i + batch_size], out.neg_entropy[i:i + batch_size] = rest_distribution(logits, answers)
+    return out
 
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
@@ -271,6 +305,7 @@ def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, l
         L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
         L_M = ‖θ‖₁                                           minimality
     Returns the loss and its three terms (unweighted)."""
+    batch = with_original(model, batch)                                   # p⁻: kept, or one more forward pass
     logits = model(batch.ids, intervene=iv, at=batch.answer_pos).float()  # (B, V) ℓ̃, answer positions only
     diff, kl = answer_stats(logits, batch)
     terms = {"L_E": (margin - diff).clamp(min=0).mean(), "L_F": kl.mean(), "L_M": l1(iv)}
@@ -310,8 +345,9 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     settle. Minibatches are drawn by a torch.Generator seeded with `seed` (the same numbers on CPU
     for the same seed).
 
-    Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted"}. Ctrl-C stops
-    training and returns what was learned so far; a loss that is not finite raises UserError."""
+    Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted", "stopped_by"}.
+    Ctrl-C (or a KeyboardInterrupt raised for a signal, runfolder.signals_interrupt: its message names
+    it) stops training and returns what was learned so far; a loss that is not finite raises UserError."""
     from tqdm import tqdm
 
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
@@ -336,12 +372,12 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
                 curve[k].append(v)
             bar.update()
             bar.set_postfix(L_E=f"{values[1]:.3f}", L_F=f"{values[2]:.4f}", L_M=f"{values[3]:.2f}")
-        interrupted = False
-    except KeyboardInterrupt:
-        interrupted = True
+        stopped_by = None
+    except KeyboardInterrupt as e:
+        stopped_by = str(e) or "Ctrl-C"
     finally:
         bar.close()
-    return {**curve, "steps": len(curve["loss"]), "interrupted": interrupted}
+    return {**curve, "steps": len(curve["loss"]), "interrupted": stopped_by is not None, "stopped_by": stopped_by}
 
 
 # ----------------------------------------------------------------------------- 4. metrics
@@ -351,13 +387,11 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
     """SPEC's effectiveness and faithfulness on a prepared prompt set, at iv's current β:
     flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)), mean ℓ(t) - ℓ(o) before and after, mean KL (nats)."""
-    diffs, kls = [], []
+    diff, kl = torch.empty(len(batch), device=batch.ids.device), torch.empty(len(batch), device=batch.ids.device)
     for i in range(0, len(batch), batch_size):
-        mb = batch[i:i + batch_size]
-        diff, kl = answer_stats(model(mb.ids, intervene=iv, at=mb.answer_pos).float(), mb)
-        diffs.append(diff)
-        kls.append(kl)
-    diff, kl = torch.cat(diffs), torch.cat(kls)
+        mb = with_original(model, batch[i:i + batch_size])
+        diff[i:i + batch_size], kl[i:i + batch_size] = answer_stats(model(mb.ids, intervene=iv, at=mb.answer_pos)
+                                                                    .float(), mb)
     return {"flip_rate": (diff > 0).float().mean().item(), "kl": kl.mean().item(),
             "logit_diff_before": batch.diff_before.mean().item(), "logit_diff_after": diff.mean().item(),
             "n_prompts": len(batch)}
@@ -369,7 +403,7 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
     """Number of active locations, averaged over the prompts: locations (site, layer, position
     up to the answer, [head]) where ‖h̃ - h‖ >= threshold·‖h‖. For ActivScalar this is exactly the
     number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt."""
-    counts = []
+    count = torch.zeros((), dtype=torch.long, device=batch.ids.device)   # added to in place (see prepare)
     for i in range(0, len(batch), batch_size):
         mb = batch[i:i + batch_size]
         real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
@@ -378,11 +412,11 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
             out = iv(site, layer, h)
             if site in iv.sites:
                 active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
-                counts.append((active & (real if active.dim() == 2 else real[..., None])).sum())
+                count.add_((active & (real if active.dim() == 2 else real[..., None])).sum())
             return out
 
         model(mb.ids, intervene=record, at=mb.answer_pos)
-    return torch.stack(counts).sum().item() / len(batch) if counts else 0.0
+    return count.item() / len(batch)
 
 
 def minimality(iv: Intervention) -> dict[str, float]:
@@ -408,15 +442,6 @@ def save(path, iv: Intervention, *, model, tokens=(), **run) -> None:
             **{k: str(v) for k, v in run.items()}}
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in iv.state_dict().items()}
     write_atomically(path, to_bytes(tensors, metadata=meta))
-
-
-def write_atomically(path, data: bytes) -> None:
-    """Write a file so that it is either complete or absent (a temporary file beside it, then
-    os.replace): an interrupted run never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def read_metadata(path) -> dict[str, str]:
@@ -515,16 +540,19 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, progress: boo
     return maps
 
 
-def attribution(model, batch: Batch, sites) -> dict[str, torch.Tensor]:
+def attribution(model, batch: Batch, sites, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """The first-order estimate of the knockout map: ∂/∂α of the mean logit difference toward the
     target, at α = 0 (one backward pass). Knocking a location out is α = -1, so its linear estimate is
     minus this. It is also ActivScalar's first step: at α = 0 the KL and ℓ1 terms have zero gradient,
     so while every prompt is inside the margin ∂L/∂α = -attribution, and Adam's first step moves each
-    α by lr·sign(attribution). Returns {site: (L, T) or (L, T, nh)}; prompts of one length."""
+    α by lr·sign(attribution). Returns {site: (L, T) or (L, T, nh)}; prompts of one length, batch_size
+    of them at a time (the gradients add up)."""
     T = batch.ids.shape[1]
     iv = ActivScalar(model.config, sites, T).to(batch.ids.device)
-    diff, _ = answer_stats(model(batch.ids, intervene=iv, at=batch.answer_pos).float(), batch)
-    diff.mean().backward()
+    for i in range(0, len(batch), batch_size):
+        mb = batch[i:i + batch_size]
+        lt, lo = model(mb.ids, intervene=iv, at=mb.answer_pos).float().gather(1, mb.answers).unbind(1)
+        ((lt - lo).sum() / len(batch)).backward()
     return {s: a.grad.detach().cpu() for s, a in iv.alpha.items()}
 
 

@@ -1,7 +1,8 @@
 """
 What a run shows besides its numbers: the heatmap of where an intervention acts, the knockout check
 of that heatmap, and the curves of a sweep. train.py and analyze.py both write them; every figure is
-a PNG written atomically (rendered to memory first, then ascale.write_atomically).
+a PNG written atomically (rendered to memory first, then ascale.write_atomically), into the folder
+it is given (train.py and analyze.py give it a run folder's staging folder, see runfolder.RunFolder).
 
     heatmap         one panel per site: layers x positions (or heads), β·α or ‖β·v‖ per location
     knockout_check  the knockout map and its linear estimate, compared with an intervention
@@ -119,7 +120,7 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
             metrics = json.loads(metrics_file.read_text())
             metrics["knockout"] = agree
             write_json(metrics_file, metrics)
-        print(f"{method}: {summary(agree)}  -> {folder / 'knockout.png'}")
+        print(f"{method}: {summary(agree)}")
     return out
 
 

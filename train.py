@@ -11,8 +11,11 @@ report how often the original model prefers the correct answer -> train (the pro
 the three loss terms) -> evaluate on train and test -> print a table -> write the run folder
 (default runs/<task>-<model>-<method>/): metrics.json, intervention.safetensors, heatmap.png
 (and with --knockout, knockout.png: the heatmap against a map of what each location really does).
-A folder that already holds a run is refused before any work (--out elsewhere, or --overwrite).
-Ctrl-C during training stops it; what was learned so far is still evaluated and saved.
+A folder that already holds a run is refused before any work (--out elsewhere, or --overwrite), and
+so is a folder another run is writing (it is locked). The files are written into a staging folder
+and put in place together at the end (runfolder.py): the earlier run's stay until then, and a
+write that fails (disk full) is one line naming the file. Ctrl-C or SIGTERM during training stops
+it; what was learned so far is still evaluated and saved.
 """
 
 import argparse
@@ -27,12 +30,14 @@ import torch
 
 import ascale
 import report
+import runfolder
 from gpt2 import GPT, UserError
 
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
 DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "knockout.png")  # what a run folder holds
+# What a run folder holds (analyze.py adds beta.json and beta.png): a new run replaces all of them.
+RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "knockout.png", "beta.json", "beta.png")
 
 
 class Parser(argparse.ArgumentParser):
@@ -72,7 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=ascale.LR, help=f"Adam learning rate (default: {ascale.LR})")
     p.add_argument("--steps", type=int, default=ascale.STEPS, help="Adam steps, whatever the number of training"
                    f" prompts (default: {ascale.STEPS})")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per training step (default: 32)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per training step and per evaluation pass."
+                   " Memory grows with it, not with the number of prompts: the original model's distribution of"
+                   " the other tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise"
+                   " recomputed for each batch, one more forward pass without gradients per step (default: 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
     p.add_argument("--unseen-lengths", action="store_true", help="dynscalar only: test prompts have token lengths"
@@ -82,9 +90,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's dtype; the intervention"
                    " stays float32. bfloat16/float16 save memory on a GPU (default: float32)")
     p.add_argument("--out", help="run folder, created if missing (default: runs/<task>-<model>-<method>/); one that"
-                   " already holds a run is refused before any work: choose a new one, or pass --overwrite")
+                   " already holds a run, or that another run is writing (it is locked), is refused before any work:"
+                   " choose a new one, or pass --overwrite. The files are staged and put in place together at the end")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the run folder (its"
-                   " metrics.json, intervention.safetensors, heatmap.png, knockout.png) instead of refusing")
+                   " metrics.json, intervention.safetensors, heatmap.png, knockout.png, beta.json, beta.png) instead"
+                   " of refusing; they stay intact until the new run's files are complete")
     p.add_argument("--show", type=int, default=0, metavar="N", help="print N test prompts with their top-5 next"
                    " tokens before and after the intervention (default: 0)")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="after training (or --eval), continue"
@@ -127,15 +137,25 @@ def main(argv=None) -> int:
 
 
 def run(command, args) -> int:
-    """command(args) as a script's main: a UserError is one line on stderr and exit code 2."""
+    """command(args) as a script's main: a UserError (a failed write among them: runfolder.WriteError) is
+    one line on stderr and exit code 2, and so are running out of GPU memory and any other OSError.
+    SIGTERM acts as Ctrl-C does (runfolder.signals_interrupt)."""
     try:
-        command(args)
+        with runfolder.signals_interrupt():
+            command(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except torch.cuda.OutOfMemoryError as e:
+        print(f"error: out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size, or use --dtype bfloat16",
+              file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"interrupted by {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 143 if str(e) == "SIGTERM" else 130
     return 0
 
 
@@ -208,39 +228,41 @@ def train(args) -> None:
     methods = list(ascale.METHODS) if args.method == "all" else [args.method]
     out = Path(args.out or f"runs/{Path(args.task).stem}-{Path(args.model).name}-{args.method}")
     folders = {method: out / method if args.method == "all" else out for method in methods}
-    check_run_folders(out, list(folders.values()), args.overwrite)   # before any work: nothing is lost after it
-    check_task_file(args.task)
-    model, tok = load_model(args)
-    device = model.lm_head.weight.device
-    task = load_prompts(args, tok, args.method != "dynscalar", device)
-    check_generate(args, model, task)
-    for note in task.notes:
-        print(f"  {note}")
-    print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
-          f" model {args.model} ({model.config.n_layer} layers) on {device}")
-    pref = report_preference(model, task, args.batch_size)
-    # The original model's answer distributions: computed once per prompt set, shared by all methods.
-    batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.batch_size)
-               for split in ("train", "test")}
-    results, ivs = {}, {}
-    for method in methods:
-        results[method], ivs[method] = train_one(method, sites, model, tok, task, batches, args, folders[method],
-                                                 pref)
-        if results[method]["interrupted"]:
-            break
-    print_table(results)
-    if args.knockout:
-        runs = {m: (ivs[m], folders[m]) for m in results if not results[m]["interrupted"]}
-        title = f"{task.name} · {Path(args.model).name}"
-        report.knockout_check(model, batches["train"], task.train.tokens[0], runs, title)
+    check_run_folders(out, list(folders.values()))   # before any work: nothing is lost after it
+    # Locked before any work; every file is written to writing.staged(folder) and put in place when the block ends.
+    with runfolder.RunFolder(out, list(folders.values()), RUN_FILES, args.overwrite) as writing:
+        check_task_file(args.task)
+        model, tok = load_model(args)
+        device = model.lm_head.weight.device
+        task = load_prompts(args, tok, args.method != "dynscalar", device)
+        check_generate(args, model, task)
+        for note in task.notes:
+            print(f"  {note}")
+        print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
+              f" model {args.model} ({model.config.n_layer} layers) on {device}")
+        pref = report_preference(model, task, args.batch_size)
+        # What the objective compares against, computed once per prompt set and shared by all methods.
+        batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.batch_size)
+                   for split in ("train", "test")}
+        results, ivs = {}, {}
+        for method in methods:
+            results[method], ivs[method] = train_one(method, sites, model, tok, task, batches, args, writing,
+                                                     folders[method], pref)
+            if results[method]["interrupted"]:
+                break
+        print_table(results)
+        if args.knockout:
+            runs = {m: (ivs[m], writing.staged(folders[m])) for m in results if not results[m]["interrupted"]}
+            title = f"{task.name} · {Path(args.model).name}"
+            report.knockout_check(model, batches["train"], task.train.tokens[0], runs, title)
     print(f"wrote {out}/" + ("{" + ",".join(results) + "}/" if args.method == "all" else ""))
     if args.generate:
         generations(model, tok, ivs, task.test, args.show or 3, args.generate)
 
 
-def check_run_folders(out: Path, folders: list[Path], overwrite: bool) -> None:
-    """Refuse, before any work, run folders that cannot be written, and (without --overwrite) run
-    folders that already hold a run: a finished run is never replaced unasked."""
+def check_run_folders(out: Path, folders: list[Path]) -> None:
+    """Refuse, before any work, run folders that cannot be written. (Those that already hold a run are
+    refused without --overwrite by runfolder.RunFolder, once it holds their lock.)"""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a folder for the run (it is created if missing)")
     for folder in folders:
@@ -249,12 +271,8 @@ def check_run_folders(out: Path, folders: list[Path], overwrite: bool) -> None:
             raise UserError(f"cannot create run folder {folder}: {existing} is a file; choose another --out")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(f"cannot write into {existing} (permission denied); choose another --out")
-        done = [name for name in RUN_FILES if (folder / name).exists()]
-        if done and not overwrite:
-            raise UserError(f"{folder} already holds a run ({', '.join(done)}); pass --out NEW_FOLDER for a new run,"
-                            " or --overwrite to replace it")
-        for name in done:
-            if not (folder / name).is_file():
+        for name in RUN_FILES:
+            if (folder / name).exists() and not (folder / name).is_file():
                 raise UserError(f"{folder / name} is not a file and cannot be replaced; choose another --out")
 
 
@@ -276,8 +294,9 @@ def check_generate(args, model, task) -> None:
                         f" {max(model.config.n_ctx - T, 0)} or fewer")
 
 
-def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref: dict):
-    """Train one method, evaluate it, write its run folder; return its metrics and the intervention."""
+def train_one(method, sites, model, tok, task, batches, args, writing: runfolder.RunFolder, out: Path, pref: dict):
+    """Train one method, evaluate it, write its run folder `out` (staged, see train); return its metrics and
+    the intervention."""
     torch.manual_seed(args.seed)
     positions = None if method == "dynscalar" else task.train.ids.shape[1]
     iv = ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
@@ -286,17 +305,21 @@ def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref
                        lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin, seed=args.seed)
     seconds = time.time() - start
     if curve["interrupted"]:
-        print(f"stopped by Ctrl-C after {curve['steps']} steps: evaluating and saving what was learned")
-    folder.mkdir(parents=True, exist_ok=True)
+        print(f"stopped by {curve['stopped_by']} after {curve['steps']} steps: evaluating and saving what was learned")
+    folder = writing.staged(out)
     tokens = task.train.tokens[0] if positions else ()
-    # The parameters are saved before the evaluation, so that a Ctrl-C there keeps what was learned.
+    # The parameters are saved before the evaluation, so that a Ctrl-C there keeps what was learned (RunFolder
+    # puts the staged files in place on Ctrl-C and SIGTERM); once stopped, in place at once (a SIGKILL may follow).
     ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
                 target=args.target, seed=args.seed, fixed_length=int(args.method != "dynscalar"),
                 unseen_lengths=int(args.unseen_lengths))
+    if curve["interrupted"]:
+        writing.publish()
     iv.beta = args.beta
-    metrics = {"method": method, **measure(model, iv, batches),
+    metrics = {"method": method, **measure(model, iv, batches, args.batch_size),
                "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
-               "interrupted": curve.pop("interrupted"), "seconds": round(seconds, 2), "loss_curve": curve,
+               "interrupted": curve.pop("interrupted"), "stopped_by": curve.pop("stopped_by"),
+               "seconds": round(seconds, 2), "loss_curve": curve,
                "config": {**vars(args), "method": method}}
     report.write_json(folder / "metrics.json", metrics)
     title = f"{method} · {task.name} · {Path(args.model).name}"
@@ -306,12 +329,12 @@ def train_one(method, sites, model, tok, task, batches, args, folder: Path, pref
     return metrics, iv
 
 
-def measure(model, iv, batches) -> dict:
+def measure(model, iv, batches, batch_size: int = 64) -> dict:
     """All metrics of SPEC: effectiveness and faithfulness per split, minimality once (the active
-    locations counted on the training prompts)."""
-    return {"train": ascale.evaluate(model, iv, batches["train"]), "test": ascale.evaluate(model, iv, batches["test"]),
-            **ascale.minimality(iv), "n_active": ascale.active_locations(model, iv, batches["train"]),
-            "active_threshold": ascale.ACTIVE}
+    locations counted on the training prompts); batch_size prompts at a time."""
+    splits = {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
+    return {**splits, **ascale.minimality(iv), "active_threshold": ascale.ACTIVE,
+            "n_active": ascale.active_locations(model, iv, batches["train"], batch_size=batch_size)}
 
 
 def open_saved(args):
@@ -349,7 +372,7 @@ def evaluate_saved(args) -> None:
     model, tok, iv, task, batches = open_saved(args)
     iv.beta = args.beta
     print(f"at beta {args.beta}:")
-    print_table({iv.method: measure(model, iv, batches)})
+    print_table({iv.method: measure(model, iv, batches, args.batch_size)})
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
     if args.generate:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import save_checkpoint, tiny_hf_model
-from test_train import bad, ccc_rows, write_task
+from test_train import bad, ccc_rows, full_disk_at, run_files, write_task
 
 import analyze
 import train
@@ -79,3 +79,26 @@ def test_bad_input(run, tmp_path, capsys):
         ["--model", model, "--task", task, "--method", "dynscalar", "--knockout"], capsys)
     assert "unrecognized arguments" in bad(["beta", str(out / "intervention.safetensors"), "--steps", "3"], capsys,
                                            analyze)
+
+
+@pytest.mark.parametrize("command, name", [("beta", "beta.png"), ("knockout", "knockout.png")])
+def test_a_full_disk_is_one_line_and_changes_nothing(run, monkeypatch, capsys, command, name):
+    _, _, out = run
+    earlier = run_files(out)
+    with monkeypatch.context() as patch:
+        full_disk_at(name, patch)
+        line = bad([command, str(out / "intervention.safetensors")], capsys, analyze)
+    assert line == f"error: cannot write {out / name}: No space left on device"
+    assert run_files(out) == earlier   # metrics.json without a new knockout entry, no temporary file
+
+
+def test_a_sweep_into_a_folder_another_is_writing_is_refused(run, tmp_path, capsys):
+    import runfolder
+    model, task, _ = run
+    fd = runfolder.lock(tmp_path)      # as another sweep holds it
+    try:
+        line = bad(["lambda", "--model", model, "--task", task, "--out", str(tmp_path)], capsys, analyze)
+    finally:
+        runfolder.unlock(tmp_path, fd)
+    assert f"{tmp_path} is being written by another run (pid " in line and "choose another --out" in line
+    assert list(tmp_path.iterdir()) == []

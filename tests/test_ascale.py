@@ -248,6 +248,83 @@ def test_the_objective_starts_faithful_and_only_reads_the_answer_positions(model
     assert calls == [(False, False)] * 6
 
 
+# ----------------------------------------------------------------------------- memory: the batch, not the task
+
+
+def test_p_rest_kept_or_recomputed_gives_the_same_numbers(model, monkeypatch):
+    """prepare keeps p⁻ (N, V) only while it fits its byte budget; below it the objective and evaluate
+    recompute it per minibatch. Where the batches are the ones prepare used, the bits are the same;
+    with random minibatches a prompt's logits differ in the last bits between batches, no more."""
+    ps = prompts(N=12, swap=True)
+    kept, recomputed = ascale.prepare(model, ps, "flip"), ascale.prepare(model, ps, "flip", p_rest_bytes=0)
+    assert kept.p_rest.shape == (12, 50257) and recomputed.p_rest is None and recomputed.neg_entropy is None
+    assert torch.equal(kept.answers, recomputed.answers) and torch.equal(kept.diff_before, recomputed.diff_before)
+    assert recomputed[3:5].p_rest is None and torch.equal(recomputed[3:5].ids, ps.ids[3:5])
+    def close(a, b):  # float rounding: a few ulp of the logits, ~1e-7 nats of KL
+        return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    for batch_size, same in ((12, torch.equal), (4, close)):
+        runs = []
+        for batch in (kept, recomputed):
+            iv = ascale.make("activscalar", model.config, ["attn_out", "mlp_out"], 8)
+            curve = ascale.fit(model, iv, batch, **{**FAST, "steps": 8, "batch_size": batch_size})
+            runs.append((torch.tensor(curve["loss"] + curve["L_F"]), iv.alpha["mlp_out"].detach().clone(),
+                         torch.tensor(list(ascale.evaluate(model, iv, batch).values()))))
+        for a, b in zip(*runs, strict=True):
+            assert same(a, b), (batch_size, a, b)
+    # recomputing: one more forward pass of the original model per step, without gradients
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda idx, intervene=None, at=None: (
+        calls.append(intervene is None), forward(idx, intervene=intervene, at=at))[1])
+    ascale.fit(model, ascale.make("activscalar", model.config, ["mlp_out"], 8), recomputed, steps=3, batch_size=4,
+               progress=False)
+    assert calls == [True, False] * 3
+
+
+PEAK = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+import ascale
+from gpt2 import GPT, GPTConfig
+from tasks import PromptSet
+N, budget, V, T = int(sys.argv[1]), int(sys.argv[2]), 151936, 8
+torch.manual_seed(0)
+model = GPT(GPTConfig("qwen2", V, 64, 2, 4, 64, 96, rms_norm=True, swiglu=True, n_kv_head=2, rotary_dim=16,
+                      proj_bias=False, mlp_bias=False)).eval().requires_grad_(False)
+ids = torch.randint(0, V, (N, T))
+c = torch.randint(0, V, (N,))
+ps = PromptSet([""] * N, ids, torch.full((N,), T - 1), c, (c + 1) % V, [], [], [])
+batch = ascale.prepare(model, ps, "flip", batch_size=32, p_rest_bytes=budget)
+iv = ascale.make("activscalar", model.config, ["mlp_out"], T)
+ascale.fit(model, iv, batch, steps=2, batch_size=32, progress=False)
+ascale.evaluate(model, iv, batch)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_peak_memory_on_a_large_vocabulary_does_not_grow_with_the_number_of_prompts():
+    """A Qwen-sized vocabulary (151,936 tokens): p⁻ of 800 prompts would take 0.5 GB. Each run is a
+    fresh process, whose peak resident memory (ru_maxrss) is measured."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    runs = {name: subprocess.Popen([sys.executable, "-c", PEAK.format(root=str(ROOT)), str(n), str(budget)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={"OMP_NUM_THREADS": "1"})   # at once, one thread each
+            for name, n, budget in [("few", 80, ascale.P_REST_BYTES), ("many", 800, ascale.P_REST_BYTES),
+                                    ("kept", 800, 2**40)]}       # kept: the control, p⁻ kept for every prompt
+    for proc in runs.values():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        proc.peak = int(out)
+    few, many, kept = (runs[name].peak for name in ("few", "many", "kept"))
+    assert many - few < 100 * 2**20, (few, many)          # 10 times the prompts, the same memory
+    assert kept - many > 800 * 151936 * 4 / 2, (many, kept)   # p⁻ shows (less what the steps share with it)
+
+
 # ----------------------------------------------------------------------------- training
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, save_checkpoint, tiny_hf_model
@@ -190,13 +191,171 @@ def test_ctrl_c_evaluates_and_saves_what_was_learned(setup, tmp_path, monkeypatc
 
 def test_ctrl_c_during_evaluation_keeps_the_parameters(setup, tmp_path, monkeypatch):
     model, task = setup
+    argv = ["--model", model, "--task", task, "--steps", "2", "--out", str(tmp_path)]
+    assert train.main([*argv, "--seed", "1"]) == 0   # an earlier run, to be replaced
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "measure", interrupted)
-    assert train.main(["--model", model, "--task", task, "--steps", "2", "--out", str(tmp_path)]) == 130
-    assert ascale.read_metadata(tmp_path / "intervention.safetensors")["method"] == "activscalar"
+    assert train.main([*argv, "--overwrite"]) == 130
+    assert ascale.read_metadata(tmp_path / "intervention.safetensors")["seed"] == "0"   # the new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["intervention.safetensors"]  # none of the earlier run's
+
+
+# ----------------------------------------------------------------------------- faults: SIGTERM, two runs, a full disk
+
+
+def run_files(folder) -> dict[str, bytes]:
+    """Every file under a run folder (hidden ones included: a lock, a staging folder), with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sigterm_during_training_saves_what_was_learned(setup, tmp_path, monkeypatch, capsys):
+    import signal
+    model, task = setup
+    objective, calls = ascale.objective, []
+
+    def terminated_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)   # as a scheduler's time limit sends it
+        return objective(*args, **kwargs)
+
+    measure, in_place = train.measure, []
+
+    def measure_and_look(*args):   # the parameters are in place before the evaluation: a SIGKILL may follow
+        in_place.append(sorted(p.name for p in tmp_path.iterdir()))
+        return measure(*args)
+
+    monkeypatch.setattr(ascale, "objective", terminated_at_step_3)
+    monkeypatch.setattr(train, "measure", measure_and_look)
+    before = signal.getsignal(signal.SIGTERM)
+    assert train.main(["--model", model, "--task", task, "--steps", "5", "--batch-size", "4",
+                       "--out", str(tmp_path)]) == 0
+    m = check_run_folder(tmp_path, "activscalar")
+    assert m["interrupted"] and m["stopped_by"] == "SIGTERM" and m["steps"] == 2
+    assert "stopped by SIGTERM after 2 steps" in capsys.readouterr().out
+    assert in_place[0][-1] == "intervention.safetensors" and not {"metrics.json", "heatmap.png"} & set(in_place[0])
+    assert signal.getsignal(signal.SIGTERM) == before   # the handler is put back
+
+
+def test_a_second_run_into_the_same_folder_refuses_and_sigterm_stops_the_first(setup, tmp_path, capsys):
+    """Two terminals, one command: the second refuses in one line naming the first, which a SIGTERM
+    then stops; it saves what it learned, and leaves neither its lock nor its staging folder."""
+    import signal
+    import threading
+    import time
+    model, task = setup
+    out = tmp_path / "run"
+    argv = ["--model", model, "--task", task, "--steps", "100000", "--batch-size", "4", "--out", str(out)]
+    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    err = []
+    threading.Thread(target=lambda: err.extend(iter(lambda: first.stderr.read(1), "")), daemon=True).start()
+    deadline = time.time() + 120
+    while "L_E=" not in "".join(err):   # training has begun
+        assert first.poll() is None and time.time() < deadline, "".join(err)
+        time.sleep(0.2)
+    line = bad(argv, capsys)
+    assert f"{out} is being written by another run (pid {first.pid} on " in line and "train.py --model" in line
+    first.send_signal(signal.SIGTERM)
+    stdout, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, "".join(err)
+    assert "stopped by SIGTERM after" in stdout
+    m = check_run_folder(out, "activscalar")   # exactly the three files: no .lock, no .staging-<pid>
+    assert m["interrupted"] and m["stopped_by"] == "SIGTERM" and 0 < m["steps"] < 100000
+
+
+def test_the_lock_of_method_all_covers_its_subfolders(setup, tmp_path, capsys):
+    import runfolder
+    _, task = setup
+    (tmp_path / "steervec").mkdir()
+    fd = runfolder.lock(tmp_path / "steervec")     # a run of one method into the subfolder
+    try:
+        line = bad(["--model", str(tmp_path / "no-model"), "--task", task, "--method", "all", "--out", str(tmp_path)],
+                   capsys)
+    finally:
+        runfolder.unlock(tmp_path / "steervec", fd)
+    assert f"{tmp_path / 'steervec'} is being written by another run" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["steervec"]   # the others' locks released and removed
+
+
+def test_what_a_killed_run_leaves_does_not_block_the_next(setup, tmp_path):
+    """kill -9 leaves its lock file (the kernel has dropped the lock) and its staging folder."""
+    model, task = setup
+    (tmp_path / ".lock").write_text("pid 99999 on somewhere, since 00:00:00: train.py")
+    (tmp_path / ".staging-99999").mkdir()
+    (tmp_path / ".staging-99999" / "metrics.json").write_text("{half")
+    assert train.main(["--model", model, "--task", task, "--steps", "1", "--out", str(tmp_path)]) == 0
+    check_run_folder(tmp_path, "activscalar")
+
+
+def full_disk_at(name, monkeypatch):
+    """Make the disk full for files called `name` (their fsync fails with ENOSPC, as on a full disk)."""
+    import errno
+    fsync = os.fsync
+
+    def failing(fd):
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(f"{name}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_run(setup, tmp_path, monkeypatch, capsys):
+    model, task = setup
+    argv = ["--model", model, "--task", task, "--steps", "1", "--out", str(tmp_path)]
+    assert train.main(argv) == 0
+    (tmp_path / "knockout.png").write_bytes(b"an earlier run's knockout check")
+    earlier = run_files(tmp_path)
+    for name in ("heatmap.png", "metrics.json", "intervention.safetensors"):
+        with monkeypatch.context() as patch:
+            full_disk_at(name, patch)
+            line = bad([*argv, "--steps", "2", "--overwrite"], capsys)
+        assert line == f"error: cannot write {tmp_path / name}: No space left on device"
+        assert run_files(tmp_path) == earlier         # intact, and no temporary file left
+    assert train.main([*argv, "--overwrite"]) == 0
+    assert not (tmp_path / "knockout.png").exists()   # the earlier run's, gone with it
+
+
+FSIZE = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))   # no file may grow past this
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_file_size_limit_is_one_line_and_keeps_the_earlier_run(setup, tmp_path):
+    """A quota or file-size limit, for real: RLIMIT_FSIZE lets the run write its small files but not its
+    heatmap (the write fails with EFBIG; SIGXFSZ is ignored)."""
+    model, task = setup
+    argv = ["--model", model, "--task", task, "--steps", "1", "--out", str(tmp_path)]
+    assert train.main(argv) == 0
+    earlier = run_files(tmp_path)
+    limit = (len(earlier["metrics.json"]) + len(earlier["heatmap.png"])) // 2
+    assert limit > len(earlier["metrics.json"]) + 200    # metrics.json can be written (2 steps: a bit more)
+    proc = subprocess.run([sys.executable, "-c", FSIZE.format(limit=limit), *argv, "--steps", "2", "--overwrite"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert one_error_line(proc.stderr) == f"error: cannot write {tmp_path / 'heatmap.png'}: File too large"
+    assert run_files(tmp_path) == earlier
+
+
+def test_out_of_gpu_memory_is_one_line(setup, tmp_path, monkeypatch, capsys):
+    import torch
+    model, task = setup
+
+    def too_big(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0)\nmore details")
+
+    monkeypatch.setattr(ascale, "objective", too_big)
+    line = bad(["--model", model, "--task", task, "--out", str(tmp_path / "run")], capsys)
+    assert "out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0)); lower --batch-size" in line
+    assert not (tmp_path / "run").exists()   # nothing written, the folder it created removed
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,0 +1,88 @@
+"""
+Peak memory of train.py on a large task: a JSONL file of many prompts (20,000 by default) and a model
+with Qwen's vocabulary of 151,936 tokens, in a temporary folder, trained by train.py as a user runs it.
+
+    python memory.py                          20,000 prompts, 151,936 tokens: prints train.py's peak memory
+    python memory.py --prompts 2000           the same with fewer prompts: the peak should not change much
+    python memory.py -- --method dynscalar    flags after -- go to train.py
+
+The model is random (its answers mean nothing; the run is about memory): the toy world's shape
+(4 layers, width 128) and tokenizer (models/toyworld/tokenizer.json), with an unembedding of
+--vocab rows, so the tokens the prompts use are in its vocabulary. The prompts are conflicts of
+one token length (`The capital of X is Y, says Z. Q: What is the capital of X? A:`). The peak is
+the resident set size of the train.py process (resource.getrusage, ru_maxrss), weights included.
+"""
+
+import argparse
+import itertools
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import tasks
+import toyworld
+from gpt2 import GPT, GPTConfig
+from tokenizer import get_tokenizer
+
+ROOT = Path(__file__).resolve().parent
+TOYWORLD = ROOT / "models" / "toyworld"
+
+
+def write_model(folder: Path, vocab: int) -> None:
+    """A random model of the toy world's shape with a vocabulary of `vocab` tokens, in the Hub's layout."""
+    config = {**json.loads((TOYWORLD / "config.json").read_text()), "vocab_size": vocab}
+    model = GPT(GPTConfig.from_hf(config))
+    toyworld.init_weights(model, seed=0)
+    toyworld.save(model, TOYWORLD / "tokenizer.json", folder)
+
+
+def write_task(path: Path, n: int) -> None:
+    """n distinct conflicts of one token length, one JSON object a line."""
+    tok = get_tokenizer(str(TOYWORLD))
+    one = [c for c, city in tasks.COUNTRIES.items() if len(tok.encode(f" {c}")) == len(tok.encode(f" {city}")) == 1]
+    names = [name for name in tasks.NAMES if len(tok.encode(f" {name}")) == 1]
+    rows = ((name, country, other) for name in names for country in one for other in one if other != country)
+    with open(path, "w") as f:
+        for name, country, other in itertools.islice(rows, n):
+            prompt = f"The capital of {country} is {tasks.COUNTRIES[other]}, says {name}. Q: What is the capital of" \
+                     f" {country}? A:"
+            f.write(json.dumps({"prompt": prompt, "correct": f" {tasks.COUNTRIES[country]}",
+                                "wrong": f" {tasks.COUNTRIES[other]}"}) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, default=20000, help="lines of the JSONL task (default: 20000)")
+    p.add_argument("--vocab", type=int, default=151936, help="the model's vocabulary (default: 151936, Qwen's)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default: 300, train.py's)")
+    p.add_argument("train_args", nargs="*", help="more flags for train.py, after --")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_model(tmp / "model", args.vocab)
+        write_task(tmp / "task.jsonl", args.prompts)
+        command = [sys.executable, str(ROOT / "train.py"), "--model", str(tmp / "model"), "--task",
+                   str(tmp / "task.jsonl"), "--steps", str(args.steps), "--out", str(tmp / "run"), *args.train_args]
+        print("$", " ".join(command[1:]), flush=True)
+        start = time.time()
+        code = subprocess.call(command, cwd=ROOT)
+        seconds = time.time() - start
+        metrics = tmp / "run" / "metrics.json"
+        n_train = json.loads(metrics.read_text())["train"]["n_prompts"] if metrics.exists() else "?"
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    kept = args.prompts * args.vocab * 4
+    print(f"\n{args.prompts:,} prompts ({n_train:,} train), vocabulary {args.vocab:,}: train.py's peak memory"
+          f" {peak / 2**30:.2f} GiB in {seconds:.0f} s (exit code {code}); keeping p⁻ for every prompt would take"
+          f" {kept / 2**30:.1f} GiB more (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
