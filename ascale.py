@@ -31,7 +31,7 @@ TARGETS = ("flip", "wrong", "correct")
 # Training defaults, tuned on the toy world's CCC and IOI (the README says how).
 STEPS, LR, LAMBDA_M, MARGIN = 300, 0.05, 0.01, 2.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
-KNOCKOUT_PROMPTS = 32  # prompts the knockout map uses by default: SmolLM2-135M's CCC map in minutes on 2 CPU cores
+KNOCKOUT_FLOPS = 3e13  # the knockout map's default budget, which caps its prompts: ~4 minutes at 120 GFLOP/s
 
 # ----------------------------------------------------------------------------- 1. interventions
 
@@ -467,6 +467,17 @@ def _location_shape(model, site: str, T: int) -> tuple[int, ...]:
     return (cfg.n_layer, T, cfg.n_head) if site == "head" else (cfg.n_layer, T)
 
 
+def knockout_prompts(model, T: int, sites, flops: float = KNOCKOUT_FLOPS) -> int:
+    """How many prompts of T tokens the knockout map of these sites affords within `flops`. Location
+    (l, p) recomputes layers l ... L-1 at positions p ... T-1 (see knockout), at about 2 FLOPs per block
+    parameter per layer and position, so one prompt costs (locations per layer and position) x
+    Σ_l (L - l) x Σ_p (T - p) x 2 x (parameters of a block). SmolLM2-135M, CCC (T = 18), attn_out and
+    mlp_out: 1.1 TFLOP a prompt, so 26 prompts; the toy world affords all of its 300."""
+    L, nh = model.config.n_layer, model.config.n_head
+    per_location = 2 * sum(p.numel() for p in model.h[0].parameters()) * L * (L + 1) / 2 * T * (T + 1) / 2
+    return max(1, int(flops // (per_location * sum(nh if s == "head" else 1 for s in check_sites(sites)))))
+
+
 def spread(batch: Batch, n: int | None) -> Batch:
     """At most n of the prompts (all when n is None), evenly spaced over the set, so that a capped set
     still covers the whole of a set sorted by country or name."""
@@ -491,27 +502,30 @@ def _switch_off(layer: int, p: int, off: dict[str, torch.Tensor]):
 
 
 @torch.no_grad()
-def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: int | None = KNOCKOUT_PROMPTS,
+def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: int | None = None,
              progress: bool = True) -> dict[str, torch.Tensor]:
     """The knockout map: for every location (site, layer, position[, head]), switch that one activation
     off (α = -1 there, nothing else) and record the change of the mean logit difference toward the
     target, mean over prompts of ℓ̃(t) - ℓ̃(o) minus the original ℓ(t) - ℓ(o).
     Returns {site: (L, T) or (L, T, nh)}: negative where the location supports the target.
 
-    The prompts must share one length (positions are locations); at most max_prompts of them are used
-    (`spread`; None: all). Switching off (layer l, position p) changes nothing below layer l and, as
-    attention is causal, nothing before position p. So one clean pass keeps every layer's input and its
-    keys and values, and each location recomputes only layers l ... L-1 at positions p ... T-1, the
-    clean keys and values of positions < p serving as their past (gpt2.GPT.blocks): on average about a
-    quarter of a full pass. ℓ̃(t) - ℓ̃(o) is one dot product with the difference of the two unembedding
-    rows. Batched: all locations at one (layer, position), every site and head, go through at once as K
+    The prompts must share one length (positions are locations); at most max_prompts of them are used,
+    evenly spread (None: as many as KNOCKOUT_FLOPS affords, `knockout_prompts`).
+
+    Switching off (layer l, position p) changes nothing below layer l and, as attention is causal,
+    nothing before position p. So one clean pass keeps every layer's input and its keys and values,
+    and each location recomputes only layers l ... L-1 at positions p ... T-1, the clean keys and
+    values of positions < p serving as their past (gpt2.GPT.blocks): on average about a quarter of a
+    full pass. ℓ̃(t) - ℓ̃(o) is one dot product with the difference of the two unembedding rows.
+    Batched: all locations at one (layer, position), every site and head, go through at once as K
     copies of a chunk of prompts (at most max_sequences sequences a pass); layers x positions passes."""
     from tqdm import tqdm
     N, T = batch.ids.shape
     if not bool((batch.answer_pos == T - 1).all()):
         raise UserError("the knockout map needs prompts of one length (positions are locations); "
                         "use the fixed-length prompts of activscalar or steervec")
-    sites, cfg, batch = check_sites(sites), model.config, spread(batch, max_prompts)
+    sites, cfg = check_sites(sites), model.config
+    batch = spread(batch, knockout_prompts(model, T, sites) if max_prompts is None else max_prompts)
     n, device = len(batch), batch.ids.device
     maps = {s: torch.zeros(_location_shape(model, s, T)) for s in sites}
     variants = [(s, h) for s in sites for h in (range(cfg.n_head) if s == "head" else [None])]
