@@ -520,7 +520,7 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     Batched: all locations at one (layer, position), every site and head, go through at once as K
     copies of a chunk of prompts (at most max_sequences sequences a pass); layers x positions passes."""
     from tqdm import tqdm
-    N, T = batch.ids.shape
+    T = batch.ids.shape[1]
     if not bool((batch.answer_pos == T - 1).all()):
         raise UserError("the knockout map needs prompts of one length (positions are locations); "
                         "use the fixed-length prompts of activscalar or steervec")
@@ -547,7 +547,7 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     b = max(1, min(n, max_sequences))                                     # prompts a pass
     K_max = max(1, max_sequences // b)                                    # locations a pass
     jobs = [(l, p) for l in range(cfg.n_layer) for p in range(T)]
-    for layer, p in tqdm(jobs, desc="knockout", unit="location", disable=not progress):
+    for layer, p in tqdm(jobs, desc="knockout", unit="layer-position", disable=not progress):
         for k0 in range(0, len(variants), K_max):
             K = min(K_max, len(variants) - k0)
             stop = _switch_off(layer, p, {s: o[k0:k0 + K] for s, o in off.items()})
