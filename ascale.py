@@ -546,7 +546,8 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     clean = (model.ln_f(inputs[-1][:, -1]) * u).sum(-1)                  # (n,)
     b = max(1, min(n, max_sequences))                                     # prompts a pass
     K_max = max(1, max_sequences // b)                                    # locations a pass
-    jobs = [(l, p) for l in range(cfg.n_layer) for p in range(T)]
+    L = cfg.n_layer  # the last layer's outputs before the answer reach nothing read: their effect is exactly 0
+    jobs = [(l, p) for l in range(L) for p in range(T) if l < L - 1 or p == T - 1]
     for layer, p in tqdm(jobs, desc="knockout", unit="layer-position", disable=not progress):
         for k0 in range(0, len(variants), K_max):
             K = min(K_max, len(variants) - k0)

@@ -142,6 +142,7 @@ def test_knockout_equals_the_brute_force_map(model, max_sequences):
         scale = slow[site].abs().max()
         assert scale > 0.1                                  # the locations matter
         torch.testing.assert_close(fast[site] / scale, slow[site] / scale, atol=1e-4, rtol=0)
+        assert (fast[site][-1, :-1] == 0).all()             # the last layer before the answer: nothing reads it
 
 
 def test_knockout_on_capped_prompts_is_the_map_of_those_prompts(model):
