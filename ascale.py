@@ -31,7 +31,7 @@ TARGETS = ("flip", "wrong", "correct")
 # Training defaults, tuned on the toy world's CCC and IOI (the README says how).
 STEPS, LR, LAMBDA_M, MARGIN = 300, 0.05, 0.01, 2.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
-KNOCKOUT_FLOPS = 3e13  # the knockout map's default budget, which caps its prompts: ~4 minutes at 120 GFLOP/s
+KNOCKOUT_FLOPS = 2.5e13  # the knockout map's default budget, which caps its prompts: ~4.5 min at 95 GFLOP/s (1 core)
 
 # ----------------------------------------------------------------------------- 1. interventions
 
@@ -472,7 +472,7 @@ def knockout_prompts(model, T: int, sites, flops: float = KNOCKOUT_FLOPS) -> int
     (l, p) recomputes layers l ... L-1 at positions p ... T-1 (see knockout), at about 2 FLOPs per block
     parameter per layer and position, so one prompt costs (locations per layer and position) x
     Σ_l (L - l) x Σ_p (T - p) x 2 x (parameters of a block). SmolLM2-135M, CCC (T = 18), attn_out and
-    mlp_out: 1.1 TFLOP a prompt, so 26 prompts; the toy world affords all of its 300."""
+    mlp_out: 1.1 TFLOP a prompt, so 22 prompts; the toy world affords all of its 300."""
     L, nh = model.config.n_layer, model.config.n_head
     per_location = 2 * sum(p.numel() for p in model.h[0].parameters()) * L * (L + 1) / 2 * T * (T + 1) / 2
     return max(1, int(flops // (per_location * sum(nh if s == "head" else 1 for s in check_sites(sites)))))

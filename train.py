@@ -95,8 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " map: switch each location off in turn over the training prompts and compare (analyze.py"
                    " knockout); writes knockout.png and a knockout entry in metrics.json. Each location recomputes"
                    " only the layers and positions it can change, over as many training prompts (evenly spread) as"
-                   f" a budget of {ascale.KNOCKOUT_FLOPS:.0e} FLOPs affords, which the figure and metrics.json say:"
-                   " all of them on the toy world (seconds), 26 of SmolLM2-135M's 125 CCC prompts (minutes on a"
+                   f" a budget of {ascale.KNOCKOUT_FLOPS:.2g} FLOPs affords, which the figure and metrics.json say:"
+                   " all of them on the toy world (seconds), 22 of SmolLM2-135M's 125 CCC prompts (minutes on a"
                    " CPU); needs one prompt length (not --method dynscalar)")
     p.add_argument("--eval", metavar="FILE", help="evaluate a saved intervention.safetensors instead of training:"
                    " its method and sites are the file's, and so are model, task, target and seed unless given;"
