@@ -33,6 +33,7 @@ TARGETS = ("flip", "wrong", "correct")
 STEPS, LR, LAMBDA_M, MARGIN = 300, 0.05, 0.01, 2.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
 P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
+KNOCKOUT_FLOPS = 2.5e13  # the knockout map's default budget, which caps its prompts: ~4.5 min at 95 GFLOP/s (1 core)
 
 # ----------------------------------------------------------------------------- 1. interventions
 
@@ -52,7 +53,7 @@ class Intervention(nn.Module):
     `positions` is the prompt length that position-tied methods (ActivScalar, SteerVec) were made
     for; DynScalar has none and applies to any length."""
     method = ""
-    takes_positions = True  # gpt2.GPT may call the last layer's sites with the read rows only (pos=...)
+    takes_positions = True  # gpt2.GPT may call sites with some positions only, saying which (pos=...)
 
     def __init__(self, cfg: GPTConfig, sites, positions: int | None):
         super().__init__()
@@ -67,7 +68,8 @@ class Intervention(nn.Module):
         return (self.n_head, self.head_dim) if site == "head" else (self.n_embd,)
 
     def forward(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
-        """h (B, T, ...) at every position, or with pos (B,): (B, 1, ...), row b at position pos[b]."""
+        """h (B, T, ...) at positions 0 ... T-1, or with pos (B or 1, T): row i of h (of prompt b) is at
+        position pos[b, i] (the last layer's read rows, a KV-cached pass)."""
         if site not in self.sites:
             return h
         if pos is None and self.positions is not None and h.shape[1] != self.positions:
@@ -76,21 +78,28 @@ class Intervention(nn.Module):
         return self.apply(site, layer, h, pos)
 
     def for_generation(self):
-        """This intervention as gpt2.GPT.generate uses it (generate calls this itself). Without a KV
-        cache, generation re-reads the prompt and the tokens generated so far at every step, so the
-        sequence is longer than a position-tied method's `positions`: ActivScalar and SteerVec then
-        act on the first `positions` tokens (the prompt, as in training) and let every later position
-        pass through unchanged. DynScalar is not tied to positions and acts on every position.
-        Training and evaluation call the intervention itself, which still refuses other lengths."""
+        """This intervention as gpt2.GPT.generate uses it (generate calls this itself). Generation reads
+        positions beyond a position-tied method's `positions`: ActivScalar and SteerVec then act on the
+        first `positions` tokens (the prompt, as in training) and let every later position pass through
+        unchanged, whether a pass holds the whole sequence (no cache) or only the new token (pos >= P).
+        DynScalar is not tied to positions and acts on every position. Training and evaluation call
+        the intervention itself, which still refuses other lengths."""
         if self.positions is None:
             return self
+        P = self.positions
 
-        def prompt_only(site, layer, h, pos=None):   # h (B, T, ...), T >= positions
-            P = self.positions
-            if site not in self.sites or h.shape[1] <= P:
-                return self(site, layer, h, pos)     # the prompt alone (a shorter one is refused)
-            return torch.cat((self(site, layer, h[:, :P]), h[:, P:]), dim=1)
+        def prompt_only(site, layer, h, pos=None):
+            if site not in self.sites:
+                return h
+            if pos is None:                          # h (B, T, ...) at positions 0 ... T-1
+                if h.shape[1] <= P:
+                    return self(site, layer, h)      # the prompt alone (a shorter one is refused)
+                pos = torch.arange(h.shape[1], device=h.device)[None]
+            steered = self(site, layer, h, pos.clamp(max=P - 1))
+            prompt = (pos < P).view(*pos.shape, *[1] * (h.dim() - 2))  # (B or 1, T, 1[, 1])
+            return torch.where(prompt, steered, h)
 
+        prompt_only.takes_positions = True           # GPT.generate may then use its KV cache
         return prompt_only
 
     def extra_repr(self) -> str:
@@ -117,9 +126,9 @@ class ActivScalar(Scaling):
 
     def scale(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
         """α of every location of this site and layer: (T,) or (T, nh), shared by the batch;
-        with pos (B,): (B, 1) or (B, 1, nh), the α of each row's position."""
+        with pos (B or 1, T): (B or 1, T) or (B or 1, T, nh), the α of each row's position."""
         alpha = self.alpha[site][layer]
-        return alpha if pos is None else alpha[pos].unsqueeze(1)
+        return alpha if pos is None else alpha[pos]
 
     def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
         """What each location does, for the heatmap: β·α, (L, T) or (L, T, nh) per site."""
@@ -138,7 +147,7 @@ class SteerVec(Intervention):
     def apply(self, site, layer, h, pos=None):
         v = self.v[site][layer]                                     # (T, ...)
         if pos is not None:
-            v = v[pos].unsqueeze(1)                                 # (B, 1, ...): each row's position
+            v = v[pos]                                              # (B or 1, T, ...): each row's position
         return h + (self.beta * v).to(h.dtype)                      # (B, T, ...) + (T, ...)
 
     def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
@@ -494,49 +503,101 @@ def _location_shape(model, site: str, T: int) -> tuple[int, ...]:
     return (cfg.n_layer, T, cfg.n_head) if site == "head" else (cfg.n_layer, T)
 
 
-def _switch_off(site: str, layer: int, keep: torch.Tensor):
-    """An intervene function for K stacked copies of a batch: h at (site, layer) times keep
-    (K, 1, T[, nh], 1), which is 0 at the location switched off in each copy and 1 elsewhere."""
-    def intervene(s, l, h):
-        if (s, l) != (site, layer):
+def knockout_prompts(model, T: int, sites, flops: float = KNOCKOUT_FLOPS) -> int:
+    """How many prompts of T tokens the knockout map of these sites affords within `flops`. Location
+    (l, p) recomputes layers l ... L-1 at positions p ... T-1 (see knockout), at about 2 FLOPs per block
+    parameter per layer and position, so one prompt costs (locations per layer and position) x
+    Σ_l (L - l) x Σ_p (T - p) x 2 x (parameters of a block). SmolLM2-135M, CCC (T = 18), attn_out and
+    mlp_out: 1.1 TFLOP a prompt, so 22 prompts; the toy world affords all of its 300."""
+    L, nh = model.config.n_layer, model.config.n_head
+    per_location = 2 * sum(p.numel() for p in model.h[0].parameters()) * L * (L + 1) / 2 * T * (T + 1) / 2
+    return max(1, int(flops // (per_location * sum(nh if s == "head" else 1 for s in check_sites(sites)))))
+
+
+def spread(batch: Batch, n: int | None) -> Batch:
+    """At most n of the prompts (all when n is None), evenly spaced over the set, so that a capped set
+    still covers the whole of a set sorted by country or name."""
+    if n is None or n >= len(batch):
+        return batch
+    return batch[torch.linspace(0, len(batch) - 1, n, device=batch.ids.device).round().long()]
+
+
+def _switch_off(layer: int, p: int, off: dict[str, torch.Tensor]):
+    """An intervene function for K stacked copies of a batch of b prompts (copy k: rows k·b ... k·b+b-1):
+    copy k multiplies h at (layer, position p) by 0 where off[site][k] (K, 1[, nh], 1) is 1, i.e. at
+    its site (and head). pos says where h's rows are (a pass that starts at p; the answer rows)."""
+    def intervene(site, l, h, pos=None):
+        if l != layer or site not in off:
             return h
-        return (h.view(keep.shape[0], -1, *h.shape[1:]) * keep.to(h.dtype)).view(h.shape)  # (K·b, T, ...)
+        if pos is None:
+            pos = torch.arange(h.shape[1], device=h.device)[None]
+        at_p = (pos == p).view(*pos.shape, *[1] * (h.dim() - 2))             # (1 or K·b, T, 1[, 1])
+        drop = off[site].repeat_interleave(len(h) // len(off[site]), dim=0)  # (K·b, 1[, nh], 1)
+        return h * (1 - at_p * drop).to(h.dtype)
     return intervene
 
 
 @torch.no_grad()
-def knockout(model, batch: Batch, sites, max_sequences: int = 256, progress: bool = True) -> dict[str, torch.Tensor]:
+def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: int | None = None,
+             progress: bool = True) -> dict[str, torch.Tensor]:
     """The knockout map: for every location (site, layer, position[, head]), switch that one activation
     off (α = -1 there, nothing else) and record the change of the mean logit difference toward the
     target, mean over prompts of ℓ̃(t) - ℓ̃(o) minus the original ℓ(t) - ℓ(o).
     Returns {site: (L, T) or (L, T, nh)}: negative where the location supports the target.
 
-    The prompts must share one length (positions are locations). Batched: for one (site, layer), K
-    copies of a chunk of prompts go through the model at once, copy k with location k switched off
-    (at most max_sequences sequences a forward pass); layers x positions x sites passes in all."""
+    The prompts must share one length (positions are locations); at most max_prompts of them are used,
+    evenly spread (None: as many as KNOCKOUT_FLOPS affords, `knockout_prompts`).
+
+    Switching off (layer l, position p) changes nothing below layer l and, as attention is causal,
+    nothing before position p. So one clean pass keeps every layer's input and its keys and values,
+    and each location recomputes only layers l ... L-1 at positions p ... T-1, the clean keys and
+    values of positions < p serving as their past (gpt2.GPT.blocks): on average about a quarter of a
+    full pass. ℓ̃(t) - ℓ̃(o) is one dot product with the difference of the two unembedding rows.
+    Batched: all locations at one (layer, position), every site and head, go through at once as K
+    copies of a chunk of prompts (at most max_sequences sequences a pass); layers x positions passes."""
     from tqdm import tqdm
-    N, T = batch.ids.shape
+    T = batch.ids.shape[1]
     if not bool((batch.answer_pos == T - 1).all()):
         raise UserError("the knockout map needs prompts of one length (positions are locations); "
                         "use the fixed-length prompts of activscalar or steervec")
-    sites = check_sites(sites)
+    sites, cfg = check_sites(sites), model.config
+    batch = spread(batch, knockout_prompts(model, T, sites) if max_prompts is None else max_prompts)
+    n, device = len(batch), batch.ids.device
     maps = {s: torch.zeros(_location_shape(model, s, T)) for s in sites}
-    jobs = [(s, l) for s in sites for l in range(model.config.n_layer)]
-    for site, layer in tqdm(jobs, desc="knockout", unit="layer", disable=not progress):
-        n_loc = maps[site][layer].numel()                                  # T, or T·nh for head
-        prompts = max(1, min(N, max_sequences))
-        locs = max(1, max_sequences // prompts)
-        for k0 in range(0, n_loc, locs):
-            K = min(locs, n_loc - k0)
-            keep = torch.ones(K, n_loc, device=batch.ids.device)
-            keep[torch.arange(K), torch.arange(k0, k0 + K)] = 0            # copy k: location k0 + k off
-            off = _switch_off(site, layer, keep.view(K, 1, *maps[site][layer].shape, 1))
-            for i in range(0, N, prompts):
-                mb = batch[i:i + prompts]
-                logits = model(mb.ids.repeat(K, 1), intervene=off, at=mb.answer_pos.repeat(K)).float()
-                lt, lo = logits.gather(1, mb.answers.repeat(K, 1)).unbind(1)  # (K·b,)
-                effect = (lt - lo).view(K, -1) - mb.diff_before               # (K, b)
-                maps[site][layer].view(-1)[k0:k0 + K] += effect.sum(1).cpu() / N
+    variants = [(s, h) for s in sites for h in (range(cfg.n_head) if s == "head" else [None])]
+    off = {s: torch.zeros(len(variants), 1, *((cfg.n_head,) if s == "head" else ()), 1, device=device) for s in sites}
+    for k, (s, h) in enumerate(variants):
+        off[s][k, 0, ..., 0] = 1 if h is None else torch.arange(cfg.n_head, device=device) == h
+
+    inputs = [model.embed(batch.ids)]   # inputs[l]: the clean residual stream entering layer l, (n, T, D)
+
+    def keep(site, layer, h):           # the stream after layer l is the input of layer l + 1
+        if site == "resid":
+            inputs.append(h)
+        return h
+
+    _, kv = model.blocks(inputs[0], intervene=keep)                       # kv[l]: layer l's clean (k, v)
+    W = model.lm_head.weight
+    u = W[batch.answers[:, 0]] - W[batch.answers[:, 1]]                   # (n, D): ℓ(t) - ℓ(o) = ln_f(x) · u
+    clean = (model.ln_f(inputs[-1][:, -1]) * u).sum(-1)                  # (n,)
+    b = max(1, min(n, max_sequences))                                     # prompts a pass
+    K_max = max(1, max_sequences // b)                                    # locations a pass
+    L = cfg.n_layer  # the last layer's outputs before the answer reach nothing read: their effect is exactly 0
+    jobs = [(l, p) for l in range(L) for p in range(T) if l < L - 1 or p == T - 1]
+    for layer, p in tqdm(jobs, desc="knockout", unit="layer-position", disable=not progress):
+        for k0 in range(0, len(variants), K_max):
+            K = min(K_max, len(variants) - k0)
+            stop = _switch_off(layer, p, {s: o[k0:k0 + K] for s, o in off.items()})
+            for i in range(0, n, b):
+                rows = slice(i, i + b)
+                x = inputs[layer][rows, p:].repeat(K, 1, 1)                           # (K·b, T-p, D)
+                past = [(k[rows, :, :p].repeat(K, 1, 1, 1), v[rows, :, :p].repeat(K, 1, 1, 1)) for k, v in kv[layer:]]
+                at = torch.full((len(x),), T - 1, device=device)
+                out, _ = model.blocks(x, layer, past, stop, at)                      # (K·b, 1, D)
+                diff = (model.ln_f(out[:, 0]) * u[rows].repeat(K, 1)).sum(-1)        # (K·b,) ℓ̃(t) - ℓ̃(o)
+                effect = (diff.view(K, -1) - clean[rows]).sum(1).cpu() / n           # (K,)
+                for (s, h), e in zip(variants[k0:k0 + K], effect, strict=True):
+                    maps[s][(layer, p) if h is None else (layer, p, h)] += e
     return maps
 
 

@@ -3,7 +3,7 @@ How fast is one training step of ActivScalar here, against the way most steering
 (transformers plus forward hooks), and against what the hardware can do?
 
     python bench.py                         # CPU, float32: GPT-2-small and Pythia-160m sizes, batch 32
-    python bench.py --models qwen2.5-0.5b   # a Llama-family row (also llama-3.2-1b)
+    python bench.py --models qwen2.5-0.5b   # a Llama-family row (also llama-3.2-1b, smollm2-135m)
     python bench.py --device cuda           # a GPU, bfloat16
     python bench.py --tiny --steps 2        # tiny sizes, seconds (the smoke test)
 
@@ -85,6 +85,10 @@ SIZES = {
                                    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
                                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                     "original_max_position_embeddings": 8192})),
+    "smollm2-135m": ("llama", dict(vocab_size=49152, max_position_embeddings=8192, hidden_size=576,
+                                   num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                   intermediate_size=1536, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 100000.0})),
 }
 TINY = {
     "gpt2": dict(vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0),
@@ -97,6 +101,8 @@ TINY = {
                          rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                           "original_max_position_embeddings": 32}),
+    "smollm2-135m": dict(vocab_size=512, max_position_embeddings=64, hidden_size=72, num_hidden_layers=2,
+                         num_attention_heads=9, num_key_value_heads=3, intermediate_size=128),  # heads 9 / 3 still
 }
 HF_CLASSES = {"gpt2": ("GPT2LMHeadModel", "GPT2Config"), "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig"),
               "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"), "llama": ("LlamaForCausalLM", "LlamaConfig")}

@@ -28,6 +28,8 @@ Sites (SPEC.md): `model(idx, intervene=fn)` calls `fn(site, layer, h)` and uses 
     resid     (B, T, D)       residual stream after the whole block
 in this order within each layer, layers in order. (One exception, for speed: with `at=` and an
 intervention that sets `takes_positions`, the last layer runs only at the read positions; see GPT.forward.)
+Where h's rows are not positions 0 ... T-1 (that shortcut, or a KV-cached pass: GPT.blocks), the call is
+fn(site, layer, h, pos=pos), pos (B or 1, T) the position of each row of h.
 hs is the head size cfg.head_dim: n_embd // n_head, except where a config sets it (Qwen3).
 """
 
@@ -99,9 +101,9 @@ def llama3_frequencies(inv_freq, factor, low_freq_factor, high_freq_factor, old_
     return torch.where(fast, inv_freq, torch.where(slow, inv_freq / factor, blended))
 
 
-def rotary(T: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (T, dim) for rotary position embeddings, computed in float32."""
-    angles = torch.outer(torch.arange(T, device=inv_freq.device).float(), inv_freq)  # (T, dim/2)
+def rotary(T: int, inv_freq: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (T, dim) for rotary position embeddings at positions start ... start+T-1, in float32."""
+    angles = torch.outer(torch.arange(start, start + T, device=inv_freq.device).float(), inv_freq)  # (T, dim/2)
     angles = torch.cat((angles, angles), dim=-1)                                      # (T, dim)
     return angles.cos(), angles.sin()
 
@@ -144,9 +146,12 @@ class CausalSelfAttention(nn.Module):
         if cfg.qk_norm:  # Qwen3: each head's q and k are normalised before the rotation
             self.q_norm, self.k_norm = norm(cfg, cfg.head_dim), norm(cfg, cfg.head_dim)
 
-    def forward(self, x, layer, rope, intervene, at=None):
-        """x (B, T, D) -> (B, T, D); with `at` (B,) -> (B, 1, D), the output at those positions only
-        (queries there, keys and values from every position)."""
+    def forward(self, x, site, rope=None, at=None, past=None):
+        """x (B, T, D) at positions start ... start+T-1 -> (B, T, D), and this layer's keys and values of all
+        positions 0 ... start+T-1, (k, v) each (B, nkv, start+T, hs): after the rotation, before GQA's repetition.
+        past: the (k, v) of positions 0 ... start-1 from an earlier call, each (B, nkv, start, hs); none: start 0.
+        With `at` (B,) -> (B, 1, D), the output at those positions only (queries there, keys and values from
+        every position). site(name, h) -> h is the intervention at this layer (the head site)."""
         B, T, D = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split((nh * hs, nkv * hs, nkv * hs), dim=2)  # (B, T, nh·hs), k, v (B, T, nkv·hs)
@@ -156,18 +161,23 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))            # (B, nh, T, hs), k, v (B, nkv, T, hs)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if past is not None:  # the earlier positions' keys and values, computed once (KV cache)
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)  # (B, nkv, S, hs), S = start + T
+        kv, S = (k, v), k.shape[2]
+        start = S - T
         if nkv != nh:  # grouped-query attention: key/value head j serves query heads j·nh/nkv ... (j+1)·nh/nkv - 1
-            k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, T, hs)
-        if at is None:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        else:  # one query per prompt, the one at `at`; it may look at keys 0 ... at
-            q = q[torch.arange(B, device=x.device), :, at, None]            # (B, nh, 1, hs)
-            sees = torch.arange(T, device=x.device) <= at[:, None]           # (B, T)
+            k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
+        if at is not None:  # one query per prompt, the one at `at`; it may look at keys 0 ... at
+            q = q[torch.arange(B, device=x.device), :, at - start, None]    # (B, nh, 1, hs)
+            sees = torch.arange(S, device=x.device) <= at[:, None]           # (B, S)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=sees[:, None, None])  # (B, nh, 1, hs)
-        z = z.transpose(1, 2)                                       # (B, T or 1, nh, hs)
-        if intervene is not None:
-            z = intervene("head", layer, z) if at is None else intervene("head", layer, z, pos=at)
-        return self.c_proj(z.reshape(B, -1, nh * hs))              # (B, T or 1, D)
+        elif start == 0:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        else:  # the query at position start + i may look at keys 0 ... start + i
+            sees = torch.arange(S, device=x.device) <= torch.arange(start, S, device=x.device)[:, None]  # (T, S)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=sees)  # (B, nh, T, hs)
+        z = site("head", z.transpose(1, 2))                         # (B, T or 1, nh, hs)
+        return self.c_proj(z.reshape(B, -1, nh * hs)), kv          # (B, T or 1, D)
 
 
 class MLP(nn.Module):
@@ -194,18 +204,24 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.parallel = cfg.parallel_residual
 
-    def forward(self, x, layer, rope=None, intervene=None, at=None):
-        """x (B, T, D) -> (B, T, D); with `at` (B,) -> (B, 1, D), the block's output at those positions."""
+    def forward(self, x, layer, rope=None, intervene=None, at=None, past=None, pos=None):
+        """x (B, T, D) -> (B, T, D) and this layer's keys and values (see CausalSelfAttention); with `at` (B,)
+        -> (B, 1, D), the block's output at those positions. pos: the positions interventions are told (GPT.blocks)."""
+        if at is not None:
+            pos = at[:, None]                                       # (B, 1): row b is position at[b]
+
         def site(name, h):
             if intervene is None:
                 return h
-            return intervene(name, layer, h) if at is None else intervene(name, layer, h, pos=at)
+            return intervene(name, layer, h) if pos is None else intervene(name, layer, h, pos=pos)
 
-        a = site("attn_out", self.attn(self.ln_1(x), layer, rope, intervene, at))   # (B, T or 1, D)
+        a, kv = self.attn(self.ln_1(x), site, rope, at, past)
+        a = site("attn_out", a)                                     # (B, T or 1, D)
         if at is not None:
-            x = x[torch.arange(len(x), device=x.device), at, None]  # (B, 1, D): the residual there
+            start = kv[0].shape[2] - x.shape[1]
+            x = x[torch.arange(len(x), device=x.device), at - start, None]  # (B, 1, D): the residual there
         m = site("mlp_out", self.mlp(self.ln_2(x if self.parallel else x + a)))  # Pythia reads x, GPT-2 x + a
-        return site("resid", x + a + m)
+        return site("resid", x + a + m), kv
 
 
 class GPT(nn.Module):
@@ -228,48 +244,84 @@ class GPT(nn.Module):
         keys and values at every position but everything else only at `at`. It does so when there is
         no `intervene`, or when `intervene.takes_positions` is true: its last-layer sites then get
         h of shape (B, 1, ...), row b being position at[b], and are called as
-        intervene(site, layer, h, pos=at). Any other `intervene` sees every position everywhere."""
-        B, T = idx.shape
-        cfg = self.config
-        if T > cfg.n_ctx:
-            raise UserError(f"prompt has {T} tokens but the model reads at most {cfg.n_ctx}; shorten it")
-        if cfg.sliding_window and T > cfg.sliding_window:
-            raise UserError(f"prompt has {T} tokens but this model attends within a window of {cfg.sliding_window},"
+        intervene(site, layer, h, pos=at[:, None]). Any other `intervene` sees every position everywhere."""
+        skip = at is not None and (intervene is None or getattr(intervene, "takes_positions", False))
+        x, _ = self.blocks(self.embed(idx), intervene=intervene, at=at if skip else None)  # (B, T or 1, D)
+        if at is not None:
+            x = x[:, 0] if skip else x[torch.arange(len(idx), device=idx.device), at]   # (B, D): the positions read
+        return self.lm_head(self.ln_f(x))                           # (B, [T,] V)
+
+    def embed(self, idx, start: int = 0):
+        """idx (B, T) token ids at positions start ... start+T-1 -> the residual stream entering layer 0, (B, T, D)."""
+        cfg, end = self.config, start + idx.shape[1]
+        if end > cfg.n_ctx:
+            raise UserError(f"prompt has {end} tokens but the model reads at most {cfg.n_ctx}; shorten it")
+        if cfg.sliding_window and end > cfg.sliding_window:
+            raise UserError(f"prompt has {end} tokens but this model attends within a window of {cfg.sliding_window},"
                             " which we do not implement; shorten it")
         x = self.wte(idx)                                           # (B, T, D)
-        rope = None
-        if cfg.rotary_dim:
-            rope = rotary(T, rope_frequencies(cfg, idx.device))
-        else:
-            x = x + self.wpe(torch.arange(T, device=idx.device))    # (B, T, D) + (T, D)
-        skip = at is not None and (intervene is None or getattr(intervene, "takes_positions", False))
-        for layer, block in enumerate(self.h):
-            last = layer == cfg.n_layer - 1
-            x = block(x, layer, rope, intervene, at if skip and last else None)  # (B, T, D), last (B, 1, D)
-        if at is not None:
-            x = x[:, 0] if skip else x[torch.arange(B, device=idx.device), at]   # (B, D): the positions read
-        return self.lm_head(self.ln_f(x))                           # (B, [T,] V)
+        if self.wpe is not None:                                    # learned positions (GPT-2)
+            x = x + self.wpe(torch.arange(start, end, device=idx.device))  # + (T, D)
+        return x
+
+    def blocks(self, x, first: int = 0, past=None, intervene=None, at=None):
+        """Layers first ... L-1 on x (B, T, D), the residual stream entering layer `first` at positions
+        start ... start+T-1. Returns the stream after the last layer, and every layer's keys and values at
+        positions 0 ... start+T-1: a list of (k, v), each (B, nkv, start+T, hs), from layer `first` on.
+
+        past: that list from an earlier call, for the same layers; its length is `start` (none: 0). Only the
+        T new positions are computed, their queries attending to the past keys and values too, so this is the
+        KV cache of GPT.generate; ascale.knockout uses it to recompute only what a knockout can change.
+        Interventions are told where h's rows are whenever they do not start at position 0:
+        intervene(site, layer, h, pos=pos), pos (1, T) the positions start ... start+T-1. With `at` (B,)
+        the last layer runs at those positions only (see forward), its sites getting pos = at[:, None]."""
+        cfg, T = self.config, x.shape[1]
+        start = 0 if past is None else past[0][0].shape[2]
+        rope = rotary(T, rope_frequencies(cfg, x.device), start) if cfg.rotary_dim else None
+        pos = None if start == 0 else torch.arange(start, start + T, device=x.device)[None]  # (1, T)
+        kv = []
+        for i, block in enumerate(self.h[first:]):
+            last = first + i == cfg.n_layer - 1
+            x, layer_kv = block(x, first + i, rope, intervene, at if last else None,
+                                None if past is None else past[i], pos)
+            kv.append(layer_kv)                                     # (B, nkv, start+T, hs) each
+        return x, kv
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, intervene=None):
         """Greedy decoding: append the most likely next token, max_new_tokens times. idx (B, T), every
-        row a whole prompt (no padding). There is no KV cache: each new token is one full forward pass
-        over the sequence so far, so N tokens cost N passes (attention O(N·T²), T the final length).
+        row a whole prompt (no padding).
+
+        KV cache: one pass over the prompt keeps every layer's keys and values (GPT.blocks), then each new
+        token is one pass over its one position, attending to the cached keys and values. N new tokens thus
+        cost the prompt's pass and N one-position passes (attention O(N·T) for the final length T, instead of
+        N passes over the growing sequence and O(N·T²)), and keep 2·L·B·T·n_kv_head·head_dim numbers.
 
         With `intervene`, every pass goes through it; one that has `for_generation()` (ascale's
         interventions) is replaced by what that returns, e.g. a position-tied intervention that acts
-        on the prompt only. Positions must not shift under it, so the window does not slide: the
-        prompt and the new tokens must fit the context together."""
+        on the prompt only. The cached steps tell it the new token's position (pos=, see GPT.blocks), so
+        an intervene without `takes_positions` gets no cache: each token is a full pass over the sequence.
+        Positions must not shift under an intervention, so the window does not slide: the prompt and the
+        new tokens must fit the context together. Without one, a sequence longer than the context slides
+        the window; every token from there on is a full pass over the last n_ctx tokens (no cache)."""
+        cfg = self.config
         if intervene is not None:
-            if idx.shape[1] + max_new_tokens > self.config.n_ctx:
+            if idx.shape[1] + max_new_tokens > cfg.n_ctx:
                 raise UserError(f"a {idx.shape[1]}-token prompt and {max_new_tokens} new tokens exceed the model's"
-                                f" context of {self.config.n_ctx} tokens; generate at most"
-                                f" {max(self.config.n_ctx - idx.shape[1], 0)} tokens")
+                                f" context of {cfg.n_ctx} tokens; generate at most {max(cfg.n_ctx - idx.shape[1], 0)}"
+                                " tokens")
             if hasattr(intervene, "for_generation"):
                 intervene = intervene.for_generation()
+        cached = intervene is None or getattr(intervene, "takes_positions", False)
+        past, new = None, idx                                       # new: the tokens the cache has not seen
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.config.n_ctx:], intervene=intervene)[:, -1]  # (B, V)
-            idx = torch.cat((idx, logits.argmax(-1, keepdim=True)), dim=1)
+            if cached and idx.shape[1] <= cfg.n_ctx:
+                x, past = self.blocks(self.embed(new, idx.shape[1] - new.shape[1]), past=past, intervene=intervene)
+                logits = self.lm_head(self.ln_f(x[:, -1]))          # (B, V)
+            else:
+                logits = self(idx[:, -cfg.n_ctx:], intervene=intervene)[:, -1]
+            new = logits.argmax(-1, keepdim=True)                   # (B, 1)
+            idx = torch.cat((idx, new), dim=1)
         return idx
 
     @classmethod

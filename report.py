@@ -96,14 +96,21 @@ def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
 # ----------------------------------------------------------------------------- knockout check
 
 
-def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, title: str) -> dict:
+def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, title: str,
+                   max_prompts: int | None = None) -> dict:
     """Compute the knockout map and the attribution once for the sites of `runs` ({method: (iv, run
     folder)}, interventions on these prompts), compare each intervention with it, and write its
-    knockout.png and the "knockout" entry of its metrics.json. Returns {method: agreement numbers}."""
+    knockout.png and the "knockout" entry of its metrics.json. Returns {method: agreement numbers}.
+    All of it on at most max_prompts of the prompts, evenly spread (None: as many as the knockout map
+    affords within ascale.KNOCKOUT_FLOPS); the figure and the entry (n_prompts) say how many."""
     sites = list(dict.fromkeys(s for iv, _ in runs.values() for s in iv.sites))
+    if max_prompts is None:
+        max_prompts = ascale.knockout_prompts(model, batch.ids.shape[1], sites)
+    n_all, batch = len(batch), ascale.spread(batch, max_prompts)
+    used = f"{len(batch)} of {n_all} training prompts"
     print(f"knockout map: {len(sites)} site(s) x {model.config.n_layer} layers x {batch.ids.shape[1]} positions,"
-          f" {len(batch)} training prompts")
-    effects = ascale.knockout(model, batch, sites)
+          f" {used}")
+    effects = ascale.knockout(model, batch, sites, max_prompts=len(batch))
     estimate = {s: -g for s, g in ascale.attribution(model, batch, sites).items()}  # linear estimate of knockout
     out = {}
     for method, (iv, folder) in runs.items():
@@ -113,8 +120,10 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
             agree["sign_agreement"] = float("nan")
         agree["attribution_spearman"] = ascale.agreement(estimate, effects)["spearman"]
         agree = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in agree.items()}  # JSON: null
+        agree["n_prompts"] = len(batch)
         out[method] = agree
-        plot_knockout(folder / "knockout.png", tokens, effects, estimate, acts, agree, f"{method} · {title}")
+        plot_knockout(folder / "knockout.png", tokens, effects, estimate, acts, agree,
+                      f"{method} · {title} · knockout over {used}")
         metrics_file = folder / "metrics.json"
         if metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())

@@ -101,12 +101,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " the first 3 test prompts (or --show's number) greedily by N tokens, without and with the"
                    " intervention, and print both. ActivScalar and SteerVec act on the prompt positions they were"
                    " trained for and let the generated positions pass through unchanged; DynScalar acts on every"
-                   " position. No KV cache: N tokens cost N forward passes over the growing sequence (default: 0)")
+                   " position. With a KV cache: the prompt is read once, then each new token is a pass over its one"
+                   " position (default: 0)")
     p.add_argument("--knockout", action="store_true", help="after training, check the heatmap against a knockout"
                    " map: switch each location off in turn over the training prompts and compare (analyze.py"
-                   " knockout); writes knockout.png and a knockout entry in metrics.json. Costs layers x positions x"
-                   " sites passes over the training prompts: seconds on the toy world, minutes for GPT-2 on a CPU;"
-                   " needs one prompt length (not --method dynscalar)")
+                   " knockout); writes knockout.png and a knockout entry in metrics.json. Each location recomputes"
+                   " only the layers and positions it can change, over as many training prompts (evenly spread) as"
+                   f" a budget of {ascale.KNOCKOUT_FLOPS:.2g} FLOPs affords, which the figure and metrics.json say:"
+                   " all of them on the toy world (seconds), 22 of SmolLM2-135M's 125 CCC prompts (minutes on a"
+                   " CPU); needs one prompt length (not --method dynscalar)")
     p.add_argument("--eval", metavar="FILE", help="evaluate a saved intervention.safetensors instead of training:"
                    " its method and sites are the file's, and so are model, task, target and seed unless given;"
                    " prints the table (and --show, --generate), writes nothing")

@@ -28,8 +28,10 @@ def run(tmp_path_factory, tiktoken_cache):
 def test_knockout_of_a_saved_run(run, capsys):
     _, _, out = run
     assert analyze.main(["knockout", str(out / "intervention.safetensors")]) == 0
-    agree = json.loads((out / "metrics.json").read_text())["knockout"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    agree = metrics["knockout"]
     assert {"spearman", "large_active", "sign_agreement", "attribution_spearman", "n_large"} <= set(agree)
+    assert agree["n_prompts"] == metrics["train"]["n_prompts"]  # a tiny model affords them all (and says so)
     assert -1 <= agree["spearman"] <= 1
     assert (out / "knockout.png").read_bytes()[:4] == b"\x89PNG"
     assert "Spearman(|β·α|, |knockout|)" in capsys.readouterr().out

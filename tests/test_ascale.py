@@ -141,7 +141,7 @@ def test_generation_at_beta_0_is_plain_generation(model, method):
 
 
 class Recorder:
-    """Wraps what an intervention gives GPT.generate; records (site, layer, h in, h out) at its sites."""
+    """Wraps what an intervention gives GPT.generate; records (site, layer, h in, h out, pos) at its sites."""
 
     def __init__(self, iv):
         self.iv, self.calls = iv, []
@@ -150,10 +150,11 @@ class Recorder:
         inner = self.iv.for_generation()
 
         def record(site, layer, h, pos=None):
-            out = inner(site, layer, h)
+            out = inner(site, layer, h, pos)
             if site in self.iv.sites:
-                self.calls.append((site, layer, h, out))
+                self.calls.append((site, layer, h, out, pos))
             return out
+        record.takes_positions = True  # as ascale's own: GPT.generate may use its KV cache
         return record
 
 
@@ -164,11 +165,17 @@ def test_position_tied_generation_leaves_the_generated_positions_untouched(model
     rec = Recorder(iv)
     out = model.generate(ids, 5, intervene=rec)
     assert out.shape == (2, 13) and torch.equal(out[:, :P], ids)
-    assert {h.shape[1] for _, _, h, _ in rec.calls} == set(range(P, P + 5))  # one full pass per new token
-    for site, layer, h, h_out in rec.calls:
-        assert torch.equal(h_out[:, P:], h[:, P:])                  # generated positions pass through
-        assert torch.equal(h_out[:, :P], iv(site, layer, h[:, :P]))  # the prompt is steered as in training
-        assert not torch.equal(h_out[:, :P], h[:, :P])
+    prompt = [c for c in rec.calls if c[4] is None]                    # the prompt's pass, then one per new token
+    assert prompt and {h.shape[1] for _, _, h, _, _ in prompt} == {P}
+    for site, layer, h, h_out, _ in prompt:
+        assert torch.equal(h_out, iv(site, layer, h))                  # the prompt is steered as in training
+        assert not torch.equal(h_out, h)
+    steps = [c for c in rec.calls if c[4] is not None]
+    assert {(h.shape[1], int(pos)) for _, _, h, _, pos in steps} == {(1, t) for t in range(P, P + 4)}
+    assert all(torch.equal(h_out, h) for _, _, h, h_out, _ in steps)  # generated positions pass through
+    h = torch.randn(2, P + 3, model.config.n_embd)                     # without the cache: the whole sequence
+    h_out = iv.for_generation()("mlp_out", 1, h)
+    assert torch.equal(h_out[:, :P], iv("mlp_out", 1, h[:, :P])) and torch.equal(h_out[:, P:], h[:, P:])
     with pytest.raises(UserError, match="8 positions.*13-token"):    # training and evaluation still refuse
         model(out, intervene=iv)
 
@@ -177,7 +184,7 @@ def test_dynscalar_generation_acts_on_every_position(model):
     ids = prompts(N=2).ids
     rec = Recorder(randomised(model, "dynscalar"))
     model.generate(ids, 4, intervene=rec)
-    assert rec.calls and all(not torch.equal(h_out[:, -1], h[:, -1]) for *_, h, h_out in rec.calls)  # the newest too
+    assert rec.calls and all(not torch.equal(h_out[:, -1], h[:, -1]) for _, _, h, h_out, _ in rec.calls)  # newest too
 
 
 def test_generation_under_an_intervention_must_fit_the_context(model):

@@ -39,10 +39,11 @@ def test_flop_count_by_hand():
 
 
 def test_bench_llama_family_rows_tiny(capsys):
-    """The Llama-shaped rows (grouped-query attention, SwiGLU, tied; Llama 3's rotary scaling) agree too."""
+    """The Llama-shaped rows (grouped-query attention, SwiGLU, tied; Llama 3's rotary scaling; SmolLM2's 9 / 3 heads)
+    agree too."""
     results = bench.main(["--tiny", "--device", "cpu", "--batch-size", "4", "--steps", "1", "--warmup", "2",
-                          "--models", "qwen2.5-0.5b,llama-3.2-1b"])
-    assert [r["model"] for r in results] == ["qwen2.5-0.5b", "llama-3.2-1b"]
+                          "--models", "qwen2.5-0.5b,llama-3.2-1b,smollm2-135m"])
+    assert [r["model"] for r in results] == ["qwen2.5-0.5b", "llama-3.2-1b", "smollm2-135m"]
     for r in results:
         assert abs(r["first_step_loss"]["ours"] - r["first_step_loss"]["baseline"]) < 1e-4
         assert r["ours"]["flops"] < r["baseline"]["flops"]

@@ -236,7 +236,7 @@ def test_last_layer_at_read_positions_only(tmp_path, model_type):
 
         def __call__(self, s, l, h, pos=None):
             self.seen.append((s, l, h.shape[1]))
-            a = scalars[s][l] if pos is None else scalars[s][l][pos].unsqueeze(1)
+            a = scalars[s][l] if pos is None else scalars[s][l][pos]  # pos (B, 1): row b at pos[b, 0]
             return h * (1 + a).unsqueeze(-1)
 
     rows = Rows()
