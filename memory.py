@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import checkpoints
 import tasks
 import toyworld
 from gpt2 import GPT, GPTConfig
@@ -37,7 +38,7 @@ TOYWORLD = ROOT / "models" / "toyworld"
 def write_model(folder: Path, vocab: int) -> None:
     """A random model of the toy world's shape with a vocabulary of `vocab` tokens, in the Hub's layout."""
     config = {**json.loads((TOYWORLD / "config.json").read_text()), "vocab_size": vocab}
-    model = GPT(GPTConfig.from_hf(config))
+    model = GPT(GPTConfig(**checkpoints.config_from_hf(config)))
     toyworld.init_weights(model, seed=0)
     toyworld.save(model, TOYWORLD / "tokenizer.json", folder)
 

@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=1.0, help="strength dial at evaluation: the learned intervention"
                    " times beta; 0 is the original model, -1 reverses it (training always uses 1) (default: 1)")
     p.add_argument("--lr", type=float, default=ascale.LR, help=f"Adam learning rate (default: {ascale.LR})")
+    p.add_argument("--schedule", default="cosine", choices=ascale.SCHEDULES, help="cosine: the learning rate falls"
+                   " from --lr to 0 over the steps, so that the scalars settle (fewer active locations); constant:"
+                   " --lr throughout (default: cosine)")
     p.add_argument("--steps", type=int, default=ascale.STEPS, help="Adam steps, whatever the number of training"
                    f" prompts (default: {ascale.STEPS})")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per training step and per evaluation pass."
@@ -305,7 +308,8 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     iv = ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
     start = time.time()
     curve = ascale.fit(model, iv, batches["train"], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                       lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin, seed=args.seed)
+                       lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin, seed=args.seed,
+                       schedule=args.schedule)
     seconds = time.time() - start
     if curve["interrupted"]:
         print(f"stopped by {curve['stopped_by']} after {curve['steps']} steps: evaluating and saving what was learned")

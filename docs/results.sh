@@ -6,18 +6,23 @@ cd "$(dirname "$0")/.."
 out=runs/toyworld-results
 mkdir -p "$out"
 model=models/toyworld
+# The toy world's results were made with the defaults of their day, before the cosine schedule and the
+# retuning on SmolLM2 (README, "How the defaults were chosen"): a constant lr 0.05 for 300 steps, λM 0.01,
+# margin 2. Every run here passes them, so the README's toy-world numbers stay reproducible.
+old="--schedule constant --steps 300 --lambda-m 0.01 --margin 2"
 
 # 1. The three methods side by side, each checked against the knockout map (CCC and IOI).
 for task in ccc ioi; do
-  python train.py --model $model --task $task --method all --knockout --generate 8 --out "$out/$task-all" --overwrite
+  python train.py --model $model --task $task --method all --knockout --generate 8 --out "$out/$task-all" --overwrite $old
 done
 # 2. DynScalar on all CCC templates (74% copy the context, 26% trust memory: flip pushes both ways),
 #    on prompt lengths it never saw in training, and steered one way (to memory) instead.
-python train.py --model $model --task ccc --method dynscalar --out "$out/ccc-dynscalar" --overwrite
-python train.py --model $model --task ccc --method dynscalar --unseen-lengths --out "$out/ccc-dynscalar-unseen" --overwrite
-python train.py --model $model --task ccc --method dynscalar --target correct --out "$out/ccc-dynscalar-correct" --overwrite
+python train.py --model $model --task ccc --method dynscalar --out "$out/ccc-dynscalar" --overwrite $old
+python train.py --model $model --task ccc --method dynscalar --unseen-lengths --out "$out/ccc-dynscalar-unseen" --overwrite $old
+python train.py --model $model --task ccc --method dynscalar --target correct --out "$out/ccc-dynscalar-correct" --overwrite $old
 # 3. What minimality costs: the λM sweep, the three methods.
-python analyze.py lambda --model $model --task ccc --out "$out/ccc-lambda" --overwrite
+python analyze.py lambda --model $model --task ccc --out "$out/ccc-lambda" --overwrite --schedule constant --steps 300 \
+  --margin 2
 # 4. The strength dial of the CCC ActivScalar run.
 python analyze.py beta "$out/ccc-all/activscalar/intervention.safetensors"
 # 5. How the defaults were chosen: learning rate x steps for ActivScalar at margin 2, then the margin
@@ -26,12 +31,12 @@ for task in ccc ioi; do
   for lr in 0.01 0.02 0.05 0.1; do
     for steps in 100 300 600; do
       python train.py --model $model --task $task --lr $lr --steps $steps --out "$out/tune/$task-lr$lr-s$steps-m2" \
-        --overwrite > /dev/null 2>&1
+        --overwrite --schedule constant --lambda-m 0.01 > /dev/null 2>&1
     done
   done
   for margin in 0 1 3; do
     python train.py --model $model --task $task --margin $margin --out "$out/tune/$task-lr0.05-s300-m$margin" \
-      --overwrite > /dev/null 2>&1
+      --overwrite --schedule constant --steps 300 --lambda-m 0.01 > /dev/null 2>&1
   done
 done
 python - "$out/tune" <<'EOF'

