@@ -41,7 +41,7 @@ echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.secon
 start=$(date +%s)
 python analyze.py knockout "$out/ccc-activscalar/intervention.safetensors"
 echo "knockout check: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.knockout-seconds"
-# 1. CCC: the other two methods on the same prompts.
+# 1. CCC: the other two methods (SteerVec on the same prompts; DynScalar, not tied to positions, on all templates).
 for method in steervec dynscalar; do
   python train.py --model $model --task ccc --method $method --out "$out/ccc-$method" --overwrite
 done
