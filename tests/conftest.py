@@ -282,6 +282,24 @@ def knock_out(site, layer, head=None):
     return fn
 
 
+def zero_output(module, inputs, output):
+    """A transformers forward hook that zeroes a module's output (the first element of a tuple)."""
+    if isinstance(output, tuple):
+        return (torch.zeros_like(output[0]), *output[1:])
+    return torch.zeros_like(output)
+
+
+def assert_knockout_matches_hook(ours, hf, handle, idx, site, layer, head):
+    """transformers with `handle` (a hook that zeroes one site) registered gives the logits of ours with
+    the same site knocked out (knock_out); then the hook is removed, and the knock-out must matter."""
+    with torch.no_grad():
+        expected = hf(idx).logits
+    handle.remove()
+    got = ours(idx, intervene=knock_out(site, layer, head))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert (got - ours(idx)).abs().max() > 1e-3  # the knock-out did something
+
+
 def zero_head_pre_hook(head, hs):
     """A transformers forward pre-hook for the attention output projection: zero one head's slice
     of its input (that head's result), as our `head` site does."""

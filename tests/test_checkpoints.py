@@ -7,7 +7,15 @@ import struct
 
 import pytest
 import torch
-from conftest import LLAMA3_ROPE, knock_out, save_checkpoint, save_gguf, tiny_hf_model, zero_head_pre_hook
+from conftest import (
+    LLAMA3_ROPE,
+    assert_knockout_matches_hook,
+    save_checkpoint,
+    save_gguf,
+    tiny_hf_model,
+    zero_head_pre_hook,
+    zero_output,
+)
 
 import checkpoints
 from gpt2 import GPT, UserError, rope_frequencies
@@ -84,10 +92,6 @@ def test_llama3_rope_scaling_from_rope_freqs(tmp_path):
     torch.testing.assert_close(from_gguf(idx), from_hub(idx), atol=1e-4, rtol=0)
 
 
-def zero_output(module, inputs, output):
-    return (torch.zeros_like(output[0]), *output[1:]) if isinstance(output, tuple) else torch.zeros_like(output)
-
-
 @pytest.mark.parametrize("site", ["attn_out", "mlp_out", "head", "resid"])
 def test_gguf_sites_knocked_out_match_transformers_hooks(tmp_path, site):
     """On a permuted Llama file: a site knocked out in ours = the module's output zeroed in transformers."""
@@ -100,12 +104,7 @@ def test_gguf_sites_knocked_out_match_transformers_hooks(tmp_path, site):
         module = {"attn_out": block.self_attn, "mlp_out": block.mlp, "resid": block}[site]
         handle = module.register_forward_hook(zero_output)
     idx = random_ids()
-    with torch.no_grad():
-        expected = hf(idx).logits
-    handle.remove()
-    got = ours(idx, intervene=knock_out(site, layer, head))
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-    assert (got - ours(idx)).abs().max() > 1e-3
+    assert_knockout_matches_hook(ours, hf, handle, idx, site, layer, head)
 
 
 # ----------------------------------------------------------------------------- bad files

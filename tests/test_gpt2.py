@@ -7,7 +7,15 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, assert_matches_transformers, knock_out, save_checkpoint, tiny_hf_model, zero_head_pre_hook
+from conftest import (
+    ROOT,
+    assert_knockout_matches_hook,
+    assert_matches_transformers,
+    save_checkpoint,
+    tiny_hf_model,
+    zero_head_pre_hook,
+    zero_output,
+)
 
 import gpt2
 from gpt2 import GPT, UserError
@@ -109,12 +117,6 @@ def hf_blocks(hf):
     return hf.transformer.h if hf.config.model_type == "gpt2" else hf.gpt_neox.layers
 
 
-def zero_output(module, inputs, output):
-    if isinstance(output, tuple):
-        return (torch.zeros_like(output[0]), *output[1:])
-    return torch.zeros_like(output)
-
-
 @pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])
 @pytest.mark.parametrize("site", ["attn_out", "mlp_out", "head", "resid"])
 def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, model_type, site):
@@ -130,12 +132,7 @@ def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, model_type, site):
                   "mlp_out": block.mlp, "resid": block}[site]
         handle = module.register_forward_hook(zero_output)
     idx = random_ids()
-    with torch.no_grad():
-        expected = hf(idx).logits
-    handle.remove()
-    got = ours(idx, intervene=knock_out(site, layer, head))
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-    assert (got - ours(idx)).abs().max() > 1e-3  # the knock-out did something
+    assert_knockout_matches_hook(ours, hf, handle, idx, site, layer, head)
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox"])

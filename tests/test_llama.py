@@ -9,11 +9,12 @@ import pytest
 import torch
 from conftest import (
     LLAMA3_ROPE,
+    assert_knockout_matches_hook,
     assert_matches_transformers,
-    knock_out,
     save_checkpoint,
     tiny_hf_model,
     zero_head_pre_hook,
+    zero_output,
 )
 
 import ascale
@@ -100,12 +101,6 @@ def test_logits_at_chosen_positions(tmp_path):
 
 # ----------------------------------------------------------------------------- sites
 
-def zero_output(module, inputs, output):
-    if isinstance(output, tuple):
-        return (torch.zeros_like(output[0]), *output[1:])
-    return torch.zeros_like(output)
-
-
 @pytest.mark.parametrize("name", ["llama3-gqa-rope-scaling-tied", "qwen2-qkv-bias-tied", "qwen3-qk-norm-head-dim"])
 @pytest.mark.parametrize("site", ["attn_out", "mlp_out", "head", "resid"])
 def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, name, site):
@@ -121,12 +116,7 @@ def test_zeroing_a_site_matches_a_transformers_hook(tmp_path, name, site):
         handle = {"attn_out": block.self_attn, "mlp_out": block.mlp, "resid": block}[site].register_forward_hook(
             zero_output)
     idx = random_ids()
-    with torch.no_grad():
-        expected = hf(idx).logits
-    handle.remove()
-    got = ours(idx, intervene=knock_out(site, layer, head))
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-    assert (got - ours(idx)).abs().max() > 1e-3  # the knock-out did something
+    assert_knockout_matches_hook(ours, hf, handle, idx, site, layer, head)
 
 
 def test_sites_have_their_shapes_and_gradients_reach_only_the_scalars(tmp_path):
