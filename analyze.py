@@ -8,10 +8,10 @@ does minimality cost, and what does the strength dial do?
 
 knockout  A reference map that does not depend on the objective: every location (site, layer,
           position[, head]) is switched off in turn (α = -1 there, nothing else) over the training
-          prompts (as many as ascale.KNOCKOUT_FLOPS affords, evenly spread), and the change of the
-          mean logit difference toward the target is recorded (ascale.knockout). Compared with the
+          prompts (as many as knockout.KNOCKOUT_FLOPS affords, evenly spread), and the change of the
+          mean logit difference toward the target is recorded (knockout.knockout). Compared with the
           intervention's β·α: Spearman of |β·α| and |effect|, the share of large-effect locations
-          that are active, and sign agreement (ascale.agreement).
+          that are active, and sign agreement (knockout.agreement).
           Writes knockout.png beside the heatmap and a "knockout" entry into the run's metrics.json.
           `train.py --knockout` does the same right after training.
 lambda    The paper's trade-off: each method trained at several λM, flip rate and KL against active

@@ -10,6 +10,7 @@ Read top to bottom (SPEC.md defines every term):
     3. training        Adam on the intervention's parameters only; the model stays frozen
     4. metrics         flip rate, logit difference before/after, KL, parameters, ℓ1, active locations
     5. save / load     safetensors, with what the intervention was trained for in its metadata
+The checks of where an intervention acts (knockout map, attribution, agreement) are in knockout.py.
 
 A location is (site, layer, position), and also head for the `head` site. An intervention is an
 nn.Module called as `intervene(site, layer, h)` by gpt2.GPT's forward pass; sites it was not given
@@ -34,7 +35,6 @@ TARGETS = ("flip", "wrong", "correct")
 STEPS, LR, LAMBDA_M, MARGIN = 100, 0.05, 0.02, 4.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
 P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
-KNOCKOUT_FLOPS = 2.5e13  # the knockout map's default budget, which caps its prompts: ~4.5 min at 95 GFLOP/s (1 core)
 
 # ----------------------------------------------------------------------------- 1. interventions
 
@@ -490,162 +490,3 @@ def load(path, model) -> tuple[Intervention, dict[str, str]]:
     except RuntimeError as e:
         raise UserError(f"{path}: its tensors do not match its metadata ({str(e).splitlines()[0]})") from None
     return iv.to(model.lm_head.weight.device), meta
-
-
-# ----------------------------------------------------------------------------- 6. checking where it acts
-# A heatmap says where an intervention acts; these say where the behaviour *is*, independently of
-# the objective, so the two can be compared (the paper's open question 2: how do learned scalars
-# compare with activation patching?).
-
-
-def _location_shape(model, site: str, T: int) -> tuple[int, ...]:
-    """Shape of one site's map of locations: (L, T), or (L, T, nh) for `head`."""
-    cfg = model.config
-    return (cfg.n_layer, T, cfg.n_head) if site == "head" else (cfg.n_layer, T)
-
-
-def knockout_prompts(model, T: int, sites, flops: float = KNOCKOUT_FLOPS) -> int:
-    """How many prompts of T tokens the knockout map of these sites affords within `flops`. Location
-    (l, p) recomputes layers l ... L-1 at positions p ... T-1 (see knockout), at about 2 FLOPs per block
-    parameter per layer and position, so one prompt costs (locations per layer and position) x
-    Σ_l (L - l) x Σ_p (T - p) x 2 x (parameters of a block). SmolLM2-135M, CCC (T = 18), attn_out and
-    mlp_out: 1.1 TFLOP a prompt, so 22 prompts; the toy world affords all of its 300."""
-    L, nh = model.config.n_layer, model.config.n_head
-    per_location = 2 * sum(p.numel() for p in model.h[0].parameters()) * L * (L + 1) / 2 * T * (T + 1) / 2
-    return max(1, int(flops // (per_location * sum(nh if s == "head" else 1 for s in check_sites(sites)))))
-
-
-def spread(batch: Batch, n: int | None) -> Batch:
-    """At most n of the prompts (all when n is None), evenly spaced over the set, so that a capped set
-    still covers the whole of a set sorted by country or name."""
-    if n is None or n >= len(batch):
-        return batch
-    return batch[torch.linspace(0, len(batch) - 1, n, device=batch.ids.device).round().long()]
-
-
-def _switch_off(layer: int, p: int, off: dict[str, torch.Tensor]):
-    """An intervene function for K stacked copies of a batch of b prompts (copy k: rows k·b ... k·b+b-1):
-    copy k multiplies h at (layer, position p) by 0 where off[site][k] (K, 1[, nh], 1) is 1, i.e. at
-    its site (and head). pos says where h's rows are (a pass that starts at p; the answer rows)."""
-    def intervene(site, l, h, pos=None):
-        if l != layer or site not in off:
-            return h
-        if pos is None:
-            pos = torch.arange(h.shape[1], device=h.device)[None]
-        at_p = (pos == p).view(*pos.shape, *[1] * (h.dim() - 2))             # (1 or K·b, T, 1[, 1])
-        drop = off[site].repeat_interleave(len(h) // len(off[site]), dim=0)  # (K·b, 1[, nh], 1)
-        return h * (1 - at_p * drop).to(h.dtype)
-    return intervene
-
-
-@torch.no_grad()
-def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: int | None = None,
-             progress: bool = True) -> dict[str, torch.Tensor]:
-    """The knockout map: for every location (site, layer, position[, head]), switch that one activation
-    off (α = -1 there, nothing else) and record the change of the mean logit difference toward the
-    target, mean over prompts of ℓ̃(t) - ℓ̃(o) minus the original ℓ(t) - ℓ(o).
-    Returns {site: (L, T) or (L, T, nh)}: negative where the location supports the target.
-
-    The prompts must share one length (positions are locations); at most max_prompts of them are used,
-    evenly spread (None: as many as KNOCKOUT_FLOPS affords, `knockout_prompts`).
-
-    Switching off (layer l, position p) changes nothing below layer l and, as attention is causal,
-    nothing before position p. So one clean pass keeps every layer's input and its keys and values,
-    and each location recomputes only layers l ... L-1 at positions p ... T-1, the clean keys and
-    values of positions < p serving as their past (gpt2.GPT.blocks): on average about a quarter of a
-    full pass. ℓ̃(t) - ℓ̃(o) is one dot product with the difference of the two unembedding rows.
-    Batched: all locations at one (layer, position), every site and head, go through at once as K
-    copies of a chunk of prompts (at most max_sequences sequences a pass); layers x positions passes."""
-    from tqdm import tqdm
-    T = batch.ids.shape[1]
-    if not bool((batch.answer_pos == T - 1).all()):
-        raise UserError("the knockout map needs prompts of one length (positions are locations); "
-                        "use the fixed-length prompts of activscalar or steervec")
-    sites, cfg = check_sites(sites), model.config
-    batch = spread(batch, knockout_prompts(model, T, sites) if max_prompts is None else max_prompts)
-    n, device = len(batch), batch.ids.device
-    maps = {s: torch.zeros(_location_shape(model, s, T)) for s in sites}
-    variants = [(s, h) for s in sites for h in (range(cfg.n_head) if s == "head" else [None])]
-    off = {s: torch.zeros(len(variants), 1, *((cfg.n_head,) if s == "head" else ()), 1, device=device) for s in sites}
-    for k, (s, h) in enumerate(variants):
-        off[s][k, 0, ..., 0] = 1 if h is None else torch.arange(cfg.n_head, device=device) == h
-
-    inputs = [model.embed(batch.ids)]   # inputs[l]: the clean residual stream entering layer l, (n, T, D)
-
-    def keep(site, layer, h):           # the stream after layer l is the input of layer l + 1
-        if site == "resid":
-            inputs.append(h)
-        return h
-
-    _, kv = model.blocks(inputs[0], intervene=keep)                       # kv[l]: layer l's clean (k, v)
-    W = model.lm_head.weight
-    u = W[batch.answers[:, 0]] - W[batch.answers[:, 1]]                   # (n, D): ℓ(t) - ℓ(o) = ln_f(x) · u
-    clean = (model.ln_f(inputs[-1][:, -1]) * u).sum(-1)                  # (n,)
-    b = max(1, min(n, max_sequences))                                     # prompts a pass
-    K_max = max(1, max_sequences // b)                                    # locations a pass
-    L = cfg.n_layer  # the last layer's outputs before the answer reach nothing read: their effect is exactly 0
-    jobs = [(l, p) for l in range(L) for p in range(T) if l < L - 1 or p == T - 1]
-    for layer, p in tqdm(jobs, desc="knockout", unit="layer-position", disable=not progress):
-        for k0 in range(0, len(variants), K_max):
-            K = min(K_max, len(variants) - k0)
-            stop = _switch_off(layer, p, {s: o[k0:k0 + K] for s, o in off.items()})
-            for i in range(0, n, b):
-                rows = slice(i, i + b)
-                x = inputs[layer][rows, p:].repeat(K, 1, 1)                           # (K·b, T-p, D)
-                past = [(k[rows, :, :p].repeat(K, 1, 1, 1), v[rows, :, :p].repeat(K, 1, 1, 1)) for k, v in kv[layer:]]
-                at = torch.full((len(x),), T - 1, device=device)
-                out, _ = model.blocks(x, layer, past, stop, at)                      # (K·b, 1, D)
-                diff = (model.ln_f(out[:, 0]) * u[rows].repeat(K, 1)).sum(-1)        # (K·b,) ℓ̃(t) - ℓ̃(o)
-                effect = (diff.view(K, -1) - clean[rows]).sum(1).cpu() / n           # (K,)
-                for (s, h), e in zip(variants[k0:k0 + K], effect, strict=True):
-                    maps[s][(layer, p) if h is None else (layer, p, h)] += e
-    return maps
-
-
-def attribution(model, batch: Batch, sites, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """The first-order estimate of the knockout map: ∂/∂α of the mean logit difference toward the
-    target, at α = 0 (one backward pass). Knocking a location out is α = -1, so its linear estimate is
-    minus this. It is also ActivScalar's first step: at α = 0 the KL and ℓ1 terms have zero gradient,
-    so while every prompt is inside the margin ∂L/∂α = -attribution, and Adam's first step moves each
-    α by lr·sign(attribution). Returns {site: (L, T) or (L, T, nh)}; prompts of one length, batch_size
-    of them at a time (the gradients add up)."""
-    T = batch.ids.shape[1]
-    iv = ActivScalar(model.config, sites, T).to(batch.ids.device)
-    for i in range(0, len(batch), batch_size):
-        mb = batch[i:i + batch_size]
-        lt, lo = model(mb.ids, intervene=iv, at=mb.answer_pos).float().gather(1, mb.answers).unbind(1)
-        ((lt - lo).sum() / len(batch)).backward()
-    return {s: a.grad.detach().cpu() for s, a in iv.alpha.items()}
-
-
-def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman's rank correlation of two 1-D tensors (ties get their average rank)."""
-    def ranks(v):
-        order = v.double().argsort()
-        r = torch.empty_like(order, dtype=torch.float64)
-        r[order] = torch.arange(len(v), dtype=torch.float64)
-        _, inverse = v.unique(return_inverse=True)                  # average the ranks of equal values
-        return (torch.zeros(int(inverse.max()) + 1, dtype=torch.float64).index_add_(0, inverse, r)
-                / torch.bincount(inverse).double())[inverse]
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = (rx.norm() * ry.norm()).item()
-    return (rx @ ry).item() / denom if denom > 0 else float("nan")
-
-
-def agreement(acts: dict[str, torch.Tensor], effects: dict[str, torch.Tensor], threshold: float = ACTIVE,
-              large: float = 1.0) -> dict[str, float]:
-    """How well an intervention's map (β·α per location, e.g. ActivScalar.location_map) agrees with the
-    knockout map, over all locations of all sites:
-        spearman        rank correlation of |β·α| and |knockout effect|
-        large_active    share of the large-effect locations (|effect| >= `large` logits) that are active
-        sign_agreement  share of the active locations where α amplifies what supports the target and
-                        damps what opposes it: sign(α) = -sign(effect)
-    (n_large and n_active count the locations behind the two shares.)"""
-    a = torch.cat([acts[s].float().cpu().flatten() for s in effects])
-    e = torch.cat([effects[s].float().cpu().flatten() for s in effects])
-    active, big = a.abs() >= threshold, e.abs() >= large
-    return {"spearman": spearman(a.abs(), e.abs()),
-            "large_active": active[big].float().mean().item() if big.any() else float("nan"),
-            "sign_agreement": (a.sign() == -e.sign())[active].float().mean().item() if active.any() else float("nan"),
-            "n_large": int(big.sum()), "n_active": int(active.sum()), "n_locations": len(a), "large_effect": large}

@@ -271,7 +271,7 @@ class GPT(nn.Module):
 
         past: that list from an earlier call, for the same layers; its length is `start` (none: 0). Only the
         T new positions are computed, their queries attending to the past keys and values too, so this is the
-        KV cache of GPT.generate; ascale.knockout uses it to recompute only what a knockout can change.
+        KV cache of GPT.generate; knockout.knockout uses it to recompute only what a knockout can change.
         Interventions are told where h's rows are whenever they do not start at position 0:
         intervene(site, layer, h, pos=pos), pos (1, T) the positions start ... start+T-1. With `at` (B,)
         the last layer runs at those positions only (see forward), its sites getting pos = at[:, None]."""

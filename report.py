@@ -6,7 +6,7 @@ it is given (train.py and analyze.py give it a run folder's staging folder, see 
 
     heatmap         one panel per site: layers x positions (or heads), β·α or ‖β·v‖ per location
     knockout_check  the knockout map and its linear estimate, compared with an intervention
-                    (ascale.knockout, ascale.attribution, ascale.agreement): knockout.png and a
+                    (knockout.knockout, knockout.attribution, knockout.agreement): knockout.png and a
                     "knockout" entry in the run's metrics.json
     plot_curves     flip rate and KL against λM (analyze.py lambda) or β (analyze.py beta)
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import ascale
+import knockout
 
 SITE_NAMES = {"head": "attention heads", "attn_out": "attention output", "mlp_out": "MLP output",
               "resid": "residual stream after the block"}
@@ -102,23 +103,23 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
     folder)}, interventions on these prompts), compare each intervention with it, and write its
     knockout.png and the "knockout" entry of its metrics.json. Returns {method: agreement numbers}.
     All of it on at most max_prompts of the prompts, evenly spread (None: as many as the knockout map
-    affords within ascale.KNOCKOUT_FLOPS); the figure and the entry (n_prompts) say how many."""
+    affords within knockout.KNOCKOUT_FLOPS); the figure and the entry (n_prompts) say how many."""
     sites = list(dict.fromkeys(s for iv, _ in runs.values() for s in iv.sites))
     if max_prompts is None:
-        max_prompts = ascale.knockout_prompts(model, batch.ids.shape[1], sites)
-    n_all, batch = len(batch), ascale.spread(batch, max_prompts)
+        max_prompts = knockout.knockout_prompts(model, batch.ids.shape[1], sites)
+    n_all, batch = len(batch), knockout.spread(batch, max_prompts)
     used = f"{len(batch)} of {n_all} training prompts"
     print(f"knockout map: {len(sites)} site(s) x {model.config.n_layer} layers x {batch.ids.shape[1]} positions,"
           f" {used}")
-    effects = ascale.knockout(model, batch, sites, max_prompts=len(batch))
-    estimate = {s: -g for s, g in ascale.attribution(model, batch, sites).items()}  # linear estimate of knockout
+    effects = knockout.knockout(model, batch, sites, max_prompts=len(batch))
+    estimate = {s: -g for s, g in knockout.attribution(model, batch, sites).items()}  # linear estimate of knockout
     out = {}
     for method, (iv, folder) in runs.items():
         acts = location_map(model, iv, batch)
-        agree = ascale.agreement(acts, {s: effects[s] for s in iv.sites})
+        agree = knockout.agreement(acts, {s: effects[s] for s in iv.sites})
         if method == "steervec":       # ‖β·v‖ has no sign
             agree["sign_agreement"] = float("nan")
-        agree["attribution_spearman"] = ascale.agreement(estimate, effects)["spearman"]
+        agree["attribution_spearman"] = knockout.agreement(estimate, effects)["spearman"]
         agree = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in agree.items()}  # JSON: null
         agree["n_prompts"] = len(batch)
         out[method] = agree

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import ascale
+import knockout
 import report
 import runfolder
 from gpt2 import GPT, UserError
@@ -111,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " map: switch each location off in turn over the training prompts and compare (analyze.py"
                    " knockout); writes knockout.png and a knockout entry in metrics.json. Each location recomputes"
                    " only the layers and positions it can change, over as many training prompts (evenly spread) as"
-                   f" a budget of {ascale.KNOCKOUT_FLOPS:.2g} FLOPs affords, which the figure and metrics.json say:"
+                   f" a budget of {knockout.KNOCKOUT_FLOPS:.2g} FLOPs affords, which the figure and metrics.json say:"
                    " all of them on the toy world (seconds), 22 of SmolLM2-135M's 125 CCC prompts (minutes on a"
                    " CPU); needs one prompt length (not --method dynscalar)")
     p.add_argument("--eval", metavar="FILE", help="evaluate a saved intervention.safetensors instead of training:"

@@ -10,6 +10,7 @@ import torch
 from conftest import save_checkpoint, tiny_hf_model
 
 import ascale
+import knockout
 from gpt2 import GPT, SITES
 
 LAYOUTS = {"gpt2": dict(n_layer=3), "gpt_neox": dict(num_hidden_layers=3), "llama": dict(num_hidden_layers=3)}
@@ -114,7 +115,7 @@ def brute_force_knockout(model, batch, sites, max_sequences: int = 256) -> dict[
     """The knockout map as it was computed before the cache: one full forward pass per location (K
     copies of a chunk of prompts at once). The reference of the fast one."""
     N, T = batch.ids.shape
-    maps = {s: torch.zeros(ascale._location_shape(model, s, T)) for s in sites}
+    maps = {s: torch.zeros(knockout._location_shape(model, s, T)) for s in sites}
     for site, layer in [(s, l) for s in sites for l in range(model.config.n_layer)]:
         n_loc = maps[site][layer].numel()
         prompts = max(1, min(N, max_sequences))
@@ -136,7 +137,7 @@ def brute_force_knockout(model, batch, sites, max_sequences: int = 256) -> dict[
 @pytest.mark.parametrize("max_sequences", [256, 7])   # one pass a location; chunks of locations and prompts
 def test_knockout_equals_the_brute_force_map(model, max_sequences):
     batch = ascale.prepare(model, random_prompts(model, N=5, T=6))
-    fast = ascale.knockout(model, batch, SITES, max_sequences=max_sequences, progress=False)
+    fast = knockout.knockout(model, batch, SITES, max_sequences=max_sequences, progress=False)
     slow = brute_force_knockout(model, batch, SITES)
     for site in SITES:
         scale = slow[site].abs().max()
@@ -147,9 +148,9 @@ def test_knockout_equals_the_brute_force_map(model, max_sequences):
 
 def test_knockout_on_capped_prompts_is_the_map_of_those_prompts(model):
     batch = ascale.prepare(model, random_prompts(model, N=9, T=5, seed=1))
-    some = ascale.spread(batch, 4)
+    some = knockout.spread(batch, 4)
     assert some.ids.tolist() == batch.ids[[0, 3, 5, 8]].tolist()   # evenly spaced, first and last included
-    fast = ascale.knockout(model, batch, ["attn_out", "head"], max_prompts=4, progress=False)
+    fast = knockout.knockout(model, batch, ["attn_out", "head"], max_prompts=4, progress=False)
     slow = brute_force_knockout(model, some, ["attn_out", "head"])
     for site in fast:
         torch.testing.assert_close(fast[site], slow[site], atol=1e-4 * slow[site].abs().max().item(), rtol=0)
