@@ -63,6 +63,35 @@ class Intervention(nn.Module):
         self.head_dim = cfg.head_dim  # n_embd // n_head, except in Qwen3
         self.positions = positions
         self.beta = 1.0
+        self.keep = None  # after `restrict`: {site: bool (units)}, the units that may be non-zero
+
+    # A "unit" is what selection (selection.py) keeps or drops: one location for ActivScalar and SteerVec,
+    # one probe (site, layer[, head]) for DynScalar. units(site) has the shape of `effect`'s maps.
+    def effect(self) -> dict[str, torch.Tensor]:
+        """How much each unit can change its activation, per site (the size selection ranks by)."""
+        raise NotImplementedError
+
+    def restrict(self, keep: dict[str, torch.Tensor]) -> None:
+        """Keep only the units where keep[site] is True: the others are set to exactly 0, and `fit` keeps
+        them there (it masks their gradients and zeroes them again after every step)."""
+        self.keep = {s: keep[s].to(self.device) for s in self.sites}
+        self.zero_outside_keep()
+
+    @torch.no_grad()
+    def zero_outside_keep(self, grads: bool = False) -> None:
+        if self.keep is None:
+            return
+        for name, p in self.named_parameters():              # e.g. "alpha.attn_out": (L, T) under keep (L, T)
+            keep = self.keep[name.split(".")[1]]
+            keep = keep.view(*keep.shape, *[1] * (p.dim() - keep.dim())).to(p.dtype)
+            if grads and p.grad is not None:
+                p.grad.mul_(keep)
+            if not grads:
+                p.mul_(keep)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def site_shape(self, site: str) -> tuple[int, ...]:
         """The shape of one activation vector h at a site: (D,), or (nh, hs) for `head`."""
@@ -135,6 +164,10 @@ class ActivScalar(Scaling):
         """What each location does, for the heatmap: β·α, (L, T) or (L, T, nh) per site."""
         return {s: self.beta * a.detach() for s, a in self.alpha.items()}
 
+    def effect(self) -> dict[str, torch.Tensor]:
+        """|α| per location: the activation changes by |α| of its norm."""
+        return {s: a.detach().abs() for s, a in self.alpha.items()}
+
 
 class SteerVec(Intervention):
     """h̃ = h + β·v: one vector v per location (the additive steering baseline)."""
@@ -154,6 +187,10 @@ class SteerVec(Intervention):
     def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
         """‖β·v‖ per location: (L, T) or (L, T, nh) per site."""
         return {s: (self.beta * v.detach()).norm(dim=-1) for s, v in self.v.items()}
+
+    def effect(self) -> dict[str, torch.Tensor]:
+        """‖v‖ per location: how far the activation is moved."""
+        return {s: v.detach().norm(dim=-1) for s, v in self.v.items()}
 
 
 class DynScalar(Scaling):
@@ -175,6 +212,11 @@ class DynScalar(Scaling):
         h = h.float()
         h_hat = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-6)   # (B, T, [nh,] hs|D), unit length
         return (h_hat * self.w[site][layer]).sum(-1) + self.b[site][layer]
+
+    def effect(self) -> dict[str, torch.Tensor]:
+        """‖w‖ + |b| per probe (site, layer[, head]), (L,) or (L, nh): ĥ has unit length, so this is the
+        largest |α(h)| the probe gives any activation (Cauchy-Schwarz), reached where ĥ points along w."""
+        return {s: self.w[s].detach().norm(dim=-1) + self.b[s].detach().abs() for s in self.sites}
 
     def location_map(self, model, ids, batch_size: int = 64) -> dict[str, torch.Tensor]:
         """β·α(h) on prompts ids (N, T) of one length, averaged over them: (L, T) or (L, T, nh) per site."""
@@ -376,8 +418,10 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
                                 f" lower --lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            iv.zero_outside_keep(grads=True)        # a restricted intervention (restrict): dropped units stay 0
             opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps) if schedule == "cosine" else lr
             opt.step()
+            iv.zero_outside_keep()
             for k, v in zip(curve, values, strict=True):
                 curve[k].append(v)
             bar.update()
@@ -393,18 +437,39 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 # ----------------------------------------------------------------------------- 4. metrics
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """The 95 % Wilson score interval of a rate k/n (it stays inside [0, 1] and is honest at 0 and n,
+    where k/n ± z·sqrt(p(1-p)/n) collapses to a point): [lo, hi]. 8 of 10 -> [0.49, 0.94]."""
+    if n == 0:
+        return [0.0, 1.0]
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def bootstrap_mean(x: torch.Tensor, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """The 95 % percentile-bootstrap interval of the mean of x (N,): [lo, hi], over n_boot resamples
+    of the prompts (seeded, so the same numbers every time)."""
+    x = x.double().cpu()
+    idx = torch.randint(0, len(x), (n_boot, len(x)), generator=torch.Generator().manual_seed(seed))
+    lo, hi = torch.quantile(x[idx].mean(1), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return [lo, hi]
+
+
 @torch.no_grad()
 def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
     """SPEC's effectiveness and faithfulness on a prepared prompt set, at iv's current β:
-    flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)), mean ℓ(t) - ℓ(o) before and after, mean KL (nats)."""
+    flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
+    before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
     diff, kl = torch.empty(len(batch), device=batch.ids.device), torch.empty(len(batch), device=batch.ids.device)
     for i in range(0, len(batch), batch_size):
         mb = with_original(model, batch[i:i + batch_size])
         diff[i:i + batch_size], kl[i:i + batch_size] = answer_stats(model(mb.ids, intervene=iv, at=mb.answer_pos)
                                                                     .float(), mb)
-    return {"flip_rate": (diff > 0).float().mean().item(), "kl": kl.mean().item(),
-            "logit_diff_before": batch.diff_before.mean().item(), "logit_diff_after": diff.mean().item(),
-            "n_prompts": len(batch)}
+    flips = int((diff > 0).sum())
+    return {"flip_rate": flips / len(batch), "flip_rate_ci": wilson(flips, len(batch)), "kl": kl.mean().item(),
+            "kl_ci": bootstrap_mean(kl), "logit_diff_before": batch.diff_before.mean().item(),
+            "logit_diff_after": diff.mean().item(), "n_prompts": len(batch)}
 
 
 @torch.no_grad()
