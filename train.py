@@ -36,7 +36,7 @@ import selection
 from gpt2 import GPT, UserError
 
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
-DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0}
+DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0, "answers": "first-token"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What a run folder holds (analyze.py adds beta.json and beta.png): a new run replaces all of them.
 RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "locations.png", "stability.png",
@@ -62,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", help="ccc (country-capital conflict), ioi (indirect object identification), or a .jsonl"
                    ' file with one {"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc;'
                    " with --eval: the file's task)")
+    p.add_argument("--answers", choices=["first-token", "one-token"], help="ccc: compare the two answers by their"
+                   " first tokens where these differ, so capitals of several tokens count too (more countries,"
+                   " tighter intervals), or keep only the countries whose capital is one token; ioi and .jsonl"
+                   " answers are always one token (default: first-token; with --eval: the file's)")
     p.add_argument("--method", default="activscalar", choices=[*ascale.METHODS, "all"],
                    help="activscalar: one scalar per location, h*(1+a); steervec: one vector per location, h+v;"
                    " dynscalar: the scalar is a probe of h, for prompts of any length; all: train the three,"
@@ -228,7 +232,8 @@ def load_prompts(args, tok, fixed_length: bool, device):
     from tasks import load_task
     if args.unseen_lengths and fixed_length:
         raise UserError("--unseen-lengths is for --method dynscalar (position-tied methods need one prompt length)")
-    task = load_task(args.task, tok, seed=args.seed, fixed_length=fixed_length, unseen_lengths=args.unseen_lengths)
+    task = load_task(args.task, tok, seed=args.seed, fixed_length=fixed_length, unseen_lengths=args.unseen_lengths,
+                     answers=args.answers)
     for split in ("train", "test"):
         ps = getattr(task, split)
         setattr(task, split, dataclasses.replace(ps, ids=ps.ids.to(device), answer_pos=ps.answer_pos.to(device),
@@ -342,7 +347,7 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     # puts the staged files in place on Ctrl-C and SIGTERM); once stopped, in place at once (a SIGKILL may follow).
     ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
                 target=args.target, seed=args.seed, fixed_length=int(args.method != "dynscalar"),
-                unseen_lengths=int(args.unseen_lengths))
+                unseen_lengths=int(args.unseen_lengths), answers=args.answers)
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
@@ -410,6 +415,7 @@ def open_saved(args):
     args.target = args.target or meta.get("target") or DEFAULTS["target"]
     args.seed = args.seed if args.seed is not None else int(meta.get("seed") or DEFAULTS["seed"])
     args.unseen_lengths = args.unseen_lengths or meta.get("unseen_lengths") == "1"
+    args.answers = args.answers or meta.get("answers") or "one-token"   # files from before first-token answers
     check_task_file(args.task)
     model, tok = load_model(args)
     iv, meta = ascale.load(args.eval, model)

@@ -17,7 +17,7 @@ CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spa
             ("Cuba", "Havana"), ("Peru", "Lima"), ("China", "Beijing")]
 TEMPLATE = "The capital of {country} is {city}. Q: What is the capital of {country}? A:"
 FLAGS = ["--model", "--revision", "--task", "--method", "--sites", "--target", "--lambda-f", "--lambda-m", "--margin",
-         "--beta", "--lr", "--steps", "--locations", "--runs", "--refit-steps", "--batch-size", "--seed", "--device",
+         "--answers", "--beta", "--lr", "--steps", "--locations", "--runs", "--refit-steps", "--batch-size", "--seed", "--device",
          "--dtype", "--out", "--overwrite", "--show", "--generate", "--eval"]
 
 
