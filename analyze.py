@@ -107,7 +107,7 @@ def run_beta(args) -> None:
         rows = []
         for beta in values:
             iv.beta = beta
-            m = {s: ascale.evaluate(model, iv, batches[s], targs.batch_size) for s in ("train", "test")}
+            m = {s: ascale.evaluate(model, iv, batches[s], targs.eval_batch_size) for s in ("train", "test")}
             rows.append({"method": iv.method, "beta": beta, **per_split(m, ("flip_rate", "kl", "logit_diff_after"))})
         staged = writing.staged(folder)
         report.write_json(staged / "beta.json", {"rows": rows, "command": " ".join(sys.argv)})

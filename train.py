@@ -101,13 +101,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection: N l1 fits, each on a"
                    " bootstrap resample of the training prompts with its own minibatch order, each pruned to the K"
                    " the first one chooses (or --locations); the final intervention is the refit of the locations"
-                   f" that at least {selection.FREQUENCY:.0%} of the fits keep. Writes stability.png (each location's"
+                   f" that at least {selection.FREQUENCY:.0%}% of the fits keep. Writes stability.png (each location's"
                    " selection frequency) and a runs entry in metrics.json (frequencies, Jaccard of the two halves'"
                    " selections, mean and sd over the fits). Costs N times a single run's training (default: 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per training step and per evaluation pass."
-                   " Memory grows with it, not with the number of prompts: the original model's distribution of"
-                   " the other tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise"
-                   " recomputed for each batch, one more forward pass without gradients per step (default: 32)")
+    p.add_argument("--batch-size", type=int, help="prompts per training step and per evaluation pass. Memory"
+                   " grows with it, not with the number of prompts: the original model's distribution of the other"
+                   " tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise recomputed for"
+                   " each batch, one more forward pass without gradients per step (default: training takes all the"
+                   f" prompts at once while such a step costs at most {ascale.FULL_BATCH_FLOPS:.0e} FLOPs, as on the"
+                   " toy world, which takes the minibatch order out of the fit, otherwise 32; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
     p.add_argument("--unseen-lengths", action="store_true", help="dynscalar only: test prompts have token lengths"
@@ -149,8 +151,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "show", "generate", "refit_steps"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         p.error("--batch-size must be >= 1")
+    args.eval_batch_size = args.batch_size or 32
     if args.runs < 1:
         p.error("--runs must be >= 1")
     if args.locations not in ("auto", "all") and not (args.locations.isdigit() and int(args.locations) >= 1):
@@ -277,9 +280,9 @@ def train(args) -> None:
             print(f"  {note}")
         print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
               f" model {args.model} ({model.config.n_layer} layers) on {device}")
-        pref = report_preference(model, task, args.batch_size)
+        pref = report_preference(model, task, args.eval_batch_size)
         # What the objective compares against, computed once per prompt set and shared by all methods.
-        batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.batch_size)
+        batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.eval_batch_size)
                    for split in ("train", "test")}
         results, ivs = {}, {}
         for method in methods:
@@ -351,8 +354,9 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
-    metrics = {"method": method, **measure(model, iv, batches, args.batch_size),
+    metrics = {"method": method, **measure(model, iv, batches, args.eval_batch_size),
                "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
+               "train_batch_size": curve.pop("batch_size", None),
                "interrupted": curve.pop("interrupted"), "stopped_by": curve.pop("stopped_by"),
                "seconds": round(seconds, 2), "loss_curve": curve, **chosen,
                "config": {**vars(args), "method": method}}
@@ -429,8 +433,8 @@ def open_saved(args):
     check_generate(args, model, task)
     print(f"{iv.method} on {','.join(iv.sites)}: task {task.name}, {len(task.train)} train and {len(task.test)}"
           f" test prompts, target {args.target}")
-    report_preference(model, task, args.batch_size)
-    batches = {s: ascale.prepare(model, getattr(task, s), args.target, args.batch_size) for s in ("train", "test")}
+    report_preference(model, task, args.eval_batch_size)
+    batches = {s: ascale.prepare(model, getattr(task, s), args.target, args.eval_batch_size) for s in ("train", "test")}
     return model, tok, iv, task, batches
 
 
@@ -440,7 +444,7 @@ def evaluate_saved(args) -> None:
     model, tok, iv, task, batches = open_saved(args)
     iv.beta = args.beta
     print(f"at beta {args.beta}:")
-    print_table({iv.method: measure(model, iv, batches, args.batch_size)})
+    print_table({iv.method: measure(model, iv, batches, args.eval_batch_size)})
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
     if args.generate:

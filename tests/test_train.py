@@ -17,8 +17,8 @@ CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spa
             ("Cuba", "Havana"), ("Peru", "Lima"), ("China", "Beijing")]
 TEMPLATE = "The capital of {country} is {city}. Q: What is the capital of {country}? A:"
 FLAGS = ["--model", "--revision", "--task", "--method", "--sites", "--target", "--lambda-f", "--lambda-m", "--margin",
-         "--answers", "--beta", "--lr", "--steps", "--locations", "--runs", "--refit-steps", "--batch-size", "--seed", "--device",
-         "--dtype", "--out", "--overwrite", "--show", "--generate", "--eval"]
+         "--answers", "--beta", "--lr", "--steps", "--locations", "--runs", "--refit-steps", "--batch-size", "--seed",
+         "--device", "--dtype", "--out", "--overwrite", "--show", "--generate", "--eval"]
 
 
 def write_task(path, rows):
@@ -464,7 +464,7 @@ def test_a_rerun_never_replaces_a_finished_run_unasked(setup, tmp_path, capsys):
     first = (tmp_path / "run" / "metrics.json").read_bytes()
     capsys.readouterr()
     err = bad(["--model", model, "--task", task, "--steps", "1", "--out", out], capsys)
-    assert "already holds a run (metrics.json, intervention.safetensors, heatmap.png)" in err
+    assert "already holds a run (metrics.json, intervention.safetensors, heatmap.png, locations.png)" in err
     assert "--out NEW_FOLDER" in err and "--overwrite" in err
     assert (tmp_path / "run" / "metrics.json").read_bytes() == first
     assert train.main(["--model", model, "--task", task, "--steps", "2", "--out", out, "--overwrite"]) == 0
