@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
+import parallel
 from gpt2 import SITES, GPTConfig, UserError
 from runfolder import write_atomically
 
@@ -128,7 +129,7 @@ class ActivScalar(Scaling):
     def scale(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
         """α of every location of this site and layer: (T,) or (T, nh), shared by the batch;
         with pos (B or 1, T): (B or 1, T) or (B or 1, T, nh), the α of each row's position."""
-        alpha = self.alpha[site][layer]
+        alpha = self.alpha[site][layer].to(h.device)                # a device map: this layer's device
         return alpha if pos is None else alpha[pos]
 
     def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
@@ -146,7 +147,7 @@ class SteerVec(Intervention):
                                    for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
 
     def apply(self, site, layer, h, pos=None):
-        v = self.v[site][layer]                                     # (T, ...)
+        v = self.v[site][layer].to(h.device)                        # (T, ...), on this layer's device
         if pos is not None:
             v = v[pos]                                              # (B or 1, T, ...): each row's position
         return h + (self.beta * v).to(h.dtype)                      # (B, T, ...) + (T, ...)
@@ -174,7 +175,8 @@ class DynScalar(Scaling):
         """α(h) for every location of the batch: (B, T) or (B, T, nh) for head (pos: not needed)."""
         h = h.float()
         h_hat = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-6)   # (B, T, [nh,] hs|D), unit length
-        return (h_hat * self.w[site][layer]).sum(-1) + self.b[site][layer]
+        w, b = self.w[site][layer].to(h.device), self.b[site][layer].to(h.device)  # a device map's layer device
+        return (h_hat * w).sum(-1) + b
 
     def location_map(self, model, ids, batch_size: int = 64) -> dict[str, torch.Tensor]:
         """β·α(h) on prompts ids (N, T) of one length, averaged over them: (L, T) or (L, T, nh) per site."""
@@ -183,7 +185,7 @@ class DynScalar(Scaling):
 
         def record(site, layer, h):
             if site in self.sites:
-                maps[site][layer] += self.beta * self.scale(site, layer, h).sum(0) / len(ids)
+                maps[site][layer] += (self.beta * self.scale(site, layer, h).sum(0) / len(ids)).to(ids.device)
             return self(site, layer, h)
 
         with torch.no_grad():
@@ -291,6 +293,8 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
         raise UserError(f"prompt {int((c == w).nonzero()[0])} has the same token as correct and wrong answer")
     N, V = len(ids), model.config.vocab_size
     keep = N * V * 4 <= (P_REST_BYTES if p_rest_bytes is None else p_rest_bytes)
+    whole, (ids, pos, c, w) = N, (parallel.shard(t) for t in (ids, pos, c, w))  # data parallel: a share each
+    N = len(ids)
     # Filled in place, chunk by chunk: small tensors kept between large ones would fragment the heap.
     out = Batch(ids, pos, torch.empty(N, 2, dtype=c.dtype, device=device), torch.empty(N, device=device),
                 *((torch.empty(N, V, device=device), torch.empty(N, device=device)) if keep else ()))
@@ -305,20 +309,28 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
         out.diff_before[i:i + batch_size] = lt - lo
         if keep:
             out.p_rest[i:i + batch_size], out.neg_entropy[i:i + batch_size] = rest_distribution(logits, answers)
-    return out
+    return Batch(*(parallel.gather(getattr(out, f.name), whole) for f in fields(out)))  # every share, in order
 
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
-              margin: float = MARGIN) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              margin: float = MARGIN, share: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One step's loss, L = L_E + λF·L_F + λM·L_M (SPEC, "The three-term objective"):
         L_E = mean over prompts of max(0, m - (ℓ̃(t) - ℓ̃(o)))   effectiveness: hinge with margin m
         L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
         L_M = ‖θ‖₁                                           minimality
-    Returns the loss and its three terms (unweighted)."""
+    Returns the loss and its three terms (unweighted).
+    Data parallel (parallel.py): batch is `share` of the minibatch, so L_E and L_F are its sums over the
+    minibatch's size, and L_M counts in rank 0 only: summed over the processes, the terms and gradients
+    are the whole minibatch's (a process may hold no prompt)."""
     batch = with_original(model, batch)                                   # p⁻: kept, or one more forward pass
     logits = model(batch.ids, intervene=iv, at=batch.answer_pos).float()  # (B, V) ℓ̃, answer positions only
     diff, kl = answer_stats(logits, batch)
-    terms = {"L_E": (margin - diff).clamp(min=0).mean(), "L_F": kl.mean(), "L_M": l1(iv)}
+    if parallel.world_size() == 1:
+        terms = {"L_E": (margin - diff).clamp(min=0).mean(), "L_F": kl.mean(), "L_M": l1(iv)}
+    else:
+        weight = share / max(len(batch), 1)
+        terms = {"L_E": (margin - diff).clamp(min=0).sum() * weight, "L_F": kl.sum() * weight,
+                 "L_M": l1(iv) * parallel.is_main()}
     return terms["L_E"] + lambda_f * terms["L_F"] + lambda_m * terms["L_M"], terms
 
 
@@ -357,25 +369,32 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 
     Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted", "stopped_by"}.
     Ctrl-C (or a KeyboardInterrupt raised for a signal, runfolder.signals_interrupt: its message names
-    it) stops training and returns what was learned so far; a loss that is not finite raises UserError."""
+    it) stops training and returns what was learned so far; a loss that is not finite raises UserError.
+    Under torchrun each process takes its share of every minibatch and the gradients are summed
+    (parallel.py): every process takes the same steps, those of one process to float rounding."""
     from tqdm import tqdm
 
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
     draws = minibatches(len(batch), batch_size, torch.Generator().manual_seed(seed))
     curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}
-    bar = tqdm(total=steps, disable=not progress, desc=f"{iv.method}", unit="step")
+    bar = tqdm(total=steps, disable=not progress or not parallel.is_main(), desc=f"{iv.method}", unit="step")
+    stop = parallel.Stop()  # data parallel: Ctrl-C and SIGTERM stop every process after the same step
     try:
         for step in range(1, steps + 1):
+            stop.check()
             idx = next(draws)
             mb = batch if idx is None else batch[idx.to(batch.ids.device)]
-            loss, terms = objective(model, iv, mb, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
-            values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()
+            mine = parallel.shard(mb)                        # data parallel: this process's prompts of it
+            loss, terms = objective(model, iv, mine, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin,
+                                    share=len(mine) / len(mb))
+            values = parallel.total(torch.stack([loss.detach(), *(t.detach() for t in terms.values())])).tolist()
             if not math.isfinite(values[0]):
                 bad = next((k for k, v in zip(terms, values[1:], strict=True) if not math.isfinite(v)), "loss")
                 raise UserError(f"the loss became {values[0]} at step {step} ({bad} is not finite);"
                                 f" lower --lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            parallel.sum_gradients(iv.parameters())          # data parallel: the whole minibatch's gradient
             opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps) if schedule == "cosine" else lr
             opt.step()
             for k, v in zip(curve, values, strict=True):
@@ -386,6 +405,7 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     except KeyboardInterrupt as e:
         stopped_by = str(e) or "Ctrl-C"
     finally:
+        stop.close()
         bar.close()
     return {**curve, "steps": len(curve["loss"]), "interrupted": stopped_by is not None, "stopped_by": stopped_by}
 
@@ -396,12 +416,15 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 @torch.no_grad()
 def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
     """SPEC's effectiveness and faithfulness on a prepared prompt set, at iv's current β:
-    flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)), mean ℓ(t) - ℓ(o) before and after, mean KL (nats)."""
+    flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)), mean ℓ(t) - ℓ(o) before and after, mean KL (nats).
+    Data parallel: each process its share of the prompts, the numbers gathered."""
+    whole, batch = batch, parallel.shard(batch)
     diff, kl = torch.empty(len(batch), device=batch.ids.device), torch.empty(len(batch), device=batch.ids.device)
     for i in range(0, len(batch), batch_size):
         mb = with_original(model, batch[i:i + batch_size])
         diff[i:i + batch_size], kl[i:i + batch_size] = answer_stats(model(mb.ids, intervene=iv, at=mb.answer_pos)
                                                                     .float(), mb)
+    diff, kl, batch = parallel.gather(diff, len(whole)), parallel.gather(kl, len(whole)), whole
     return {"flip_rate": (diff > 0).float().mean().item(), "kl": kl.mean().item(),
             "logit_diff_before": batch.diff_before.mean().item(), "logit_diff_after": diff.mean().item(),
             "n_prompts": len(batch)}
@@ -412,7 +435,9 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
                      batch_size: int = 64) -> float:
     """Number of active locations, averaged over the prompts: locations (site, layer, position
     up to the answer, [head]) where ‖h̃ - h‖ >= threshold·‖h‖. For ActivScalar this is exactly the
-    number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt."""
+    number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt.
+    Data parallel: each process counts on its share of the prompts, the counts summed."""
+    whole, batch = batch, parallel.shard(batch)
     count = torch.zeros((), dtype=torch.long, device=batch.ids.device)   # added to in place (see prepare)
     for i in range(0, len(batch), batch_size):
         mb = batch[i:i + batch_size]
@@ -422,11 +447,12 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
             out = iv(site, layer, h)
             if site in iv.sites:
                 active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
-                count.add_((active & (real if active.dim() == 2 else real[..., None])).sum())
+                real_ = real.to(active.device)               # a device map: this layer's device
+                count.add_((active & (real_ if active.dim() == 2 else real_[..., None])).sum().to(count.device))
             return out
 
         model(mb.ids, intervene=record, at=mb.answer_pos)
-    return count.item() / len(batch)
+    return parallel.total(count).item() / len(whole)
 
 
 def minimality(iv: Intervention) -> dict[str, float]:

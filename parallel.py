@@ -1,0 +1,236 @@
+"""
+Many devices, on engines that exist (torch.distributed and accelerate); docs/distributed.md says how to run them.
+
+    data parallel  `torchrun --nproc_per_node N train.py ...`: every process holds the model and takes its share
+                   of each minibatch and of each prompt set (shard), the gradients are summed over the processes
+                   (sum_gradients) so that all take the same Adam step, per-prompt numbers are gathered in order
+                   (gather) and counts summed (total). Rank 0 alone locks, prints and writes (is_main); Ctrl-C and
+                   SIGTERM stop every process at the same training step (Stop). gloo on CPU, NCCL on GPUs, each
+                   process its own GPU (LOCAL_RANK).
+    device map     `--device-map auto | balanced | FILE`: one model's layers over several devices (dispatch),
+                   by accelerate's infer_auto_device_map and dispatch_model. Layers run one device after another:
+                   a model that fits no single device fits, it does not get faster.
+
+Alone (no torchrun) every function here is the identity or a no-op: one process is world 1, rank 0.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from errors import UserError
+
+# ----------------------------------------------------------------------------- data parallel: who am I
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """The process that locks, prints and writes (rank 0; the only one without torchrun)."""
+    return rank() == 0
+
+
+def start() -> bool:
+    """Under torchrun (WORLD_SIZE > 1 in the environment): join the process group, gloo for CPU tensors and
+    NCCL for CUDA ones, each process on its own GPU (LOCAL_RANK); the other ranks' stdout goes to /dev/null
+    (rank 0 prints). Returns whether it joined now (then `stop` leaves at the end). Alone: nothing, False."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    if not is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    return True
+
+
+def stop() -> None:
+    """Leave the process group (the end of a run)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device(chosen: torch.device) -> torch.device:
+    """The device of this process: under torchrun a CUDA device is the GPU of LOCAL_RANK (start set it)."""
+    if world_size() > 1 and chosen.type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return chosen
+
+
+# ----------------------------------------------------------------------------- data parallel: sharing work
+
+
+def bounds(n: int) -> list[int]:
+    """Where each rank's contiguous share of n items begins, and n at the end: the first n % world ranks
+    take one more (torch.tensor_split's rule)."""
+    W = world_size()
+    return [r * (n // W) + min(r, n % W) for r in range(W)] + [n]
+
+
+def shard(x):
+    """This process's contiguous share of x's rows (a tensor, an ascale.Batch, a tasks.PromptSet: anything
+    that takes a slice); the whole of x alone."""
+    if world_size() == 1:
+        return x
+    b = bounds(len(x))
+    return x[b[rank()]:b[rank() + 1]]
+
+
+def deal(jobs: list) -> list:
+    """This process's jobs, dealt round-robin (jobs of a similar cost stay spread over the processes)."""
+    return jobs[rank()::world_size()]
+
+
+def gather(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """Every process's share (shard) of n rows, put back together in order: the whole (n, ...) in each."""
+    if world_size() == 1 or x is None:
+        return x
+    b = bounds(n)
+    most = max(b[r + 1] - b[r] for r in range(world_size()))
+    padded = torch.zeros(most, *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:b[r + 1] - b[r]] for r, p in enumerate(parts)])
+
+
+def total(x: torch.Tensor) -> torch.Tensor:
+    """x summed over the processes (every process gets the sum): counts, sums, maps."""
+    if world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def sum_gradients(params) -> None:
+    """Sum each parameter's gradient over the processes, in one all_reduce, so that every process takes the
+    same optimizer step. Each process's loss is its share of the minibatch's (ascale.objective, `share`), so
+    the sum is the gradient of the whole minibatch. A parameter without a gradient counts as zeros."""
+    if world_size() == 1:
+        return
+    params = list(params)
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    flat = total(torch.cat([g.flatten() for g in grads]))
+    for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+        p.grad = g.view_as(p).clone()
+
+
+class Stop:
+    """Ctrl-C and SIGTERM under torchrun (which passes them on to every process), agreed on: while one is
+    open (ascale.fit's loop), a signal is noted instead of raised, and `check` raises
+    KeyboardInterrupt("Ctrl-C" or "SIGTERM") in every process at once when any process has one, so that all
+    stop after the same step and evaluate and save together. Alone it does nothing: the signal raises as it
+    comes (runfolder.signals_interrupt)."""
+
+    def __init__(self):
+        self.got, self.previous = None, {}
+        if world_size() == 1:
+            return
+        for sig, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self.previous[sig] = signal.signal(sig, lambda s, f, name=name: setattr(self, "got", name))
+
+    def check(self) -> None:
+        if world_size() == 1:
+            return
+        codes = ("Ctrl-C", "SIGTERM")
+        got = int(total(torch.tensor(1 << codes.index(self.got) if self.got else 0)))  # 1 Ctrl-C, 2 SIGTERM, 3 both
+        if got:
+            raise KeyboardInterrupt(codes[1] if got & 2 else codes[0])
+
+    def close(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def agree(error: BaseException | None = None) -> None:
+    """Rank 0's outcome of what it alone does (lock the run folder), told to every process: called by all at
+    the same point, it raises rank 0's error (as a UserError) in the others. Alone: nothing."""
+    if world_size() == 1:
+        return
+    told = [None if error is None else str(error) or type(error).__name__]
+    dist.broadcast_object_list(told, src=0)
+    if told[0] is not None and not is_main():
+        raise UserError(told[0])
+
+
+def failed_elsewhere(e: BaseException) -> bool:
+    """Whether e is what a process meets when another process of the run has failed (its peer is gone)."""
+    return world_size() > 1 and isinstance(e, dist.DistError | RuntimeError) and (
+        isinstance(e, dist.DistError) or "connection" in str(e).lower() or "gloo" in str(e).lower())
+
+
+# ----------------------------------------------------------------------------- device map
+
+DEVICE_MAPS = ("auto", "balanced")
+NO_SPLIT = ["Block"]  # a block's tensors stay together on one device
+
+
+def device_map(model, how: str) -> dict[str, str | int]:
+    """The placement of each module of gpt2.GPT for --device-map: "auto" fills the GPUs in order (then the
+    CPU), "balanced" spreads the layers evenly over the GPUs (accelerate's get_balanced_memory), a FILE is a
+    JSON object {"wte": 0, "h.0": 0, ..., "h.11": 1, "ln_f": 1, "lm_head": 1} of GPU indices, "cpu" or
+    "disk" (its keys: module names, `python -c "import gpt2"` ... see docs/distributed.md)."""
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+    if how in DEVICE_MAPS:
+        memory = get_balanced_memory(model, no_split_module_classes=NO_SPLIT) if how == "balanced" else None
+        return infer_auto_device_map(model, max_memory=memory, no_split_module_classes=NO_SPLIT)
+    try:
+        placed = json.loads(Path(how).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--device-map {how}: no such file; pass auto, balanced, or a JSON file") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"--device-map {how} is not a JSON file ({type(e).__name__}); pass auto, balanced or one"
+                        ' like {"wte": 0, "h.0": 0, "h.1": 1, "ln_f": 1, "lm_head": 1}') from None
+    return check_map(model, placed, how)
+
+
+def check_map(model, placed, name: str) -> dict:
+    """A device map read from a file, checked: every parameter covered once, known devices."""
+    if not isinstance(placed, dict):
+        raise UserError(f"--device-map {name} must hold a JSON object of module name: device")
+    modules = dict(model.named_modules())
+    gpus = torch.cuda.device_count()
+    for key, where in placed.items():
+        if key not in modules:
+            raise UserError(f"--device-map {name}: {key!r} is not a module of the model; use wte, wpe, h.0 ..."
+                            f" h.{model.config.n_layer - 1}, ln_f, lm_head")
+        ok = where in ("cpu", "disk") or (isinstance(where, int) and 0 <= where < gpus)
+        if not ok:
+            raise UserError(f"--device-map {name}: {key!r} goes to {where!r}; use a GPU index below {gpus}, "
+                            '"cpu" or "disk"')
+    for pname, _ in model.named_parameters(remove_duplicate=False):
+        owners = [k for k in placed if pname.startswith(k + ".")]
+        if len(owners) != 1:
+            what = "no module of it is placed" if not owners else f"it is placed twice ({', '.join(owners)})"
+            raise UserError(f"--device-map {name}: parameter {pname}: {what}; place each module once")
+    return placed
+
+
+def dispatch(model, placed: dict, offload_dir=None):
+    """Put model's modules where `placed` says (accelerate's dispatch_model: hooks move each module's
+    inputs to its device; "cpu" modules on a GPU machine and "disk" ones are offloaded and brought to the
+    first device when they run). The weights move module by module: no second copy in CPU memory.
+    Returns the model."""
+    import tempfile
+
+    from accelerate import dispatch_model
+    if "disk" in placed.values() and offload_dir is None:
+        offload_dir = tempfile.mkdtemp(prefix="ascale-offload-")
+    model = dispatch_model(model, placed, offload_dir=offload_dir)
+    if model.config.tie_embeddings:  # the unembedding is wte's matrix (GPT-2); dispatch keeps the tie
+        model.lm_head.weight = model.wte.weight
+    return model
