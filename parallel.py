@@ -145,10 +145,10 @@ class Stop:
     def check(self) -> None:
         if world_size() == 1:
             return
-        codes = ("Ctrl-C", "SIGTERM")
-        got = int(total(torch.tensor(1 << codes.index(self.got) if self.got else 0)))  # 1 Ctrl-C, 2 SIGTERM, 3 both
-        if got:
-            raise KeyboardInterrupt(codes[1] if got & 2 else codes[0])
+        names = ("Ctrl-C", "SIGTERM")
+        got = total(torch.tensor([self.got == name for name in names], dtype=torch.int32))  # processes that got each
+        if got.any():
+            raise KeyboardInterrupt("SIGTERM" if got[1] else "Ctrl-C")
 
     def close(self) -> None:
         for sig, handler in self.previous.items():
@@ -225,12 +225,16 @@ def dispatch(model, placed: dict, offload_dir=None):
     inputs to its device; "cpu" modules on a GPU machine and "disk" ones are offloaded and brought to the
     first device when they run). The weights move module by module: no second copy in CPU memory.
     Returns the model."""
+    import atexit
+    import shutil
     import tempfile
 
     from accelerate import dispatch_model
+    end = next(d for k, d in placed.items() if k in ("", "lm_head", "lm_head.weight"))
+    if end == "disk" or (end == "cpu" and set(placed.values()) - {"cpu", "disk"}):
+        raise UserError(f"--device-map puts lm_head on {end!r}, where it would be offloaded; the unembedding is"
+                        " read directly (knockout, the objective): give lm_head a GPU (or the CPU when no GPU is used)")
     if "disk" in placed.values() and offload_dir is None:
         offload_dir = tempfile.mkdtemp(prefix="ascale-offload-")
-    model = dispatch_model(model, placed, offload_dir=offload_dir)
-    if model.config.tie_embeddings:  # the unembedding is wte's matrix (GPT-2); dispatch keeps the tie
-        model.lm_head.weight = model.wte.weight
-    return model
+        atexit.register(shutil.rmtree, offload_dir, ignore_errors=True)
+    return dispatch_model(model, placed, offload_dir=offload_dir)  # keeps a tied unembedding tied (GPT-2)
