@@ -23,7 +23,7 @@ from gpt2 import GPT, UserError
 TOY = str(ROOT / "models" / "toyworld")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 # A minibatch of 7 prompts splits 4 + 3: the shares are weighted, the l1 term counted once.
-RUN = ["--model", TOY, "--task", "ccc", "--steps", "6", "--batch-size", "7", "--sites", "mlp_out", "--seed", "3"]
+RUN = ["--model", TOY, "--steps", "6", "--batch-size", "7", "--sites", "mlp_out", "--seed", "3"]
 FILES = ["heatmap.png", "intervention.safetensors", "knockout.png", "metrics.json"]
 
 
@@ -36,11 +36,23 @@ def torchrun(*args, timeout=300, **popen):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def toy_task(tmp_path_factory):
+    """48 of the toy world's CCC prompts (18 tokens each) as a JSONL task: a short run."""
+    import tasks
+    from tokenizer import get_tokenizer
+    ps = tasks.load_task("ccc", get_tokenizer(TOY), seed=0, fixed_length=True).train
+    path = tmp_path_factory.mktemp("task") / "ccc48.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "correct": c, "wrong": w}) + "\n"
+                            for p, c, w in list(zip(ps.prompts, ps.correct_str, ps.wrong_str, strict=True))[:48]))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, toy_task):
     """The same training run (with --knockout) by one process and by two under torchrun."""
     tmp = tmp_path_factory.mktemp("parallel")
-    assert train.main([*RUN, "--knockout", "--out", str(tmp / "one")]) == 0
-    proc = torchrun(ROOT / "train.py", *RUN, "--knockout", "--out", tmp / "two")
+    assert train.main([*RUN, "--task", toy_task, "--knockout", "--out", str(tmp / "one")]) == 0
+    proc = torchrun(ROOT / "train.py", *RUN, "--task", toy_task, "--knockout", "--out", tmp / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "one", tmp / "two", proc
 
@@ -72,23 +84,19 @@ def test_one_run_folder_written_once(runs):
         assert proc.stdout.count(line) == 1, line
 
 
+# Under torchrun: prepare, evaluate, count and map on the prompts, saved by rank 0; then a training run
+# (train.main, argv after the first three) in which rank 1 runs out of memory as training begins.
 WORKER = """
 import os, sys
 import torch
 import ascale, knockout, tasks, train
 from gpt2 import GPT
 from tokenizer import get_tokenizer
-mode, model_dir, out = sys.argv[1:4]
-if mode == "fail":   # rank 1 runs out of memory as training begins; rank 0 must stop too
-    if os.environ["RANK"] == "1":
-        def fit(*args, **kwargs):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        ascale.fit = fit
-    sys.exit(train.main(sys.argv[4:]))
+model_dir, task_file, out = sys.argv[1:4]
 train.parallel.start()
 model, tok = GPT.from_pretrained(model_dir), get_tokenizer(model_dir)
-task = tasks.load_task("ccc", tok, seed=0, fixed_length=True)
-batch = ascale.prepare(model, task.train, "flip", batch_size=16)[:41]
+task = tasks.load_task(task_file, tok, seed=0, fixed_length=True)
+batch = ascale.prepare(model, task.train, "flip", batch_size=16)
 iv = ascale.make("activscalar", model.config, ["attn_out", "head"], batch.ids.shape[1])
 torch.manual_seed(1)
 with torch.no_grad():
@@ -99,22 +107,32 @@ found = {"batch": batch, "eval": ascale.evaluate(model, iv, batch, batch_size=8)
          "knockout": knockout.knockout(model, batch, ["attn_out", "head"], progress=False)}
 if train.parallel.is_main():
     torch.save(found, out)
+if os.environ["RANK"] == "1":
+    def fit(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    ascale.fit = fit
+sys.exit(train.main(sys.argv[4:]))
 """
 
 
-def test_prepare_evaluation_and_knockout_map_shared_out(tmp_path):
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, toy_task):
+    """WORKER's results and its torchrun's outcome."""
+    tmp = tmp_path_factory.mktemp("worker")
+    (tmp / "worker.py").write_text(WORKER)
+    proc = torchrun(tmp / "worker.py", TOY, toy_task, tmp / "two.pt", *RUN, "--task", toy_task, "--out", tmp / "run")
+    return torch.load(tmp / "two.pt", weights_only=False), proc, tmp / "run"
+
+
+def test_prepare_evaluation_and_knockout_map_shared_out(worker, toy_task):
     """The prepared batch, the evaluation, the active locations and the knockout map of two processes (each
     its share of the prompts or of the (layer, position) jobs) are those of one."""
     import tasks
     from tokenizer import get_tokenizer
-    (tmp_path / "worker.py").write_text(WORKER)
-    proc = torchrun(tmp_path / "worker.py", "maps", TOY, tmp_path / "two.pt")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = torch.load(tmp_path / "two.pt", weights_only=False)
+    two = worker[0]
     model, tok = GPT.from_pretrained(TOY), get_tokenizer(TOY)
-    task = tasks.load_task("ccc", tok, seed=0, fixed_length=True)
+    task = tasks.load_task(toy_task, tok, seed=0, fixed_length=True)
     batch = ascale.prepare(model, task.train, "flip", batch_size=16)
-    batch = batch[:41]
     assert torch.equal(batch.ids, two["batch"].ids) and torch.equal(batch.answers, two["batch"].answers)
     for name in ("diff_before", "p_rest", "neg_entropy"):
         assert torch.allclose(getattr(batch, name), getattr(two["batch"], name), atol=1e-5), name
@@ -124,7 +142,7 @@ def test_prepare_evaluation_and_knockout_map_shared_out(tmp_path):
         for p in iv.parameters():
             p.normal_(0, 0.3)
     one = ascale.evaluate(model, iv, batch, batch_size=8)
-    assert one["flip_rate"] == two["eval"]["flip_rate"] and one["n_prompts"] == two["eval"]["n_prompts"] == 41
+    assert one["flip_rate"] == two["eval"]["flip_rate"] and one["n_prompts"] == two["eval"]["n_prompts"] == len(batch)
     assert one["kl"] == pytest.approx(two["eval"]["kl"], abs=1e-5)
     assert ascale.active_locations(model, iv, batch, batch_size=8) == two["active"]
     maps = knockout.knockout(model, batch, ["attn_out", "head"], progress=False)
@@ -132,22 +150,20 @@ def test_prepare_evaluation_and_knockout_map_shared_out(tmp_path):
         assert (m - two["knockout"][site]).abs().max() < 1e-5, site
 
 
-def test_a_failing_process_stops_the_others(tmp_path):
-    (tmp_path / "worker.py").write_text(WORKER)
-    out = tmp_path / "run"
-    proc = torchrun(tmp_path / "worker.py", "fail", TOY, "-", *RUN, "--out", out)
+def test_a_failing_process_stops_the_others(worker):
+    _, proc, out = worker
     assert proc.returncode != 0
     assert "error: out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in proc.stderr
     assert "(rank 1)" in proc.stderr and "another process of this torchrun failed" in proc.stderr
     assert not out.exists()   # nothing written: rank 0 stopped before training
 
 
-def test_sigterm_under_torchrun_stops_both_and_saves(tmp_path):
+def test_sigterm_under_torchrun_stops_both_and_saves(tmp_path, toy_task):
     """A scheduler's SIGTERM to torchrun, which passes it on: both processes stop after the same step, rank 0
     evaluates and saves what was learned, as one process does."""
     out = tmp_path / "run"
-    run = torchrun(ROOT / "train.py", *RUN[:4], "--steps", "100000", "--batch-size", "4", "--out", out,
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run = torchrun(ROOT / "train.py", *RUN[:2], "--task", toy_task, "--steps", "100000", "--batch-size", "4",
+                   "--out", out, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = []
     threading.Thread(target=lambda: err.extend(iter(lambda: run.stderr.read(1), "")), daemon=True).start()
     deadline = time.time() + 180
