@@ -64,6 +64,35 @@ class Intervention(nn.Module):
         self.head_dim = cfg.head_dim  # n_embd // n_head, except in Qwen3
         self.positions = positions
         self.beta = 1.0
+        self.keep = None  # after `restrict`: {site: bool (units)}, the units that may be non-zero
+
+    # A "unit" is what selection (selection.py) keeps or drops: one location for ActivScalar and SteerVec,
+    # one probe (site, layer[, head]) for DynScalar. units(site) has the shape of `effect`'s maps.
+    def effect(self) -> dict[str, torch.Tensor]:
+        """How much each unit can change its activation, per site (the size selection ranks by)."""
+        raise NotImplementedError
+
+    def restrict(self, keep: dict[str, torch.Tensor]) -> None:
+        """Keep only the units where keep[site] is True: the others are set to exactly 0, and `fit` keeps
+        them there (it masks their gradients and zeroes them again after every step)."""
+        self.keep = {s: keep[s].to(self.device) for s in self.sites}
+        self.zero_outside_keep()
+
+    @torch.no_grad()
+    def zero_outside_keep(self, grads: bool = False) -> None:
+        if self.keep is None:
+            return
+        for name, p in self.named_parameters():              # e.g. "alpha.attn_out": (L, T) under keep (L, T)
+            keep = self.keep[name.split(".")[1]]
+            keep = keep.view(*keep.shape, *[1] * (p.dim() - keep.dim())).to(p.dtype)
+            if grads and p.grad is not None:
+                p.grad.mul_(keep)
+            if not grads:
+                p.mul_(keep)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def site_shape(self, site: str) -> tuple[int, ...]:
         """The shape of one activation vector h at a site: (D,), or (nh, hs) for `head`."""
@@ -129,12 +158,16 @@ class ActivScalar(Scaling):
     def scale(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
         """α of every location of this site and layer: (T,) or (T, nh), shared by the batch;
         with pos (B or 1, T): (B or 1, T) or (B or 1, T, nh), the α of each row's position."""
-        alpha = self.alpha[site][layer].to(h.device)                # a device map: this layer's device
+        alpha = self.alpha[site][layer].to(h.device)                # a device map: on this layer's device
         return alpha if pos is None else alpha[pos]
 
     def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
         """What each location does, for the heatmap: β·α, (L, T) or (L, T, nh) per site."""
         return {s: self.beta * a.detach() for s, a in self.alpha.items()}
+
+    def effect(self) -> dict[str, torch.Tensor]:
+        """|α| per location: the activation changes by |α| of its norm."""
+        return {s: a.detach().abs() for s, a in self.alpha.items()}
 
 
 class SteerVec(Intervention):
@@ -156,6 +189,10 @@ class SteerVec(Intervention):
         """‖β·v‖ per location: (L, T) or (L, T, nh) per site."""
         return {s: (self.beta * v.detach()).norm(dim=-1) for s, v in self.v.items()}
 
+    def effect(self) -> dict[str, torch.Tensor]:
+        """‖v‖ per location: how far the activation is moved."""
+        return {s: v.detach().norm(dim=-1) for s, v in self.v.items()}
+
 
 class DynScalar(Scaling):
     """h̃ = h·(1 + β·α(h)) with α(h) = w·ĥ + b, ĥ = h/‖h‖: the scalar is a linear probe of the
@@ -175,8 +212,12 @@ class DynScalar(Scaling):
         """α(h) for every location of the batch: (B, T) or (B, T, nh) for head (pos: not needed)."""
         h = h.float()
         h_hat = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-6)   # (B, T, [nh,] hs|D), unit length
-        w, b = self.w[site][layer].to(h.device), self.b[site][layer].to(h.device)  # a device map's layer device
-        return (h_hat * w).sum(-1) + b
+        return (h_hat * self.w[site][layer].to(h.device)).sum(-1) + self.b[site][layer].to(h.device)
+
+    def effect(self) -> dict[str, torch.Tensor]:
+        """‖w‖ + |b| per probe (site, layer[, head]), (L,) or (L, nh): ĥ has unit length, so this is the
+        largest |α(h)| the probe gives any activation (Cauchy-Schwarz), reached where ĥ points along w."""
+        return {s: self.w[s].detach().norm(dim=-1) + self.b[s].detach().abs() for s in self.sites}
 
     def location_map(self, model, ids, batch_size: int = 64) -> dict[str, torch.Tensor]:
         """β·α(h) on prompts ids (N, T) of one length, averaged over them: (L, T) or (L, T, nh) per site."""
@@ -293,12 +334,10 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
         raise UserError(f"prompt {int((c == w).nonzero()[0])} has the same token as correct and wrong answer")
     N, V = len(ids), model.config.vocab_size
     keep = N * V * 4 <= (P_REST_BYTES if p_rest_bytes is None else p_rest_bytes)
-    whole, (ids, pos, c, w) = N, (parallel.shard(t) for t in (ids, pos, c, w))  # data parallel: a share each
-    N = len(ids)
     # Filled in place, chunk by chunk: small tensors kept between large ones would fragment the heap.
-    out = Batch(ids, pos, torch.empty(N, 2, dtype=c.dtype, device=device), torch.empty(N, device=device),
-                *((torch.empty(N, V, device=device), torch.empty(N, device=device)) if keep else ()))
-    for i in range(0, N, batch_size):
+    out = Batch(ids, pos, torch.zeros(N, 2, dtype=c.dtype, device=device), torch.zeros(N, device=device),
+                *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else ()))
+    for i in parallel.chunks(N, batch_size):                          # data parallel: this process's chunks
         logits = model(ids[i:i + batch_size], at=pos[i:i + batch_size]).float()   # (B, V) ℓ
         ci, wi = c[i:i + batch_size], w[i:i + batch_size]
         lc, lw = logits.gather(1, ci[:, None])[:, 0], logits.gather(1, wi[:, None])[:, 0]
@@ -309,28 +348,20 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
         out.diff_before[i:i + batch_size] = lt - lo
         if keep:
             out.p_rest[i:i + batch_size], out.neg_entropy[i:i + batch_size] = rest_distribution(logits, answers)
-    return Batch(*(parallel.gather(getattr(out, f.name), whole) for f in fields(out)))  # every share, in order
+    return parallel.summed(out, "answers", "diff_before", "p_rest", "neg_entropy")  # every process's chunks
 
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
-              margin: float = MARGIN, share: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              margin: float = MARGIN) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One step's loss, L = L_E + λF·L_F + λM·L_M (SPEC, "The three-term objective"):
         L_E = mean over prompts of max(0, m - (ℓ̃(t) - ℓ̃(o)))   effectiveness: hinge with margin m
         L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
         L_M = ‖θ‖₁                                           minimality
-    Returns the loss and its three terms (unweighted).
-    Data parallel (parallel.py): batch is `share` of the minibatch, so L_E and L_F are its sums over the
-    minibatch's size, and L_M counts in rank 0 only: summed over the processes, the terms and gradients
-    are the whole minibatch's (a process may hold no prompt)."""
+    Returns the loss and its three terms (unweighted)."""
     batch = with_original(model, batch)                                   # p⁻: kept, or one more forward pass
     logits = model(batch.ids, intervene=iv, at=batch.answer_pos).float()  # (B, V) ℓ̃, answer positions only
     diff, kl = answer_stats(logits, batch)
-    if parallel.world_size() == 1:
-        terms = {"L_E": (margin - diff).clamp(min=0).mean(), "L_F": kl.mean(), "L_M": l1(iv)}
-    else:
-        weight = share / max(len(batch), 1)
-        terms = {"L_E": (margin - diff).clamp(min=0).sum() * weight, "L_F": kl.sum() * weight,
-                 "L_M": l1(iv) * parallel.is_main()}
+    terms = {"L_E": (margin - diff).clamp(min=0).mean(), "L_F": kl.mean(), "L_M": l1(iv)}
     return terms["L_E"] + lambda_f * terms["L_F"] + lambda_m * terms["L_M"], terms
 
 
@@ -369,34 +400,30 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 
     Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "interrupted", "stopped_by"}.
     Ctrl-C (or a KeyboardInterrupt raised for a signal, runfolder.signals_interrupt: its message names
-    it) stops training and returns what was learned so far; a loss that is not finite raises UserError.
-    Under torchrun each process takes its share of every minibatch and the gradients are summed
-    (parallel.py): every process takes the same steps, those of one process to float rounding."""
+    it) stops training and returns what was learned so far; a loss that is not finite raises UserError."""
     from tqdm import tqdm
 
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
     draws = minibatches(len(batch), batch_size, torch.Generator().manual_seed(seed))
     curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}
     bar = tqdm(total=steps, disable=not progress or not parallel.is_main(), desc=f"{iv.method}", unit="step")
-    stop = parallel.Stop()  # data parallel: Ctrl-C and SIGTERM stop every process after the same step
     try:
-        for step in range(1, steps + 1):
-            stop.check()
+        for step in parallel.steps(steps):  # data parallel: Ctrl-C / SIGTERM stop all after the same step
             idx = next(draws)
             mb = batch if idx is None else batch[idx.to(batch.ids.device)]
-            mine = parallel.shard(mb)                        # data parallel: this process's prompts of it
-            loss, terms = objective(model, iv, mine, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin,
-                                    share=len(mine) / len(mb))
-            values = parallel.total(torch.stack([loss.detach(), *(t.detach() for t in terms.values())])).tolist()
+            loss, terms = objective(model, iv, parallel.shard(mb), lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
+            values = parallel.mean(torch.stack([loss, *terms.values()]).detach(), len(mb)).tolist()
             if not math.isfinite(values[0]):
                 bad = next((k for k, v in zip(terms, values[1:], strict=True) if not math.isfinite(v)), "loss")
                 raise UserError(f"the loss became {values[0]} at step {step} ({bad} is not finite);"
                                 f" lower --lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            parallel.sum_gradients(iv.parameters())          # data parallel: the whole minibatch's gradient
+            parallel.mean_gradients(iv.parameters(), len(mb))  # data parallel: the whole minibatch's gradient
+            iv.zero_outside_keep(grads=True)        # a restricted intervention (restrict): dropped units stay 0
             opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps) if schedule == "cosine" else lr
             opt.step()
+            iv.zero_outside_keep()
             for k, v in zip(curve, values, strict=True):
                 curve[k].append(v)
             bar.update()
@@ -405,7 +432,6 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     except KeyboardInterrupt as e:
         stopped_by = str(e) or "Ctrl-C"
     finally:
-        stop.close()
         bar.close()
     return {**curve, "steps": len(curve["loss"]), "interrupted": stopped_by is not None, "stopped_by": stopped_by}
 
@@ -413,21 +439,40 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 # ----------------------------------------------------------------------------- 4. metrics
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """The 95 % Wilson score interval of a rate k/n (it stays inside [0, 1] and is honest at 0 and n,
+    where k/n ± z·sqrt(p(1-p)/n) collapses to a point): [lo, hi]. 8 of 10 -> [0.49, 0.94]."""
+    if n == 0:
+        return [0.0, 1.0]
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def bootstrap_mean(x: torch.Tensor, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """The 95 % percentile-bootstrap interval of the mean of x (N,): [lo, hi], over n_boot resamples
+    of the prompts (seeded, so the same numbers every time)."""
+    x = x.double().cpu()
+    idx = torch.randint(0, len(x), (n_boot, len(x)), generator=torch.Generator().manual_seed(seed))
+    lo, hi = torch.quantile(x[idx].mean(1), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return [lo, hi]
+
+
 @torch.no_grad()
 def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
     """SPEC's effectiveness and faithfulness on a prepared prompt set, at iv's current β:
-    flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)), mean ℓ(t) - ℓ(o) before and after, mean KL (nats).
-    Data parallel: each process its share of the prompts, the numbers gathered."""
-    whole, batch = batch, parallel.shard(batch)
-    diff, kl = torch.empty(len(batch), device=batch.ids.device), torch.empty(len(batch), device=batch.ids.device)
-    for i in range(0, len(batch), batch_size):
+    flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
+    before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
+    diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)
+    for i in parallel.chunks(len(batch), batch_size):                # data parallel: this process's chunks
         mb = with_original(model, batch[i:i + batch_size])
         diff[i:i + batch_size], kl[i:i + batch_size] = answer_stats(model(mb.ids, intervene=iv, at=mb.answer_pos)
                                                                     .float(), mb)
-    diff, kl, batch = parallel.gather(diff, len(whole)), parallel.gather(kl, len(whole)), whole
-    return {"flip_rate": (diff > 0).float().mean().item(), "kl": kl.mean().item(),
-            "logit_diff_before": batch.diff_before.mean().item(), "logit_diff_after": diff.mean().item(),
-            "n_prompts": len(batch)}
+    diff, kl = parallel.total(diff), parallel.total(kl)              # every process's chunks
+    flips = int((diff > 0).sum())
+    return {"flip_rate": flips / len(batch), "flip_rate_ci": wilson(flips, len(batch)), "kl": kl.mean().item(),
+            "kl_ci": bootstrap_mean(kl), "logit_diff_before": batch.diff_before.mean().item(),
+            "logit_diff_after": diff.mean().item(), "n_prompts": len(batch)}
 
 
 @torch.no_grad()
@@ -435,11 +480,9 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
                      batch_size: int = 64) -> float:
     """Number of active locations, averaged over the prompts: locations (site, layer, position
     up to the answer, [head]) where ‖h̃ - h‖ >= threshold·‖h‖. For ActivScalar this is exactly the
-    number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt.
-    Data parallel: each process counts on its share of the prompts, the counts summed."""
-    whole, batch = batch, parallel.shard(batch)
+    number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt."""
     count = torch.zeros((), dtype=torch.long, device=batch.ids.device)   # added to in place (see prepare)
-    for i in range(0, len(batch), batch_size):
+    for i in parallel.chunks(len(batch), batch_size):                # data parallel: this process's chunks
         mb = batch[i:i + batch_size]
         real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
 
@@ -447,12 +490,11 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
             out = iv(site, layer, h)
             if site in iv.sites:
                 active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
-                real_ = real.to(active.device)               # a device map: this layer's device
-                count.add_((active & (real_ if active.dim() == 2 else real_[..., None])).sum().to(count.device))
+                count.add_((active.view(*real.shape, -1) & real[..., None].to(h.device)).sum().to(count.device))
             return out
 
         model(mb.ids, intervene=record, at=mb.answer_pos)
-    return parallel.total(count).item() / len(whole)
+    return parallel.total(count).item() / len(batch)
 
 
 def minimality(iv: Intervention) -> dict[str, float]:

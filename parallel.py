@@ -2,11 +2,12 @@
 Many devices, on engines that exist (torch.distributed and accelerate); docs/distributed.md says how to run them.
 
     data parallel  `torchrun --nproc_per_node N train.py ...`: every process holds the model and takes its share
-                   of each minibatch and of each prompt set (shard), the gradients are summed over the processes
-                   (sum_gradients) so that all take the same Adam step, per-prompt numbers are gathered in order
-                   (gather) and counts summed (total). Rank 0 alone locks, prints and writes (is_main); Ctrl-C and
-                   SIGTERM stop every process at the same training step (Stop). gloo on CPU, NCCL on GPUs, each
-                   process its own GPU (LOCAL_RANK).
+                   of each minibatch (shard), the means and gradients weighted by the shares and summed over the
+                   processes (mean, mean_gradients) so that all take the same Adam step; prepare, the evaluation
+                   and the counts take chunks round-robin (chunks), the knockout map its jobs (deal), and the
+                   parts are summed (total, summed). Rank 0 alone locks, prints and writes (is_main); Ctrl-C and
+                   SIGTERM stop every process after the same training step (steps). gloo on CPU, NCCL on GPUs,
+                   each process its own GPU (LOCAL_RANK).
     device map     `--device-map auto | balanced | FILE`: one model's layers over several devices (dispatch),
                    by accelerate's infer_auto_device_map and dispatch_model. Layers run one device after another:
                    a model that fits no single device fits, it does not get faster.
@@ -80,12 +81,19 @@ def bounds(n: int) -> list[int]:
 
 
 def shard(x):
-    """This process's contiguous share of x's rows (a tensor, an ascale.Batch, a tasks.PromptSet: anything
-    that takes a slice); the whole of x alone."""
+    """This process's contiguous share of x's rows (a tensor, an ascale.Batch: anything that takes a
+    slice), for a training minibatch; the whole of x alone."""
     if world_size() == 1:
         return x
     b = bounds(len(x))
     return x[b[rank()]:b[rank() + 1]]
+
+
+def chunks(n: int, size: int) -> range:
+    """The starts of this process's chunks of `size` of n rows: chunk k goes to rank k % world, so every
+    chunk is the one process's chunk and gives its numbers bit for bit (prepare, evaluation). The rows of
+    the others' chunks are left at 0, for `total` or `summed` to fill."""
+    return range(rank() * size, n, world_size() * size)
 
 
 def deal(jobs: list) -> list:
@@ -93,65 +101,76 @@ def deal(jobs: list) -> list:
     return jobs[rank()::world_size()]
 
 
-def gather(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    """Every process's share (shard) of n rows, put back together in order: the whole (n, ...) in each."""
-    if world_size() == 1 or x is None:
-        return x
-    b = bounds(n)
-    most = max(b[r + 1] - b[r] for r in range(world_size()))
-    padded = torch.zeros(most, *x.shape[1:], dtype=x.dtype, device=x.device)
-    padded[:len(x)] = x
-    parts = [torch.empty_like(padded) for _ in range(world_size())]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:b[r + 1] - b[r]] for r, p in enumerate(parts)])
-
-
 def total(x: torch.Tensor) -> torch.Tensor:
-    """x summed over the processes (every process gets the sum): counts, sums, maps."""
+    """x summed over the processes, in each (alone: x): counts, and tensors each process filled in part
+    (its chunks or jobs; zeros elsewhere, so the sum is exact)."""
     if world_size() > 1:
         x = x.clone()
         dist.all_reduce(x)
     return x
 
 
-def sum_gradients(params) -> None:
-    """Sum each parameter's gradient over the processes, in one all_reduce, so that every process takes the
-    same optimizer step. Each process's loss is its share of the minibatch's (ascale.objective, `share`), so
-    the sum is the gradient of the whole minibatch. A parameter without a gradient counts as zeros."""
+def summed(obj, *names: str):
+    """obj with its tensors `names` (None skipped) summed over the processes in place: a dataclass that
+    each process filled in part (ascale.prepare's Batch). Returns obj."""
+    for name in names:
+        if world_size() > 1 and getattr(obj, name) is not None:
+            dist.all_reduce(getattr(obj, name))
+    return obj
+
+
+def weight(n: int) -> float:
+    """This process's share of a minibatch of n (shard): the size of its part over n."""
+    b = bounds(n)
+    return (b[rank() + 1] - b[rank()]) / n if n else 0.0
+
+
+def mean(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x, a mean over this process's share of a minibatch of n (shard), made the whole minibatch's mean:
+    the processes' means weighted by their shares and summed. A process without a prompt of it adds 0
+    (its mean is 0/0). Alone: x."""
+    if world_size() == 1:
+        return x
+    return total(x * weight(n) if weight(n) > 0 else torch.zeros_like(x))
+
+
+def mean_gradients(params, n: int) -> None:
+    """The gradients, each of the loss over this process's share of a minibatch of n, made the whole
+    minibatch's (as `mean`, in one all_reduce), so that every process takes the same optimizer step. A term
+    that is the same in every process (ascale's ℓ1) keeps its own gradient: the weights add up to 1."""
     if world_size() == 1:
         return
     params = list(params)
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    flat = total(torch.cat([g.flatten() for g in grads]))
+    flat = mean(torch.cat([g.flatten() for g in grads]), n)
     for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
         p.grad = g.view_as(p).clone()
 
 
-class Stop:
-    """Ctrl-C and SIGTERM under torchrun (which passes them on to every process), agreed on: while one is
-    open (ascale.fit's loop), a signal is noted instead of raised, and `check` raises
-    KeyboardInterrupt("Ctrl-C" or "SIGTERM") in every process at once when any process has one, so that all
-    stop after the same step and evaluate and save together. Alone it does nothing: the signal raises as it
-    comes (runfolder.signals_interrupt)."""
+NAMES = ("Ctrl-C", "SIGTERM")
 
-    def __init__(self):
-        self.got, self.previous = None, {}
-        if world_size() == 1:
-            return
-        for sig, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self.previous[sig] = signal.signal(sig, lambda s, f, name=name: setattr(self, "got", name))
 
-    def check(self) -> None:
-        if world_size() == 1:
-            return
-        names = ("Ctrl-C", "SIGTERM")
-        got = total(torch.tensor([self.got == name for name in names], dtype=torch.int32))  # processes that got each
-        if got.any():
-            raise KeyboardInterrupt("SIGTERM" if got[1] else "Ctrl-C")
-
-    def close(self) -> None:
-        for sig, handler in self.previous.items():
+def steps(n: int):
+    """The steps 1 ... n of a training loop (ascale.fit). Under torchrun, which passes Ctrl-C and SIGTERM on
+    to every process, a signal is noted instead of raised while the loop runs, and before each step the
+    processes agree (one small all_reduce): when any has one, KeyboardInterrupt("Ctrl-C" or "SIGTERM") is
+    raised in all at once, so that all stop after the same step and evaluate and save together. Alone:
+    range(1, n + 1), and signals raise as they come (runfolder.signals_interrupt)."""
+    if world_size() == 1:
+        yield from range(1, n + 1)
+        return
+    got, previous = set(), {}
+    for sig, name in zip((signal.SIGINT, signal.SIGTERM), NAMES, strict=True):
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
+            previous[sig] = signal.signal(sig, lambda s, f, name=name: got.add(name))
+    try:
+        for step in range(1, n + 1):
+            flags = total(torch.tensor([name in got for name in NAMES], dtype=torch.int32))  # processes with each
+            if flags.any():
+                raise KeyboardInterrupt("SIGTERM" if flags[1] else "Ctrl-C")
+            yield step
+    finally:
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 

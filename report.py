@@ -5,6 +5,8 @@ a PNG written atomically (rendered to memory first, then ascale.write_atomically
 it is given (train.py and analyze.py give it a run folder's staging folder, see runfolder.RunFolder).
 
     heatmap         one panel per site: layers x positions (or heads), β·α or ‖β·v‖ per location
+    plot_locations  the locations path of the selection: flip rate and KL against K (locations.png)
+    stability       each location's selection frequency over --runs fits (stability.png)
     knockout_check  the knockout map and its linear estimate, compared with an intervention
                     (knockout.knockout, knockout.attribution, knockout.agreement): knockout.png and a
                     "knockout" entry in the run's metrics.json
@@ -91,6 +93,62 @@ def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
     fig.suptitle(f"{title}\nflip rate {metrics['train']['flip_rate']:.0%} train, {metrics['test']['flip_rate']:.0%}"
                  f" test · {metrics['n_params']:,} parameters · {metrics['n_active']:.0f} active locations",
                  fontsize=11)
+    save_figure(fig, path, dpi=120)
+
+
+# ----------------------------------------------------------------------------- selection (selection.py)
+
+
+def plot_locations(path: Path, sel: dict, title: str) -> None:
+    """The locations path of selection.choose: flip rate and KL after the refit against K, the number of
+    locations kept (trial refits and the final one, by their steps)."""
+    rows = [{**r, "method": f"refit of {r['steps']} steps"} for r in sel["path"]]
+    plot_curves(path, rows, "K", "K, locations kept (log scale)", None,
+                f"{title}: K = {sel['K']} ({sel['rule']}; unpruned: {sel['unpruned']['units']} active units,"
+                f" train flip {sel['unpruned']['train_flip_rate']:.2f})", log_x=True)
+
+
+def stability(model, iv, task, path: Path, runs: dict, title: str) -> None:
+    """One panel per site: each location's selection frequency over the --runs fits (layers x positions;
+    heads: each head's largest over positions; DynScalar: layers x heads or one column), the
+    final set outlined by the threshold in the colour bar's label."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for site, f in runs["frequencies"].items():
+        f = torch.tensor(f)
+        if f.dim() == 1:                                              # a DynScalar probe per layer
+            f, labels, xname = f[:, None], ["probe"], "one probe per layer"
+        elif iv.positions is None or f.dim() == 3:                    # heads (DynScalar's, or ActivScalar's)
+            f = f.amax(1) if f.dim() == 3 else f
+            labels, xname = [str(h) for h in range(f.shape[1])], "head"
+        else:
+            labels, xname = [t.replace("\n", "\\n") for t in task.train.tokens[0]], "position"
+        panels.append((site, f, labels, xname))
+    n_cols = max(f.shape[1] for _, f, _, _ in panels)
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False, constrained_layout=True,
+                             figsize=(max(6.0, 0.5 * n_cols + 1.5), len(panels) * (0.32 * iv.n_layer + 1.6) + 1.6))
+    for ax, (site, f, labels, xname) in zip(axes[:, 0], panels, strict=True):
+        im = ax.imshow(f.numpy(), cmap="Greens", vmin=0, vmax=1, aspect="auto")
+        ax.set_title(f"{site}: {SITE_NAMES[site]}", loc="left", fontsize=11)
+        ax.set_xticks(range(len(labels)), labels, rotation=60 if xname == "position" else 0,
+                      ha="right" if xname == "position" else "center", rotation_mode="anchor", fontsize=8)
+        ax.set_yticks(range(0, iv.n_layer, max(1, iv.n_layer // 16)))
+        ax.set_ylabel("layer")
+        ax.set_xlabel(xname, fontsize=9)
+        for (y, x), v in zip(torch.cartesian_prod(torch.arange(f.shape[0]), torch.arange(f.shape[1])).tolist(),
+                             f.flatten().tolist(), strict=True):
+            if v > 0:
+                ax.text(x, y, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if v >= runs["threshold"] else "black")
+    cbar = fig.colorbar(im, ax=axes[:, 0].tolist(), orientation="horizontal", aspect=50, shrink=0.8)
+    cbar.set_label(f"share of the {runs['runs']} fits that keep the location (each fit its K = {runs['K']} largest);"
+                   f" kept in the end: >= {runs['threshold']:g} (white numbers)", fontsize=9)
+    jac = runs["jaccard_halves"]
+    fig.suptitle(f"{title}\n{runs['selected']} locations kept · Jaccard of the two halves' selections "
+                 f"{'-' if jac is None else f'{jac:.2f}'}", fontsize=11)
     save_figure(fig, path, dpi=120)
 
 

@@ -43,6 +43,7 @@ import torch
 from gpt2 import UserError
 
 TASKS = ("ccc", "ioi")  # built in; anything ending in .jsonl is a custom task
+ANSWERS = ("first-token", "one-token")  # how CCC's answers are tokens (load_task)
 N_TRAIN, N_TEST = 300, 100  # default caps on the number of prompts per split (CCC, IOI)
 TEST_FRAC = 0.25  # share of countries / names / JSONL lines that go to the test split
 
@@ -123,9 +124,17 @@ def single_token(tokenizer, text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def tokenize(items: list[Item], tokenizer) -> PromptSet:
-    """Turn items (whose answers are known to be single tokens) into a PromptSet. Each prompt starts
-    with the BOS token where the model's own tokenizer adds one (Llama 3's <|begin_of_text|>)."""
+def first_token(tokenizer, text: str) -> int:
+    """The first token of `text` (" Buenos Aires" -> " Buenos"): what answers are compared by with
+    answers="first-token", since the model commits to an answer with its first token."""
+    return tokenizer.encode(text)[0]
+
+
+def tokenize(items: list[Item], tokenizer, answers: str = "one-token") -> PromptSet:
+    """Turn items into a PromptSet; their answers are known to be single tokens (answers="one-token")
+    or to differ in their first token ("first-token"), which is then the answer's token. Each prompt
+    starts with the BOS token where the model's own tokenizer adds one (Llama 3's <|begin_of_text|>)."""
+    answer = single_token if answers == "one-token" else first_token
     bos = [] if getattr(tokenizer, "bos_token", None) is None else [tokenizer.bos_token]
     seqs = [bos + tokenizer.encode(it.prompt) for it in items]
     T = max((len(s) for s in seqs), default=0)
@@ -136,8 +145,8 @@ def tokenize(items: list[Item], tokenizer) -> PromptSet:
         prompts=[it.prompt for it in items],
         ids=ids,
         answer_pos=torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long),
-        correct=torch.tensor([single_token(tokenizer, it.correct) for it in items], dtype=torch.long),
-        wrong=torch.tensor([single_token(tokenizer, it.wrong) for it in items], dtype=torch.long),
+        correct=torch.tensor([answer(tokenizer, it.correct) for it in items], dtype=torch.long),
+        wrong=torch.tensor([answer(tokenizer, it.wrong) for it in items], dtype=torch.long),
         tokens=[[token_str(tokenizer, t) for t in s] for s in seqs],
         correct_str=[it.correct for it in items],
         wrong_str=[it.wrong for it in items],
@@ -292,43 +301,63 @@ CCC_TEMPLATES = [
 
 
 def ccc_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen_lengths: bool,
-              test_frac: float, wrongs_per_country: int, notes: list[str]) -> tuple[list, list, list]:
+              test_frac: float, wrongs_per_country: int, answers: str, notes: list[str]) -> tuple[list, list, list]:
     """CCC items for train and test, and the templates used.
 
-    1. keep countries whose capital (" Berlin") is one token for this tokenizer;
+    1. answers "one-token": keep countries whose capital (" Berlin") is one token for this tokenizer;
+       "first-token": keep every country (" Buenos Aires" is compared by " Buenos");
     2. fixed length: keep the countries whose prompt has the most common length;
     3. split the countries train/test (seeded);
     4. per country (and template), draw `wrongs_per_country` wrong cities: capitals of other
-       countries of the same split, so a test country's capital never appears in training."""
+       countries of the same split, so a test country's capital never appears in training (with a
+       fixed length, only one-token cities: the city is in the prompt); "first-token": drop the items
+       whose two answers begin with the same token (" San Marino" against " San José")."""
     rng = random.Random(f"ccc/{seed}")
-    capital = {k: v for k, v in COUNTRIES.items() if single_token(tokenizer, " " + v) is not None}
-    multi = [v for k, v in COUNTRIES.items() if k not in capital]
-    notes.append(f"countries: {len(COUNTRIES)} in the table, {len(capital)} with a one-token capital "
-                 f"({len(multi)} dropped, e.g. {', '.join(repr(' ' + v) for v in multi[:3])})")
+    one = {k: v for k, v in COUNTRIES.items() if single_token(tokenizer, " " + v) is not None}
+    multi = [v for k, v in COUNTRIES.items() if k not in one]
+    if answers == "first-token":
+        capital = dict(COUNTRIES)
+        notes.append(f"countries: {len(COUNTRIES)} in the table, {len(one)} with a one-token capital; answers"
+                     f" compared by their first token, so the {len(multi)} others are kept too")
+    else:
+        capital = one
+        notes.append(f"countries: {len(COUNTRIES)} in the table, {len(capital)} with a one-token capital "
+                     f"({len(multi)} dropped, e.g. {', '.join(repr(' ' + v) for v in multi[:3])})")
+    if not one:
+        raise UserError("no capital in the table is one token for this tokenizer; CCC needs some")
 
     templates = pick_templates(CCC_TEMPLATES, template, fixed_length, "CCC")
     if fixed_length:
-        # The length depends on the country's name only (the city is one token); measure it
-        # with the country's own capital in the city slot.
-        probes = [Item(templates[0].format(country=k, city=v), v, v, (k,)) for k, v in capital.items()]
+        # The length depends on the country's name only (the in-context city is one token); measure it
+        # with a one-token capital in the city slot.
+        city = sorted(one.values())[0]
+        probes = [Item(templates[0].format(country=k, city=city), v, v, (k,)) for k, v in capital.items()]
         kept, _ = keep_modal_length(probes, [], tokenizer, "countries", notes)
         capital = {it.group[0]: capital[it.group[0]] for it in kept}
 
     train_c, test_c = split_groups(list(capital), test_frac, rng, "countries")
     notes.append(f"split by country: {len(train_c)} train, {len(test_c)} test countries")
     splits = []
+    same_first = Counter()
     for countries in (train_c, test_c):
-        cities = sorted(capital[k] for k in countries)
-        k_wrong = min(wrongs_per_country, len(cities) - 1)
+        cities = sorted(capital[k] for k in countries if not fixed_length or k in one)  # in-context cities
         items = []
         for country in sorted(countries):
             for tpl in templates:
                 others = [c for c in cities if c != capital[country]]
-                for city in rng.sample(others, k_wrong):
-                    items.append(Item(tpl.format(country=country, city=city), " " + capital[country],
-                                      " " + city, (country,)))
+                for city in rng.sample(others, min(wrongs_per_country, len(others))):
+                    it = Item(tpl.format(country=country, city=city), " " + capital[country], " " + city, (country,))
+                    if answers == "first-token" and first_token(tokenizer, it.correct) == first_token(tokenizer,
+                                                                                                     it.wrong):
+                        same_first[(it.correct, it.wrong)] += 1
+                        continue
+                    items.append(it)
         splits.append(items)
     train, test = splits
+    if same_first:
+        pairs = ", ".join(f"{c!r} / {w!r}" for c, w in list(same_first)[:3])
+        notes.append(f"first-token answers: dropped {sum(same_first.values())} prompts whose correct and wrong"
+                     f" answers begin with the same token (e.g. {pairs})")
     if fixed_length:  # a wrong city that merges with its neighbours would change the length
         train, test = keep_modal_length(train, test, tokenizer, "prompts", notes)
     elif unseen_lengths:
@@ -513,7 +542,7 @@ def jsonl_items(path: Path, tokenizer, *, seed: int, fixed_length: bool, unseen_
 
 def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True, unseen_lengths: bool = False,
               template: int = 0, n_train: int | None = None, n_test: int | None = None,
-              test_frac: float = TEST_FRAC, wrongs_per_country: int = 5) -> Task:
+              test_frac: float = TEST_FRAC, wrongs_per_country: int = 5, answers: str = "first-token") -> Task:
     """Load a task's train and test prompts, tokenised for `tokenizer`.
 
     task            "ccc", "ioi", or the path of a .jsonl file ({"prompt", "correct", "wrong"} a line)
@@ -525,7 +554,12 @@ def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True,
     n_train, n_test caps on the split sizes (default 300/100 for CCC/IOI, all lines for JSONL)
     test_frac       share of countries / names / lines that go to test
     wrongs_per_country  CCC: prompts per country (and template), each with another wrong city
+    answers         CCC: "first-token" (default) compares the two answers by their first tokens, where
+                    these differ, so capitals of several tokens count too; "one-token" keeps only the
+                    countries whose capital is one token. IOI and JSONL answers are always one token.
     """
+    if answers not in ANSWERS:
+        raise UserError(f"unknown answers {answers!r}; choose {', '.join(ANSWERS)}")
     if unseen_lengths and fixed_length:
         raise UserError("unseen lengths need prompts of several lengths; use them with --method dynscalar")
     for flag, n in (("--n-train", n_train), ("--n-test", n_test)):
@@ -539,7 +573,7 @@ def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True,
     if task == "ccc":
         train, test, templates = ccc_items(tokenizer, seed=seed, fixed_length=fixed_length, template=template,
                                            unseen_lengths=unseen_lengths, test_frac=test_frac,
-                                           wrongs_per_country=wrongs_per_country, notes=notes)
+                                           wrongs_per_country=wrongs_per_country, answers=answers, notes=notes)
         n_train, n_test = n_train or N_TRAIN, n_test or N_TEST
     elif task == "ioi":
         n_train, n_test = n_train or N_TRAIN, n_test or N_TEST
@@ -561,7 +595,9 @@ def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True,
         if not items:
             raise UserError(f"no {name} prompts are left for task {task} with this tokenizer and these options")
     notes.append(f"prompts: {len(train)} train, {len(test)} test")
-    task_ = Task(task, tokenize(train, tokenizer), tokenize(test, tokenizer), fixed_length, templates, notes)
+    answers = answers if task == "ccc" else "one-token"
+    task_ = Task(task, tokenize(train, tokenizer, answers), tokenize(test, tokenizer, answers), fixed_length,
+                 templates, notes)
     if fixed_length:  # position-tied methods read the same positions in train and test
         assert task_.train.fixed_length and task_.test.fixed_length
         assert task_.train.ids.shape[1] == task_.test.ids.shape[1]

@@ -37,13 +37,15 @@ import knockout
 import parallel
 import report
 import runfolder
+import selection
 from gpt2 import GPT, UserError
 
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
 DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What a run folder holds (analyze.py adds beta.json and beta.png): a new run replaces all of them.
-RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "knockout.png", "beta.json", "beta.png")
+RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "locations.png", "stability.png",
+             "knockout.png", "beta.json", "beta.png")
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,6 +89,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " --lr throughout (default: cosine)")
     p.add_argument("--steps", type=int, default=ascale.STEPS, help="Adam steps, whatever the number of training"
                    f" prompts (default: {ascale.STEPS})")
+    p.add_argument("--locations", default="auto", help="after the l1 fit, keep this many locations (units: for"
+                   " dynscalar, probes), set the rest to exactly 0 and refit them without l1: a number K; auto, the"
+                   " smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps the training flip rate within"
+                   f" {selection.TOLERANCE:g} of the better of the unpruned fit and the refit of all its active"
+                   " locations (a bisection: a few refits of"
+                   f" {selection.REFIT_STEPS // 2} steps, then {selection.REFIT_STEPS} for the chosen K; the path goes"
+                   " into metrics.json and locations.png); or all, no selection: the l1 fit as it is (default: auto)")
+    p.add_argument("--refit-steps", type=int, default=selection.REFIT_STEPS, help="Adam steps of the refit of the"
+                   f" kept locations, at a constant lr of {selection.REFIT_LR:g} and without l1; the path's trial"
+                   f" refits take half of it; 0 prunes without refitting (default: {selection.REFIT_STEPS})")
+    p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection: N l1 fits, each on a"
+                   " bootstrap resample of the training prompts with its own minibatch order, each pruned to the K"
+                   " the first one chooses (or --locations); the final intervention is the refit of the locations"
+                   f" that at least {selection.FREQUENCY:.0%} of the fits keep. Writes stability.png (each location's"
+                   " selection frequency) and a runs entry in metrics.json (frequencies, Jaccard of the two halves'"
+                   " selections, mean and sd over the fits). Costs N times a single run's training (default: 1)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per training step and per evaluation pass."
                    " Memory grows with it, not with the number of prompts: the original model's distribution of"
                    " the other tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise"
@@ -135,11 +153,17 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be a number >= 0")
     if not 0 < args.lr < 1e30:
         p.error("--lr must be a positive number")
-    for name in ("steps", "show", "generate"):
+    for name in ("steps", "show", "generate", "refit_steps"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0")
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
+    if args.runs < 1:
+        p.error("--runs must be >= 1")
+    if args.locations not in ("auto", "all") and not (args.locations.isdigit() and int(args.locations) >= 1):
+        p.error(f"--locations must be auto, all, or a number >= 1, not {args.locations!r}")
+    if args.locations == "all" and args.runs > 1:
+        p.error("--runs selects locations; it cannot go with --locations all")
     if args.eval and (args.out or args.overwrite or args.knockout):
         p.error("--eval writes nothing; drop --out, --overwrite and --knockout (they are for training; for a saved"
                 " run: python analyze.py knockout FILE)")
@@ -355,11 +379,8 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     the intervention."""
     torch.manual_seed(args.seed)
     positions = None if method == "dynscalar" else task.train.ids.shape[1]
-    iv = ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
     start = time.time()
-    curve = ascale.fit(model, iv, batches["train"], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                       lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin, seed=args.seed,
-                       schedule=args.schedule)
+    iv, curve, chosen = fit_and_select(method, sites, positions, model, batches, args)
     seconds = time.time() - start
     if curve["interrupted"]:
         print(f"stopped by {curve['stopped_by']} after {curve['steps']} steps: evaluating and saving what was learned")
@@ -376,15 +397,46 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     metrics = {"method": method, **measure(model, iv, batches, args.batch_size), "world_size": parallel.world_size(),
                "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "interrupted": curve.pop("interrupted"), "stopped_by": curve.pop("stopped_by"),
-               "seconds": round(seconds, 2), "loss_curve": curve,
+               "seconds": round(seconds, 2), "loss_curve": curve, **chosen,
                "config": {**vars(args), "method": method}}
     report.write_json(folder / "metrics.json", metrics)
     title = f"{method} · {task.name} · {Path(args.model).name}"
-    if parallel.is_main():  # torchrun: rank 0 writes
-        report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
+    report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
+    if chosen.get("selection", {}).get("path"):
+        report.plot_locations(folder / "locations.png", chosen["selection"], f"{title} · locations kept")
+    if "runs" in chosen and chosen["runs"].get("frequencies"):
+        report.stability(model, iv, task, folder / "stability.png", chosen["runs"], f"{title} · selection frequency")
+    print_selection(method, chosen)
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
     return metrics, iv
+
+
+def fit_and_select(method, sites, positions, model, batches, args):
+    """The ℓ1 fit (ascale.fit), then the selection of selection.py: prune to --locations and refit, or, with
+    --runs N, stability selection over N bootstrap fits. Returns (intervention, curve, {"selection": ...} or
+    {"runs": ...}); Ctrl-C or SIGTERM stops it with what was learned (curve["interrupted"])."""
+    def make():
+        return ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
+    kw = dict(lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin)
+    locations = None if args.locations in ("auto", "all") else int(args.locations)
+    if args.runs > 1:
+        iv, runs, _ = selection.stable(model, make, batches, runs=args.runs, steps=args.steps, lr=args.lr,
+                                       batch_size=args.batch_size, schedule=args.schedule, locations=locations,
+                                       refit_steps=args.refit_steps, seed=args.seed, **kw)
+        stopped = runs["stopped_by"]
+        curve = {"steps": args.steps * len(runs["fits"]), "interrupted": stopped is not None, "stopped_by": stopped}
+        return iv, curve, {"runs": runs}
+    iv = make()
+    curve = ascale.fit(model, iv, batches["train"], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                       seed=args.seed, schedule=args.schedule, **kw)
+    if curve["interrupted"] or args.locations == "all":
+        return iv, curve, {}
+    iv, chosen = selection.choose(model, iv, batches, locations=locations, refit_steps=args.refit_steps,
+                                  seed=args.seed, **kw)
+    if chosen["stopped_by"]:
+        curve.update(interrupted=True, stopped_by=chosen["stopped_by"])
+    return iv, curve, {"selection": chosen}
 
 
 def measure(model, iv, batches, batch_size: int = 64) -> dict:
@@ -442,11 +494,16 @@ def evaluate_saved(args) -> None:
 
 def print_table(results: dict[str, dict]) -> None:
     """Methods side by side; cells with two numbers are train / test."""
-    rows = [("flip rate", "flip_rate", "{:.2f}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
-            ("logit diff after", "logit_diff_after", "{:+.2f}"), ("KL of the other tokens, nats", "kl", "{:.3f}")]
+    rows = [("flip rate", "flip_rate", "{:.2f}"), ("  95% interval (Wilson)", "flip_rate_ci", "[{:.2f}, {:.2f}]"),
+            ("prompts", "n_prompts", "{}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
+            ("logit diff after", "logit_diff_after", "{:+.2f}"), ("KL of the other tokens, nats", "kl", "{:.3f}"),
+            ("  95% interval (bootstrap)", "kl_ci", "[{:.3f}, {:.3f}]")]
+
+    def cell(value, fmt):
+        return fmt.format(*value) if isinstance(value, list) else fmt.format(value)
     table = [("(train / test)", *results)]
-    table += [(name, *(f"{fmt.format(m['train'][key])} / {fmt.format(m['test'][key])}"
-                                           for m in results.values())) for name, key, fmt in rows]
+    table += [(name, *(f"{cell(m['train'][key], fmt)} / {cell(m['test'][key], fmt)}"
+                       for m in results.values())) for name, key, fmt in rows]
     table += [("parameters", *(f"{m['n_params']:,}" for m in results.values())),
               ("l1 of parameters", *(f"{m['l1']:.2f}" for m in results.values())),
               (f"active locations (>= {ascale.ACTIVE:.0%} change)",
@@ -455,6 +512,22 @@ def print_table(results: dict[str, dict]) -> None:
     print()
     for row in table:
         print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]))
+
+
+def print_selection(method: str, chosen: dict) -> None:
+    """One or two lines on what the selection kept (selection.py)."""
+    if "selection" in chosen:
+        sel = chosen["selection"]
+        tried = ", ".join(f"K={r['K']}: {r['flip_rate_train']:.2f}" for r in sel["path"])
+        print(f"{method}: kept {sel['K']} of the {sel['unpruned']['units']} active units by {sel['measure']}"
+              f" ({sel['rule']}; unpruned train flip {sel['unpruned']['train_flip_rate']:.2f}); path, train flip"
+              f" after refit: {tried}")
+    if "runs" in chosen and chosen["runs"]["fits"]:
+        r = chosen["runs"]
+        (m, sd), jac = r["mean_sd"]["test_flip_rate"], r["jaccard_halves"]
+        print(f"{method}: {r['runs']} bootstrap fits, each pruned to K={r['K']}; {r['selected']} locations kept by"
+              f" >= {r['threshold']:.0%} of them; test flip of the fits {m:.2f} ± {sd:.2f} (mean ± sd); Jaccard of the"
+              f" two halves' selections {'-' if jac is None else f'{jac:.2f}'}")
 
 
 def show(model, tok, iv, ps, batch, n: int) -> None:

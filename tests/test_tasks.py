@@ -55,14 +55,17 @@ def test_tables_are_big_enough(tok):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["fixed", "dynamic", "unseen-lengths"])
-@pytest.mark.parametrize("name", ["ccc", "ioi"])
-def test_answers_are_single_tokens_and_ids_match(tok, name, shape):
-    task = tasks.load_task(name, tok, **shape)
+@pytest.mark.parametrize("name, answers", [("ccc", "first-token"), ("ccc", "one-token"), ("ioi", "one-token")])
+def test_answers_are_single_tokens_and_ids_match(tok, name, shape, answers):
+    task = tasks.load_task(name, tok, **shape, answers=answers)
     for ps in all_sets(task):
         assert len(ps) > 0
         for i in range(len(ps)):
             for s, t in ((ps.correct_str[i], ps.correct[i]), (ps.wrong_str[i], ps.wrong[i])):
-                assert s.startswith(" ") and tok.encode(s) == [int(t)]
+                if answers == "first-token":   # the answer's first token (the whole answer where it is one)
+                    assert s.startswith(" ") and tok.encode(s)[0] == int(t)
+                else:
+                    assert s.startswith(" ") and tok.encode(s) == [int(t)]
             assert ps.correct[i] != ps.wrong[i]
             ids = tok.encode(ps.prompts[i])
             n = len(ids)
@@ -121,6 +124,35 @@ def test_ccc_split_by_country(tok, fixed_length):
         for p, c, w in zip(ps.prompts, ps.correct_str, ps.wrong_str, strict=True):
             assert c == " " + tasks.COUNTRIES[country_of(p)] and c != w
             assert f" is{w}" in p  # the context states the wrong city
+
+
+def test_first_token_answers_keep_capitals_of_several_tokens(gpt2_tok):
+    one = tasks.load_task("ccc", gpt2_tok, answers="one-token")
+    first = tasks.load_task("ccc", gpt2_tok, answers="first-token")
+    assert len(first.train) + len(first.test) > len(one.train) + len(one.test)   # more prompts, tighter intervals
+    multi = [c for ps in all_sets(first) for c in ps.correct_str if len(gpt2_tok.encode(c)) > 1]
+    assert " Buenos Aires" in multi                      # two tokens, a first token of its own: kept
+    for ps in all_sets(first):                            # fixed length: the in-context city is one token
+        assert all(len(gpt2_tok.encode(w)) == 1 for w in ps.wrong_str)
+
+
+def test_first_token_answers_drop_the_same_first_token_with_a_note(gpt2_tok, monkeypatch):
+    """" San Marino" against " San Jose": both begin with " San", so no first token can tell them apart."""
+    table = {"Costa Rica": "San Jose", "San Marino": "San Marino", "El Salvador": "San Salvador",
+             "Argentina": "Buenos Aires", "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid"}
+    monkeypatch.setattr(tasks, "COUNTRIES", table)
+    sans = {" San Jose", " San Marino", " San Salvador"}
+    dropped_somewhere = False
+    for seed in range(6):
+        task = tasks.load_task("ccc", gpt2_tok, seed=seed, fixed_length=False, wrongs_per_country=7, test_frac=0.5)
+        for ps in all_sets(task):
+            assert not any(c in sans and w in sans for c, w in zip(ps.correct_str, ps.wrong_str, strict=True))
+            assert bool((ps.correct != ps.wrong).all())
+            assert " Buenos Aires" in ps.correct_str or "Argentina" not in " ".join(ps.prompts)
+        note = [n for n in task.notes if "begin with the same token" in n]
+        dropped_somewhere |= bool(note)
+        assert all("' San" in n for n in note)
+    assert dropped_somewhere
 
 
 def test_ccc_first_template_is_the_issues(gpt2_tok):

@@ -17,8 +17,8 @@ CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spa
             ("Cuba", "Havana"), ("Peru", "Lima"), ("China", "Beijing")]
 TEMPLATE = "The capital of {country} is {city}. Q: What is the capital of {country}? A:"
 FLAGS = ["--model", "--revision", "--task", "--method", "--sites", "--target", "--lambda-f", "--lambda-m", "--margin",
-         "--beta", "--lr", "--steps", "--batch-size", "--seed", "--device", "--dtype", "--out", "--overwrite",
-         "--show", "--generate", "--eval"]
+         "--beta", "--lr", "--steps", "--locations", "--runs", "--refit-steps", "--batch-size", "--seed", "--device",
+         "--dtype", "--out", "--overwrite", "--show", "--generate", "--eval"]
 
 
 def write_task(path, rows):
@@ -51,9 +51,15 @@ def run_script(*args):
 
 
 def check_run_folder(folder, method):
-    assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "intervention.safetensors", "metrics.json"]
-    assert (folder / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     m = json.loads((folder / "metrics.json").read_text())
+    selected = ["locations.png"] if m.get("selection", {}).get("path") else []   # the path of --locations auto
+    assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "intervention.safetensors", *selected,
+                                                        "metrics.json"]
+    for png in ("heatmap.png", *selected):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for split in ("train", "test"):   # every flip rate with its interval and its number of prompts
+        lo, hi = m[split]["flip_rate_ci"]
+        assert 0 <= lo <= m[split]["flip_rate"] <= hi <= 1 and m[split]["n_prompts"] > 0
     for split in ("train", "test"):
         assert {"flip_rate", "kl", "logit_diff_before", "logit_diff_after"} <= set(m[split])
     assert {"n_params", "l1", "n_active", "config", "loss_curve"} <= set(m)

@@ -1,0 +1,205 @@
+"""
+Minimal by construction, and the same map from another seed (our additions to the paper's method).
+
+The ℓ1 term of the objective makes most scalars small, not zero, and it chooses among locations that
+would do the same job: two fits that differ only in their minibatch order share about half of their
+active locations. So after the ℓ1 fit (ascale.fit) comes a selection:
+
+    1. rank      the units by their size: |α| (ActivScalar), ‖v‖ (SteerVec), ‖w‖ + |b| (DynScalar, whose
+                 units are probes: one per site and layer); Intervention.effect
+    2. prune     keep the K largest, set the rest to exactly 0 and keep them there (Intervention.restrict)
+    3. refit     train the K survivors again, without ℓ1 (it has done its job: choosing), from their values
+    4. choose K  `--locations K`, or the smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps
+                 the training flip rate within TOLERANCE of the reference: the better of the unpruned fit and
+                 the refit of all its active units (bisection along the path: a few refits, not one per K;
+                 the test prompts are never looked at)
+
+and, with `--runs N`, stability selection (Meinshausen and Bühlmann, 2010): N fits, each on a bootstrap
+resample of the training prompts with its own minibatch order, each pruned to the K the first fit chose;
+a location's selection frequency is the share of fits that keep it, and the final intervention is the
+refit of the locations kept by at least half of the fits (FREQUENCY). A location that one fit needs and
+the next replaces by a neighbour falls below it; what is left is what the fits agree on.
+"""
+
+import copy
+
+import torch
+
+import ascale
+
+PATH = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+TOLERANCE = 0.03     # the chosen K's training flip rate may be this far below the unpruned fit's
+FREQUENCY = 0.5      # --runs: the final set is the locations kept by at least this share of the fits
+REFIT_STEPS = 30     # the refit of the chosen locations (the path's trial refits take half of it)
+REFIT_LR = 0.02      # a constant rate: the refit starts from the ℓ1 fit's values, near where it ends
+
+
+def n_units(iv: ascale.Intervention) -> int:
+    """How many units iv moves noticeably, the largest K worth trying: those of effect >= ascale.ACTIVE for the
+    scalar methods (the definition of active), for SteerVec (‖v‖ is in the activation's units) those of at
+    least 1 % of its largest ‖v‖."""
+    effect = iv.effect()
+    floor = ascale.ACTIVE if iv.method != "steervec" else 0.01 * max(float(e.max()) for e in effect.values())
+    return sum(int((e >= max(floor, 1e-12)).sum()) for e in effect.values())
+
+
+def top_k(effect: dict[str, torch.Tensor], K: int) -> dict[str, torch.Tensor]:
+    """The K largest units over all sites: {site: bool mask of the effect's shape}. Ties are broken by
+    position in the flattened maps (stable sort), so the same effect gives the same set."""
+    flat = torch.cat([e.flatten().float().cpu() for e in effect.values()])
+    chosen = torch.zeros(len(flat), dtype=torch.bool)
+    chosen[flat.argsort(descending=True, stable=True)[:K]] = True
+    keep, i = {}, 0
+    for site, e in effect.items():
+        keep[site] = chosen[i:i + e.numel()].view(e.shape)
+        i += e.numel()
+    return keep
+
+
+def refit(model, iv, batch, keep, *, steps: int = REFIT_STEPS, lr: float = REFIT_LR, seed: int = 0,
+          progress: bool = True, **objective) -> tuple[ascale.Intervention, dict]:
+    """A copy of iv restricted to `keep` and trained again for `steps` steps at a constant lr, without ℓ1
+    (objective: lambda_f, margin; lambda_m, if given, is ignored). Returns (intervention, curve)."""
+    iv = copy.deepcopy(iv)
+    iv.restrict(keep)
+    objective = {k: v for k, v in objective.items() if k != "lambda_m"}
+    curve = ascale.fit(model, iv, batch, steps=steps, lr=lr, seed=seed, schedule="constant", lambda_m=0.0,
+                       progress=progress, **objective)
+    return iv, curve
+
+
+def count(keep: dict[str, torch.Tensor]) -> int:
+    return sum(int(k.sum()) for k in keep.values())
+
+
+def choose(model, iv, batches, *, locations: int | None = None, tolerance: float = TOLERANCE,
+           refit_steps: int = REFIT_STEPS, seed: int = 0, progress: bool = True, **objective):
+    """Prune the ℓ1 fit iv to K units and refit them (steps 1-4 above). K = `locations`, or the smallest
+    K on PATH whose trial refit (refit_steps // 2 steps) reaches the reference training flip rate minus
+    `tolerance`, found by bisection (the flip rate grows with K, near enough). batches: {"train", "test"}.
+    Returns (the refit intervention, record): record["path"] lists each K tried with its train and test
+    flip rates and KL; the test numbers are reported, never used to choose."""
+    train = batches["train"]
+    before = ascale.evaluate(model, iv, train)
+    most = n_units(iv)
+    path = []
+
+    def trial(K: int, steps: int):
+        out, curve = refit(model, iv, train, top_k(iv.effect(), K), steps=steps, seed=seed, progress=progress,
+                           **objective)
+        if curve["interrupted"]:
+            raise KeyboardInterrupt(curve["stopped_by"])
+        ev = {s: ascale.evaluate(model, out, batches[s]) for s in ("train", "test")}
+        path.append({"K": K, "steps": steps, **{f"{k}_{s}": ev[s][k] for s in ev for k in ("flip_rate", "kl")}})
+        return out, ev["train"]["flip_rate"]
+
+    record = {"measure": MEASURES[iv.method], "tolerance": tolerance, "refit_steps": refit_steps, "refit_lr": REFIT_LR,
+              "unpruned": {"units": most, "train_flip_rate": before["flip_rate"]}, "path": path, "stopped_by": None}
+    try:
+        if locations is not None:
+            K, record["rule"] = max(1, min(locations, most or locations)), f"--locations {locations}"
+        else:
+            record["rule"] = f"smallest K on the path with train flip >= best of unpruned and its refit - {tolerance:g}"
+            Ks = [k for k in PATH if k < most] + [max(most, 1)]
+            # The reference: the ℓ1 fit, or the refit of all its active units where that does better (an ℓ1 fit
+            # that has not converged is no yardstick).
+            reference = max(before["flip_rate"], trial(Ks[-1], refit_steps // 2)[1] if len(Ks) > 1 else 0.0)
+            record["unpruned"]["reference_flip_rate"] = reference
+            lo, hi = 0, len(Ks) - 1                   # invariant: Ks[hi] is good enough
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if trial(Ks[mid], refit_steps // 2)[1] >= reference - tolerance:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            K = Ks[hi]
+        final, _ = trial(K, refit_steps)
+    except KeyboardInterrupt as e:                    # Ctrl-C or SIGTERM: what was learned is the unpruned fit
+        record.update(K=None, stopped_by=str(e) or "Ctrl-C")
+        return iv, record
+    path.sort(key=lambda r: (r["K"], r["steps"]))
+    record["K"] = K
+    return final, record
+
+
+MEASURES = {"activscalar": "|alpha|", "steervec": "||v||", "dynscalar": "||w|| + |b| per probe"}
+
+
+# ----------------------------------------------------------------------------- --runs: stability selection
+
+
+def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """|A ∩ B| / |A ∪ B| of two selections ({site: bool mask}); 1 when both are empty."""
+    inter = sum(int((a[s] & b[s]).sum()) for s in a)
+    union = sum(int((a[s] | b[s]).sum()) for s in a)
+    return inter / union if union else 1.0
+
+
+def frequencies(selections: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The share of the selections that keep each unit: {site: float map in [0, 1]}."""
+    return {s: torch.stack([sel[s] for sel in selections]).float().mean(0) for s in selections[0]}
+
+
+def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_size: int, schedule: str,
+           locations: int | None = None, refit_steps: int = REFIT_STEPS, seed: int = 0,
+           threshold: float = FREQUENCY, progress: bool = True, **objective):
+    """--runs N: N ℓ1 fits on bootstrap resamples of the training prompts (fit r: resample and minibatch
+    order from seed·1000 + r), each pruned to K units (fit 0 chooses K as `choose` does, unless
+    `locations`), selection frequencies, and the refit of the units kept by >= threshold of the fits,
+    started from the mean of the values of the fits that kept them. Returns (intervention, record, frequencies).
+    Ctrl-C or SIGTERM during fit r >= 1 goes on with the r finished fits; during fit 0 returns that fit."""
+    train = batches["train"]
+    fits, selections, states, K, path0, stopped_by = [], [], [], locations, None, None
+    for r in range(runs):
+        g = torch.Generator().manual_seed(seed * 1000 + r)
+        sample = train[torch.randint(0, len(train), (len(train),), generator=g).to(train.ids.device)]
+        iv = make_iv()
+        curve = ascale.fit(model, iv, sample, steps=steps, lr=lr, batch_size=batch_size, schedule=schedule,
+                           seed=seed * 1000 + r, progress=progress, **objective)
+        if not curve["interrupted"] and K is None:       # the first fit's path sets K for all of them
+            _, path0 = choose(model, iv, {"train": sample, "test": batches["test"]}, refit_steps=refit_steps,
+                              seed=seed, progress=progress, **objective)
+            K, stopped_by = path0["K"], path0["stopped_by"]
+        if curve["interrupted"] or stopped_by:
+            stopped_by = stopped_by or curve["stopped_by"]
+            if not fits:
+                return iv, {"runs": runs, "stopped_by": stopped_by, "fits": []}, None
+            break
+        ev = {s: ascale.evaluate(model, iv, batches[s]) for s in ("train", "test")}
+        fits.append({"train_flip_rate": ev["train"]["flip_rate"], "test_flip_rate": ev["test"]["flip_rate"],
+                     "kl_test": ev["test"]["kl"], "units": n_units(iv)})
+        selections.append(top_k(iv.effect(), K))
+        iv.restrict(selections[-1])
+        states.append({k: v.detach().clone() for k, v in iv.state_dict().items()})
+    freq = frequencies(selections)
+    keep = {s: f >= threshold for s, f in freq.items()}
+    if count(keep) == 0:                                 # no unit reaches the threshold: keep the most frequent
+        keep = top_k(freq, 1)
+    start = make_iv()                                    # each unit: the mean of the fits that kept it
+    kept_by = {s: torch.stack([sel[s] for sel in selections]).sum(0).clamp(min=1) for s in freq}
+    start.load_state_dict({k: torch.stack([st[k] for st in states]).sum(0)
+                           / _broadcast(kept_by[k.split(".")[1]], states[0][k]).to(states[0][k].device)
+                           for k in states[0]})
+    final, curve = refit(model, start, train, keep, steps=refit_steps, seed=seed, progress=progress, **objective)
+    stopped_by = stopped_by or curve["stopped_by"]
+    half = len(fits) // 2
+    split = None
+    if half:
+        a, b = frequencies(selections[:half]), frequencies(selections[half:])
+        split = jaccard({s: f >= threshold for s, f in a.items()}, {s: f >= threshold for s, f in b.items()})
+    record = {"runs": len(fits), "runs_asked": runs, "K": K, "threshold": threshold, "selected": count(keep),
+              "jaccard_halves": split, "fits": fits,
+              "mean_sd": {k: _mean_sd([f[k] for f in fits]) for k in ("train_flip_rate", "test_flip_rate", "kl_test")},
+              "frequencies": {s: f.tolist() for s, f in freq.items()}, "first_fit_selection": path0,
+              "stopped_by": stopped_by}
+    return final, record, freq
+
+
+def _broadcast(keep: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A units mask (or count) shaped to multiply a parameter p: (L, T) -> (L, T, 1) for SteerVec's v."""
+    return keep.view(*keep.shape, *[1] * (p.dim() - keep.dim()))
+
+
+def _mean_sd(xs: list[float]) -> list[float]:
+    t = torch.tensor(xs, dtype=torch.float64)
+    return [t.mean().item(), t.std().item() if len(t) > 1 else 0.0]

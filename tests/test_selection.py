@@ -1,0 +1,118 @@
+"""selection.py on a tiny random GPT-2: pruning to exactly K units, the refit, the path, --runs; intervals."""
+
+import copy
+
+import pytest
+import torch
+from conftest import save_checkpoint, tiny_hf_model
+from test_ascale import FAST, prompts, trained
+
+import ascale
+import selection
+from gpt2 import GPT
+
+OBJECTIVE = dict(lambda_f=1.0, margin=1.0)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = save_checkpoint(tiny_hf_model("gpt2"), tmp_path_factory.mktemp("ckpt") / "tiny-gpt2")
+    return GPT.from_pretrained(str(folder))
+
+
+def nonzero_units(iv) -> int:
+    return sum(int((e > 0).sum()) for e in iv.effect().values())
+
+
+@pytest.mark.parametrize("method", ascale.METHODS)
+def test_refit_keeps_exactly_k_units_and_the_others_stay_zero(model, method):
+    iv, batch, _ = trained(model, method, sites=("attn_out", "head"))
+    assert nonzero_units(iv) > 3
+    keep = selection.top_k(iv.effect(), 3)
+    assert selection.count(keep) == 3
+    out, curve = selection.refit(model, iv, batch, keep, steps=10, lr=0.05, progress=False, **OBJECTIVE)
+    pruned = copy.deepcopy(iv)
+    pruned.restrict(keep)
+    assert curve["steps"] == 10                                               # it trained from the pruned values
+    assert any(not torch.equal(a, b) for a, b in zip(out.parameters(), pruned.parameters(), strict=True))
+    assert nonzero_units(out) == 3                                            # exactly the kept ones are non-zero
+    for site, e in out.effect().items():
+        assert bool((e[~keep[site]] == 0).all())
+    for name, p in out.named_parameters():                                    # the parameters themselves
+        k = keep[name.split(".")[1]]
+        assert bool((p.detach()[~k] == 0).all())
+    assert nonzero_units(iv) > 3                                              # iv itself is untouched
+
+
+def test_top_k_takes_the_largest_over_all_sites():
+    effect = {"attn_out": torch.tensor([[0.1, 0.9], [0.0, 0.3]]), "mlp_out": torch.tensor([[0.5, 0.2], [0.8, 0.0]])}
+    keep = selection.top_k(effect, 3)
+    assert keep["attn_out"].tolist() == [[False, True], [False, False]]
+    assert keep["mlp_out"].tolist() == [[True, False], [True, False]]
+
+
+def test_choose_finds_k_on_the_path_and_records_it(model):
+    ps, test = prompts(N=8, swap=True), prompts(N=6, seed=2, swap=True)
+    batches = {"train": ascale.prepare(model, ps), "test": ascale.prepare(model, test)}
+    iv = ascale.make("activscalar", model.config, ("attn_out", "mlp_out"), ps.ids.shape[1])
+    ascale.fit(model, iv, batches["train"], **{**FAST, "margin": 1.0})
+    unpruned = ascale.evaluate(model, iv, batches["train"])["flip_rate"]
+    out, rec = selection.choose(model, iv, batches, refit_steps=20, progress=False, **OBJECTIVE)
+    K = rec["K"]
+    assert K in selection.PATH or K == rec["unpruned"]["units"]
+    assert nonzero_units(out) <= K
+    final = [r for r in rec["path"] if r["K"] == K and r["steps"] == 20]
+    assert len(final) == 1 and final[0]["flip_rate_train"] == ascale.evaluate(model, out, batches["train"])["flip_rate"]
+    trials = [r for r in rec["path"] if r["steps"] == 10]
+    good = [r["K"] for r in trials if r["flip_rate_train"] >= unpruned - rec["tolerance"]]
+    assert all(k >= K for k in good)                          # no smaller tried K was good enough
+    fixed, rec5 = selection.choose(model, iv, batches, locations=5, refit_steps=4, progress=False, **OBJECTIVE)
+    assert rec5["K"] == 5 and nonzero_units(fixed) <= 5 and [r["K"] for r in rec5["path"]] == [5]
+
+
+def test_runs_give_frequencies_and_keep_those_above_the_threshold(model):
+    ps, test = prompts(N=8, swap=True), prompts(N=6, seed=2, swap=True)
+    batches = {"train": ascale.prepare(model, ps), "test": ascale.prepare(model, test)}
+
+    def make():
+        return ascale.make("activscalar", model.config, ("attn_out", "mlp_out"), ps.ids.shape[1])
+
+    iv, rec, freq = selection.stable(model, make, batches, runs=4, steps=20, lr=0.1, batch_size=4,
+                                     schedule="cosine", locations=6, refit_steps=5, progress=False,
+                                     lambda_m=1e-3, **OBJECTIVE)
+    assert rec["runs"] == 4 and rec["K"] == 6 and len(rec["fits"]) == 4
+    for site, f in freq.items():
+        assert bool(((f >= 0) & (f <= 1)).all())
+        assert torch.allclose(f * 4, (f * 4).round())         # shares of 4 fits
+        assert (iv.effect()[site] > 0).tolist() == (f >= rec["threshold"]).tolist()  # the final set, exactly
+    assert sum(float(f.sum()) for f in freq.values()) == pytest.approx(4 * 6 / 4)   # each fit kept 6
+    assert rec["selected"] == sum(int((f >= 0.5).sum()) for f in freq.values())
+    assert 0 <= rec["jaccard_halves"] <= 1
+    again, rec2, _ = selection.stable(model, make, batches, runs=4, steps=20, lr=0.1, batch_size=4,
+                                      schedule="cosine", locations=6, refit_steps=5, progress=False,
+                                      lambda_m=1e-3, **OBJECTIVE)
+    assert rec2["frequencies"] == rec["frequencies"]          # the same seed, the same fits
+    for a, b in zip(iv.parameters(), again.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_jaccard():
+    a = {"s": torch.tensor([True, True, False, False])}
+    b = {"s": torch.tensor([True, False, True, False])}
+    assert selection.jaccard(a, b) == pytest.approx(1 / 3)
+    assert selection.jaccard(a, a) == 1.0
+
+
+def test_wilson_interval_of_a_known_case():
+    lo, hi = ascale.wilson(8, 10)
+    assert (round(lo, 2), round(hi, 2)) == (0.49, 0.94)
+    assert ascale.wilson(0, 10)[0] == 0.0 and ascale.wilson(10, 10)[1] == 1.0
+    assert ascale.wilson(0, 10)[1] > 0.2                       # not the empty interval of p ± z·se
+
+
+def test_evaluate_brackets_its_rates(model):
+    iv, batch, _ = trained(model)
+    ev = ascale.evaluate(model, iv, batch)
+    assert ev["flip_rate_ci"][0] <= ev["flip_rate"] <= ev["flip_rate_ci"][1]
+    assert ev["kl_ci"][0] <= ev["kl"] <= ev["kl_ci"][1]
+    assert ascale.bootstrap_mean(torch.ones(5)) == [1.0, 1.0]
