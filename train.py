@@ -102,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection: N l1 fits, each on a"
                    " bootstrap resample of the training prompts with its own minibatch order, each pruned to the K"
                    " the first one chooses (or --locations); the final intervention is the refit of the locations"
-                   f" that at least {selection.FREQUENCY:.0%} of the fits keep. Writes stability.png (each location's"
+                   f" that at least {selection.FREQUENCY:.0%}% of the fits keep. Writes stability.png (each location's"
                    " selection frequency) and a runs entry in metrics.json (frequencies, Jaccard of the two halves'"
                    " selections, mean and sd over the fits). Costs N times a single run's training (default: 1)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per training step and per evaluation pass."
