@@ -63,7 +63,7 @@ def test_two_processes_give_one_process_numbers(runs):
     from safetensors.torch import load_file
     one, two, _ = runs
     a, b = load_file(one / "intervention.safetensors"), load_file(two / "intervention.safetensors")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3       # measured: 4e-7
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3       # measured: 2.4e-7
     m1, m2 = (json.loads((f / "metrics.json").read_text()) for f in (one, two))
     assert m1["world_size"] == 1 and m2["world_size"] == 2
     for split in ("train", "test"):
