@@ -264,7 +264,7 @@ def load_mapped(args):
     model = parallel.dispatch(model, placed)
     where = {}
     for name, dev in placed.items():
-        where.setdefault(str(dev), []).append(name)
+        where.setdefault(str(dev), []).append(name or "the whole model")
     print("device map: " + "; ".join(f"{dev}: {', '.join(names)}" for dev, names in where.items()))
     return model
 
