@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
+import parallel
 import stats
 from gpt2 import SITES, GPTConfig, UserError
 from runfolder import write_atomically
@@ -159,7 +160,7 @@ class ActivScalar(Scaling):
     def scale(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
         """α of every location of this site and layer: (T,) or (T, nh), shared by the batch;
         with pos (B or 1, T): (B or 1, T) or (B or 1, T, nh), the α of each row's position."""
-        alpha = self.alpha[site][layer]
+        alpha = self.alpha[site][layer].to(h.device)                # a device map: on this layer's device
         return alpha if pos is None else alpha[pos]
 
     def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
@@ -181,7 +182,7 @@ class SteerVec(Intervention):
                                    for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
 
     def apply(self, site, layer, h, pos=None):
-        v = self.v[site][layer]                                     # (T, ...)
+        v = self.v[site][layer].to(h.device)                        # (T, ...), on this layer's device
         if pos is not None:
             v = v[pos]                                              # (B or 1, T, ...): each row's position
         return h + (self.beta * v).to(h.dtype)                      # (B, T, ...) + (T, ...)
@@ -213,7 +214,7 @@ class DynScalar(Scaling):
         """α(h) for every location of the batch: (B, T) or (B, T, nh) for head (pos: not needed)."""
         h = h.float()
         h_hat = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-6)   # (B, T, [nh,] hs|D), unit length
-        return (h_hat * self.w[site][layer]).sum(-1) + self.b[site][layer]
+        return (h_hat * self.w[site][layer].to(h.device)).sum(-1) + self.b[site][layer].to(h.device)
 
     def effect(self) -> dict[str, torch.Tensor]:
         """‖w‖ + |b| per probe (site, layer[, head]), (L,) or (L, nh): ĥ has unit length, so this is the
@@ -227,7 +228,7 @@ class DynScalar(Scaling):
 
         def record(site, layer, h):
             if site in self.sites:
-                maps[site][layer] += self.beta * self.scale(site, layer, h).sum(0) / len(ids)
+                maps[site][layer] += (self.beta * self.scale(site, layer, h).sum(0) / len(ids)).to(ids.device)
             return self(site, layer, h)
 
         with torch.no_grad():
@@ -336,9 +337,9 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     N, V = len(ids), model.config.vocab_size
     keep = N * V * 4 <= (P_REST_BYTES if p_rest_bytes is None else p_rest_bytes)
     # Filled in place, chunk by chunk: small tensors kept between large ones would fragment the heap.
-    out = Batch(ids, pos, torch.empty(N, 2, dtype=c.dtype, device=device), torch.empty(N, device=device),
-                *((torch.empty(N, V, device=device), torch.empty(N, device=device)) if keep else ()))
-    for i in range(0, N, batch_size):
+    out = Batch(ids, pos, torch.zeros(N, 2, dtype=c.dtype, device=device), torch.zeros(N, device=device),
+                *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else ()))
+    for i in parallel.chunks(N, batch_size):                          # data parallel: this process's chunks
         logits = model(ids[i:i + batch_size], at=pos[i:i + batch_size]).float()   # (B, V) ℓ
         ci, wi = c[i:i + batch_size], w[i:i + batch_size]
         lc, lw = logits.gather(1, ci[:, None])[:, 0], logits.gather(1, wi[:, None])[:, 0]
@@ -349,7 +350,7 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
         out.diff_before[i:i + batch_size] = lt - lo
         if keep:
             out.p_rest[i:i + batch_size], out.neg_entropy[i:i + batch_size] = rest_distribution(logits, answers)
-    return out
+    return parallel.summed(out, "answers", "diff_before", "p_rest", "neg_entropy")  # every process's chunks
 
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
@@ -418,19 +419,20 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     batch_size = batch_size or train_batch_size(model, batch)
     draws = minibatches(len(batch), batch_size, torch.Generator().manual_seed(seed))
     curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}
-    bar = tqdm(total=steps, disable=not progress, desc=f"{iv.method}", unit="step")
+    bar = tqdm(total=steps, disable=not progress or not parallel.is_main(), desc=f"{iv.method}", unit="step")
     try:
-        for step in range(1, steps + 1):
+        for step in parallel.steps(steps):  # data parallel: Ctrl-C / SIGTERM stop all after the same step
             idx = next(draws)
             mb = batch if idx is None else batch[idx.to(batch.ids.device)]
-            loss, terms = objective(model, iv, mb, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
-            values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()
+            loss, terms = objective(model, iv, parallel.shard(mb), lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
+            values = parallel.mean(torch.stack([loss, *terms.values()]).detach(), len(mb)).tolist()
             if not math.isfinite(values[0]):
                 bad = next((k for k, v in zip(terms, values[1:], strict=True) if not math.isfinite(v)), "loss")
                 raise UserError(f"the loss became {values[0]} at step {step} ({bad} is not finite);"
                                 f" lower --lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            parallel.mean_gradients(iv.parameters(), len(mb))  # data parallel: the whole minibatch's gradient
             iv.zero_outside_keep(grads=True)        # a restricted intervention (restrict): dropped units stay 0
             opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps) if schedule == "cosine" else lr
             opt.step()
@@ -456,11 +458,12 @@ def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dic
     """SPEC's effectiveness and faithfulness on a prepared prompt set, at iv's current β:
     flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
     before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
-    diff, kl = torch.empty(len(batch), device=batch.ids.device), torch.empty(len(batch), device=batch.ids.device)
-    for i in range(0, len(batch), batch_size):
+    diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)
+    for i in parallel.chunks(len(batch), batch_size):                # data parallel: this process's chunks
         mb = with_original(model, batch[i:i + batch_size])
         diff[i:i + batch_size], kl[i:i + batch_size] = answer_stats(model(mb.ids, intervene=iv, at=mb.answer_pos)
                                                                     .float(), mb)
+    diff, kl = parallel.total(diff), parallel.total(kl)              # every process's chunks
     flips = int((diff > 0).sum())
     return {"flip_rate": flips / len(batch), "flip_rate_ci": stats.wilson(flips, len(batch)), "kl": kl.mean().item(),
             "kl_ci": stats.bootstrap_mean(kl), "logit_diff_before": batch.diff_before.mean().item(),
@@ -474,7 +477,7 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
     up to the answer, [head]) where ‖h̃ - h‖ >= threshold·‖h‖. For ActivScalar this is exactly the
     number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt."""
     count = torch.zeros((), dtype=torch.long, device=batch.ids.device)   # added to in place (see prepare)
-    for i in range(0, len(batch), batch_size):
+    for i in parallel.chunks(len(batch), batch_size):                # data parallel: this process's chunks
         mb = batch[i:i + batch_size]
         real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
 
@@ -482,11 +485,11 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
             out = iv(site, layer, h)
             if site in iv.sites:
                 active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
-                count.add_((active & (real if active.dim() == 2 else real[..., None])).sum())
+                count.add_((active.view(*real.shape, -1) & real[..., None].to(h.device)).sum().to(count.device))
             return out
 
         model(mb.ids, intervene=record, at=mb.answer_pos)
-    return count.item() / len(batch)
+    return parallel.total(count).item() / len(batch)
 
 
 def minimality(iv: Intervention) -> dict[str, float]:

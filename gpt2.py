@@ -177,7 +177,7 @@ class CausalSelfAttention(nn.Module):
             sees = torch.arange(S, device=x.device) <= torch.arange(start, S, device=x.device)[:, None]  # (T, S)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=sees)  # (B, nh, T, hs)
         z = site("head", z.transpose(1, 2))                         # (B, T or 1, nh, hs)
-        return self.c_proj(z.reshape(B, -1, nh * hs)), kv          # (B, T or 1, D)
+        return self.c_proj(z.flatten(2)), kv                       # (B, T or 1, D)
 
 
 class MLP(nn.Module):

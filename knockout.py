@@ -13,6 +13,7 @@ see `knockout`. Its prompts are capped by a FLOP budget (`knockout_prompts`).
 
 import torch
 
+import parallel
 from ascale import ACTIVE, ActivScalar, Batch, check_sites
 from gpt2 import UserError
 
@@ -54,7 +55,7 @@ def _switch_off(layer: int, p: int, off: dict[str, torch.Tensor]):
         if pos is None:
             pos = torch.arange(h.shape[1], device=h.device)[None]
         at_p = (pos == p).view(*pos.shape, *[1] * (h.dim() - 2))             # (1 or K·b, T, 1[, 1])
-        drop = off[site].repeat_interleave(len(h) // len(off[site]), dim=0)  # (K·b, 1[, nh], 1)
+        drop = off[site].to(h.device).repeat_interleave(len(h) // len(off[site]), dim=0)  # (K·b, 1[, nh], 1)
         return h * (1 - at_p * drop).to(h.dtype)
     return intervene
 
@@ -76,7 +77,8 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     values of positions < p serving as their past (gpt2.GPT.blocks): on average about a quarter of a
     full pass. ℓ̃(t) - ℓ̃(o) is one dot product with the difference of the two unembedding rows.
     Batched: all locations at one (layer, position), every site and head, go through at once as K
-    copies of a chunk of prompts (at most max_sequences sequences a pass); layers x positions passes."""
+    copies of a chunk of prompts (at most max_sequences sequences a pass); layers x positions passes.
+    Data parallel (torchrun, parallel.py): the (layer, position) jobs are dealt out, the maps summed."""
     from tqdm import tqdm
     T = batch.ids.shape[1]
     if not bool((batch.answer_pos == T - 1).all()):
@@ -101,12 +103,12 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     _, kv = model.blocks(inputs[0], intervene=keep)                       # kv[l]: layer l's clean (k, v)
     W = model.lm_head.weight
     u = W[batch.answers[:, 0]] - W[batch.answers[:, 1]]                   # (n, D): ℓ(t) - ℓ(o) = ln_f(x) · u
-    clean = (model.ln_f(inputs[-1][:, -1]) * u).sum(-1)                  # (n,)
+    clean = (model.ln_f(inputs[-1][:, -1]).to(u.device) * u).sum(-1)     # (n,); a device map: u's device
     b = max(1, min(n, max_sequences))                                     # prompts a pass
     K_max = max(1, max_sequences // b)                                    # locations a pass
     L = cfg.n_layer  # the last layer's outputs before the answer reach nothing read: their effect is exactly 0
-    jobs = [(l, p) for l in range(L) for p in range(T) if l < L - 1 or p == T - 1]
-    for layer, p in tqdm(jobs, desc="knockout", unit="layer-position", disable=not progress):
+    jobs = parallel.deal([(l, p) for l in range(L) for p in range(T) if l < L - 1 or p == T - 1])
+    for layer, p in tqdm(jobs, desc="knockout", unit="layer-position", disable=not progress or not parallel.is_main()):
         for k0 in range(0, len(variants), K_max):
             K = min(K_max, len(variants) - k0)
             stop = _switch_off(layer, p, {s: o[k0:k0 + K] for s, o in off.items()})
@@ -116,11 +118,11 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
                 past = [(k[rows, :, :p].repeat(K, 1, 1, 1), v[rows, :, :p].repeat(K, 1, 1, 1)) for k, v in kv[layer:]]
                 at = torch.full((len(x),), T - 1, device=device)
                 out, _ = model.blocks(x, layer, past, stop, at)                      # (K·b, 1, D)
-                diff = (model.ln_f(out[:, 0]) * u[rows].repeat(K, 1)).sum(-1)        # (K·b,) ℓ̃(t) - ℓ̃(o)
+                diff = (model.ln_f(out[:, 0]).to(u.device) * u[rows].repeat(K, 1)).sum(-1)  # (K·b,) ℓ̃(t) - ℓ̃(o)
                 effect = (diff.view(K, -1) - clean[rows]).sum(1).cpu() / n           # (K,)
                 for (s, h), e in zip(variants[k0:k0 + K], effect, strict=True):
                     maps[s][(layer, p) if h is None else (layer, p, h)] += e
-    return maps
+    return {s: parallel.total(m) for s, m in maps.items()}   # data parallel: each process filled its jobs
 
 
 def attribution(model, batch: Batch, sites, batch_size: int = 64) -> dict[str, torch.Tensor]:

@@ -14,6 +14,8 @@ How a run folder is written, so that the faults a real user meets lose nothing a
 The lock is an exclusive flock on <folder>/.lock: the kernel drops it when its process ends, however
 it ends, so a crash never leaves a stale lock (a leftover .lock file, or a .staging-<pid> folder after
 a kill -9, is taken over or removed by the next run). Used by train.py and analyze.py.
+Under torchrun (parallel.py) only rank 0 locks and writes; the other processes write nothing, and learn
+from rank 0 whether the folder could be locked.
 """
 
 import contextlib
@@ -25,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import parallel
 from gpt2 import UserError
 
 try:
@@ -47,7 +50,10 @@ class WriteError(UserError):
 def write_atomically(path, data: bytes) -> None:
     """Write a file so that it is either complete or absent (a temporary file beside it, flushed to disk,
     then os.replace): an interrupted or failed write never leaves half a file or the temporary one.
-    An OSError (ENOSPC, EDQUOT, EFBIG, ...) becomes a WriteError naming `path`."""
+    An OSError (ENOSPC, EDQUOT, EFBIG, ...) becomes a WriteError naming `path`. Under torchrun only rank 0
+    writes: the others do nothing here."""
+    if not parallel.is_main():
+        return
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -138,6 +144,9 @@ class RunFolder:
         return self.staging / Path(folder).relative_to(self.out)
 
     def __enter__(self) -> "RunFolder":
+        if not parallel.is_main():  # torchrun: rank 0 locks and writes; the others fail where it fails
+            parallel.agree()
+            return self
         try:
             for folder in dict.fromkeys([self.out, *self.folders]):
                 self._mkdir(folder)
@@ -152,10 +161,14 @@ class RunFolder:
                 self.staged(folder).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             self._release()
-            raise WriteError(e.filename or self.out, e) from None
-        except BaseException:
+            error = WriteError(e.filename or self.out, e)
+            parallel.agree(error)
+            raise error from None
+        except BaseException as e:
             self._release()
+            parallel.agree(e)
             raise
+        parallel.agree()
         return self
 
     def __exit__(self, kind, error, tb) -> None:

@@ -16,6 +16,10 @@ so is a folder another run is writing (it is locked). The files are written into
 and put in place together at the end (runfolder.py): the earlier run's stay until then, and a
 write that fails (disk full) is one line naming the file. Ctrl-C or SIGTERM during training stops
 it; what was learned so far is still evaluated and saved.
+
+Many devices (docs/distributed.md): `torchrun --nproc_per_node N train.py ...` runs N processes that share
+out each minibatch, the evaluation and the knockout map (rank 0 writes the run folder); --device-map
+splits one model that fits no single device over several.
 """
 
 import argparse
@@ -30,6 +34,7 @@ import torch
 
 import ascale
 import knockout
+import parallel
 import report
 import runfolder
 import selection
@@ -116,6 +121,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " that no training prompt has")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
                    " (default: auto)")
+    p.add_argument("--device-map", metavar="auto|balanced|FILE", help="split the model's layers over several"
+                   " devices (accelerate), for a model that fits no single GPU: auto fills the GPUs in order, then"
+                   " the CPU; balanced spreads the layers evenly over the GPUs; FILE is a JSON object of module"
+                   ' and device, {"wte": 0, "h.0": 0, ..., "h.23": 1, "ln_f": 1, "lm_head": 1} (GPU index, "cpu" or'
+                   ' "disk"). The layers run one device after another: the model fits, it is not faster (for'
+                   " speed, run torchrun with one process per GPU instead; not both). Replaces --device")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the model's dtype; the intervention"
                    " stays float32. bfloat16/float16 save memory on a GPU (default: float32)")
     p.add_argument("--out", help="run folder, created if missing (default: runs/<task>-<model>-<method>/); one that"
@@ -178,24 +189,41 @@ def main(argv=None) -> int:
 def run(command, args) -> int:
     """command(args) as a script's main: a UserError (a failed write among them: runfolder.WriteError) is
     one line on stderr and exit code 2, and so are running out of GPU memory and any other OSError.
-    SIGTERM acts as Ctrl-C does (runfolder.signals_interrupt)."""
+    SIGTERM acts as Ctrl-C does (runfolder.signals_interrupt). Under torchrun (parallel.start) rank 0
+    prints what every process meets; an error of one other process is printed by it, with its rank, and
+    the others stop (torchrun ends them, or their next exchange with it fails: one line from rank 0)."""
+    started = parallel.start()
     try:
         with runfolder.signals_interrupt():
             command(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(f"error: {e}", 2, everyone=True)
     except torch.cuda.OutOfMemoryError as e:
-        print(f"error: out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size, or use --dtype bfloat16",
-              file=sys.stderr)
-        return 2
+        return fail(f"error: out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size, or use --dtype"
+                    " bfloat16", 2)
     except OSError as e:
-        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", 2)
     except KeyboardInterrupt as e:
-        print(f"interrupted by {e}" if str(e) else "interrupted", file=sys.stderr)
-        return 143 if str(e) == "SIGTERM" else 130
+        return fail(f"interrupted by {e}" if str(e) else "interrupted", 143 if str(e) == "SIGTERM" else 130,
+                    everyone=True)
+    except Exception as e:
+        if not parallel.failed_elsewhere(e):
+            raise
+        return fail("error: another process of this torchrun failed (its error is above); stopped", 2, everyone=True)
+    finally:
+        if started:
+            parallel.stop()
     return 0
+
+
+def fail(line: str, code: int, everyone: bool = False) -> int:
+    """Print an error line, return the exit code. Under torchrun what every process meets (everyone) is
+    printed by rank 0 alone; what one process meets by itself, naming its rank."""
+    if parallel.is_main():
+        print(line, file=sys.stderr)
+    elif not everyone:
+        print(f"{line} (rank {parallel.rank()})", file=sys.stderr)
+    return code
 
 
 # ----------------------------------------------------------------------------- loading
@@ -220,12 +248,32 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_model(args):
+    """The model on --device (under torchrun: this process's GPU), or over several with --device-map."""
     from tokenizer import get_tokenizer
-    device = pick_device(args.device)
+    if args.device_map:
+        return load_mapped(args), get_tokenizer(args.model, args.revision)
+    device = parallel.device(pick_device(args.device))
     if device.type == "cpu" and args.dtype == "float16":
         raise UserError("--dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
     model = GPT.from_pretrained(args.model, args.revision).to(device, DTYPES[args.dtype])
     return model, get_tokenizer(args.model, args.revision)
+
+
+def load_mapped(args):
+    """--device-map: load on the CPU (the weights once), then move each module to its device (parallel.dispatch)."""
+    if parallel.world_size() > 1:
+        raise UserError("--device-map splits one model over the devices, torchrun gives each process a whole one;"
+                        " use one of the two")
+    if args.device != "auto":
+        raise UserError(f"--device-map places the model itself; drop --device {args.device}")
+    model = GPT.from_pretrained(args.model, args.revision).to(DTYPES[args.dtype])
+    placed = parallel.device_map(model, args.device_map)
+    model = parallel.dispatch(model, placed)
+    where = {}
+    for name, dev in placed.items():
+        where.setdefault(str(dev), []).append(name or "the whole model")
+    print("device map: " + "; ".join(f"{dev}: {', '.join(names)}" for dev, names in where.items()))
+    return model
 
 
 def load_prompts(args, tok, fixed_length: bool, device):
@@ -355,7 +403,7 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
         writing.publish()
     iv.beta = args.beta
     metrics = {"method": method, **measure(model, iv, batches, args.eval_batch_size),
-               "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
+               "world_size": parallel.world_size(), "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "train_batch_size": curve.pop("batch_size", None),
                "interrupted": curve.pop("interrupted"), "stopped_by": curve.pop("stopped_by"),
                "seconds": round(seconds, 2), "loss_curve": curve, **chosen,

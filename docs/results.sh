@@ -9,7 +9,7 @@ model=models/toyworld
 # The toy world's results were made with the defaults of their day, before the cosine schedule and the
 # retuning on SmolLM2 (docs/results-smollm2.md, "How the defaults were chosen"): a constant lr 0.05 for 300 steps, λM 0.01,
 # margin 2. Every run here passes them, so the toy-world numbers of docs/results-toyworld.md stay reproducible.
-old="--schedule constant --steps 300 --lambda-m 0.01 --margin 2"
+old="--schedule constant --steps 300 --lambda-m 0.01 --margin 2 --locations all --batch-size 32"
 
 # 1. The three methods side by side, each checked against the knockout map (CCC and IOI).
 for task in ccc ioi; do

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 out=runs/smollm2-results
 mkdir -p "$out"
 model=smollm2
+# Steps 0-4 and the grid are the ℓ1 fit as it was before selection.py: one-token answers, no pruning. They pass
+# that, so the numbers of docs/results-smollm2.md stay reproducible; step 5 is the selected, seed-checked map.
+before="--answers one-token --locations all"
 
 # bash docs/smollm2-results.sh tune: the grid behind the defaults (docs/results-smollm2.md, "How the defaults were chosen"):
 # 100 steps, cosine lr 0.05, ActivScalar on CCC at each margin and λM, on SmolLM2 and on the toy world
@@ -15,10 +18,10 @@ if [ "${1:-}" = tune ]; then
   for cfg in "2 0.01" "2 0.03" "4 0.01" "4 0.02" "4 0.03" "6 0.02"; do
     set -- $cfg
     python train.py --model $model --task ccc --margin "$1" --lambda-m "$2" --out "$out/tune/smollm2-ccc-m$1-lm$2" \
-      --overwrite > /dev/null 2>&1
+      --overwrite $before > /dev/null 2>&1
     for task in ccc ioi; do
       python train.py --model models/toyworld --task $task --margin "$1" --lambda-m "$2" \
-        --out "$out/tune/toyworld-$task-m$1-lm$2" --overwrite > /dev/null 2>&1
+        --out "$out/tune/toyworld-$task-m$1-lm$2" --overwrite --locations all --batch-size 32 > /dev/null 2>&1
     done
   done
   python - "$out/tune" <<'PY'
@@ -36,20 +39,20 @@ fi
 # 0. The main command as a newcomer runs it (ActivScalar, CCC, the defaults), timed from start to run folder,
 #    then checked against the knockout map.
 start=$(date +%s)
-python train.py --task ccc --model $model --out "$out/ccc-activscalar" --overwrite
+python train.py --task ccc --model $model --out "$out/ccc-activscalar" --overwrite $before
 echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.seconds"
 start=$(date +%s)
 python analyze.py knockout "$out/ccc-activscalar/intervention.safetensors"
 echo "knockout check: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.knockout-seconds"
 # 1. CCC: the other two methods (SteerVec on the same prompts; DynScalar, not tied to positions, on all templates).
 for method in steervec dynscalar; do
-  python train.py --model $model --task ccc --method $method --out "$out/ccc-$method" --overwrite
+  python train.py --model $model --task ccc --method $method --out "$out/ccc-$method" --overwrite $before
 done
 # 2. IOI: ActivScalar.
-python train.py --model $model --task ioi --out "$out/ioi-activscalar" --overwrite
+python train.py --model $model --task ioi --out "$out/ioi-activscalar" --overwrite --locations all
 # 3. What minimality costs: ActivScalar at λM 0.01 and 0.03, beside the default 0.02 of step 0.
 python analyze.py lambda --model $model --task ccc --methods activscalar --lambda-m 0.01,0.03 \
-  --out "$out/ccc-lambda" --overwrite
+  --out "$out/ccc-lambda" --overwrite $before
 # 4. Steering you can read: the instruct model answers "… A:" with a newline, so on CCC's own prompts the
 #    flip stays below the greedy text. In its chat format, with the answer begun for it ("… assistant\nThe
 #    capital of X is"), the next token is the city, and the steering shows in the generated text.
@@ -69,8 +72,34 @@ length = Counter(len(tok.encode(r["prompt"])) for r in rows).most_common(1)[0][0
 with open(sys.argv[1], "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows if len(tok.encode(r["prompt"])) == length)
 PY
-python train.py --model $model --task "$out/ccc-chat.jsonl" --show 3 --generate 6 --out "$out/ccc-chat" --overwrite
+python train.py --model $model --task "$out/ccc-chat.jsonl" --show 3 --generate 6 --out "$out/ccc-chat" --overwrite --locations all
+# 5. A map you can trust (docs/results-smollm2.md, "A map you can trust"): today's defaults (first-token answers,
+#    300 / 100 prompts; the ℓ1 fit pruned and refit), timed, checked against the knockout map; then stability
+#    selection over 5 bootstrap fits on two splits of the countries (--seed 1 and 2), and the Jaccard index of
+#    their final sets (|α| >= 0.05 in intervention.safetensors).
+start=$(date +%s)
+python train.py --task ccc --model $model --out "$out/ccc-selected" --overwrite
+echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-selected.seconds"
+python analyze.py knockout "$out/ccc-selected/intervention.safetensors"
+for seed in 1 2; do
+  start=$(date +%s)
+  python train.py --task ccc --model $model --runs 5 --seed $seed --out "$out/ccc-runs5-seed$seed" --overwrite
+  echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-runs5-seed$seed.seconds"
+done
+python - "$out" <<'PY'
+import sys
+from safetensors.torch import load_file
+sets = []
+for seed in (1, 2):
+    a = load_file(f"{sys.argv[1]}/ccc-runs5-seed{seed}/intervention.safetensors")
+    sets.append({(k, i) for k, v in a.items() for i in (v.abs() >= 0.05).flatten().nonzero()[:, 0].tolist()})
+print(f"final sets: {len(sets[0])} and {len(sets[1])} locations, Jaccard {len(sets[0] & sets[1]) / len(sets[0] | sets[1]):.2f}")
+PY
 
+cp "$out/ccc-selected/heatmap.png" docs/smollm2-ccc-selected-heatmap.png
+cp "$out/ccc-selected/locations.png" docs/smollm2-ccc-locations.png
+cp "$out/ccc-selected/knockout.png" docs/smollm2-ccc-selected-knockout.png
+cp "$out/ccc-runs5-seed1/stability.png" docs/smollm2-ccc-stability.png
 cp "$out/ccc-activscalar/heatmap.png" docs/smollm2-ccc-heatmap.png
 cp "$out/ccc-activscalar/knockout.png" docs/smollm2-ccc-knockout.png
 cp "$out/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png

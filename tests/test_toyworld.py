@@ -96,9 +96,13 @@ def test_train_py_steers_ccc(ccc_run):
 
 
 def test_the_heatmap_agrees_with_the_knockout_map(ccc_run):
+    """The selected map is a handful of locations (selection.py), so a rank correlation over all 144 is mostly
+    ties at 0; what it can be asked: its scalars push the way the knockout says (sign agreement), on
+    locations of real effect, and the knockout's linear estimate ranks like the knockout."""
     k = ccc_run["knockout"]
-    assert k["spearman"] >= 0.6, k
-    assert k["n_large"] >= 3 and k["large_active"] > 0.5, k
+    assert ccc_run["n_active"] <= 10 and k["n_active"] == ccc_run["n_active"], k
+    assert k["sign_agreement"] >= 0.6 and k["large_active"] > 0, k
+    assert k["attribution_spearman"] >= 0.8, k
 
 
 def test_train_py_steers_ioi(tmp_path):
@@ -112,7 +116,7 @@ def test_train_py_steers_ioi(tmp_path):
 def test_a_small_jsonl_task_converges_with_the_defaults(world, tmp_path):
     """24 prompts: training is counted in steps, so a small task gets as many updates as a large one."""
     _, tok = world
-    task = tasks.load_task("ccc", tok, seed=0, n_train=24, n_test=1)
+    task = tasks.load_task("ccc", tok, seed=0, n_train=24, n_test=1, answers="one-token")
     path = tmp_path / "small.jsonl"
     path.write_text("".join(json.dumps({"prompt": p, "correct": c, "wrong": w}) + "\n" for p, c, w in
                             zip(task.train.prompts, task.train.correct_str, task.train.wrong_str, strict=True)))
@@ -126,7 +130,8 @@ def test_larger_lambda_m_fewer_active_locations(tmp_path):
     active = []
     for lm in ("0.001", "0.1"):
         out = tmp_path / lm
-        assert train.main(["--model", str(TOYWORLD), "--task", "ccc", "--lambda-m", lm, "--out", str(out)]) == 0
+        assert train.main(["--model", str(TOYWORLD), "--task", "ccc", "--lambda-m", lm, "--locations", "all",
+                           "--out", str(out)]) == 0
         active.append(json.loads((out / "metrics.json").read_text())["n_active"])
     assert active[1] < active[0]
 
