@@ -104,7 +104,7 @@ def plot_locations(path: Path, sel: dict, title: str) -> None:
     locations kept (trial refits and the final one, by their steps)."""
     rows = [{**r, "method": f"refit of {r['steps']} steps"} for r in sel["path"]]
     plot_curves(path, rows, "K", "K, locations kept (log scale)", None,
-                f"{title}: K = {sel['K']} ({sel['rule']}; unpruned: {sel['unpruned']['units']} active units,"
+                f"{title}: K = {sel['K']}\n(ℓ1 fit: {sel['unpruned']['units']} active units,"
                 f" train flip {sel['unpruned']['train_flip_rate']:.2f})", log_x=True)
 
 

@@ -55,3 +55,23 @@ cp "$out/ccc-all/activscalar/knockout.png" docs/toyworld-ccc-knockout.png
 cp "$out/ccc-lambda/tradeoff.png" docs/toyworld-ccc-tradeoff.png
 cp "$out/ccc-all/activscalar/beta.png" docs/toyworld-ccc-beta.png
 cp "$out/ioi-all/activscalar/heatmap.png" docs/toyworld-ioi-heatmap.png
+
+# 6. A map you can trust (the first section of docs/results-toyworld.md): today's defaults, selection included,
+#    CCC with the knockout check, IOI over five seeds, and seed 3 with 200 steps; one table line per run.
+python train.py --model $model --task ccc --knockout --out "$out/selected/ccc-0" --overwrite
+for seed in 0 1 2 3 4; do
+  python train.py --model $model --task ioi --seed $seed --out "$out/selected/ioi-$seed" --overwrite
+done
+python train.py --model $model --task ioi --seed 3 --steps 200 --out "$out/selected/ioi-3-steps200" --overwrite
+python - "$out/selected" <<'PY'
+import json, sys
+from pathlib import Path
+for f in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
+    m = json.loads(f.read_text())
+    tr, te, sel = m["train"], m["test"], m["selection"]
+    print(f"{f.parent.name:15} flip {tr['flip_rate']:.2f} [{tr['flip_rate_ci'][0]:.2f}, {tr['flip_rate_ci'][1]:.2f}] /"
+          f" {te['flip_rate']:.2f} [{te['flip_rate_ci'][0]:.2f}, {te['flip_rate_ci'][1]:.2f}]  KL {te['kl']:.2f}"
+          f" [{te['kl_ci'][0]:.2f}, {te['kl_ci'][1]:.2f}]  active {m['n_active']:.0f} (before: {sel['unpruned']['units']},"
+          f" l1 fit's train flip {sel['unpruned']['train_flip_rate']:.2f})")
+PY
+cp "$out/selected/ccc-0/heatmap.png" docs/toyworld-ccc-selected-heatmap.png
