@@ -180,7 +180,7 @@ def test_unsupported_tensor_type(tmp_path):
                    " supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")
 
 
-def test_sentencepiece_vocabulary_is_refused(tmp_path):
+def test_sentencepiece_vocabulary_without_scores_is_refused(tmp_path):
     import gguf
     path = tmp_path / "spm.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
@@ -190,7 +190,7 @@ def test_sentencepiece_vocabulary_is_refused(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    one_line_error(path, "its tokenizer is SentencePiece .*only byte-level BPE", load=get_tokenizer)
+    one_line_error(path, "a SentencePiece .* needs tokenizer.ggml.tokens, scores and token_type", load=get_tokenizer)
 
 
 def test_packaged_name_when_the_wheel_is_absent(monkeypatch):
