@@ -447,23 +447,23 @@ def gguf_name(name: str) -> str:
 
 @functools.lru_cache(maxsize=2)
 def gguf_file(path: str):
-    """(metadata {key: value}, gguf.GGUFReader) of a GGUF file, memory-mapped; read once per process
+    """(metadata {key: value}, gguf_format.GGUFFile) of a GGUF file, memory-mapped; read once per process
     (the model and the tokenizer both need it). UserError for a file that is missing, not GGUF, or cut short."""
     try:
-        from gguf import GGUFReader
+        import gguf  # noqa: F401  (gguf_format takes the quantisation types from it)
     except ImportError:
         raise UserError("reading a GGUF file needs the gguf package: pip install gguf") from None
+    from gguf_format import GGUFFile
     if not os.path.isfile(path):
         raise UserError(f"GGUF file {path} does not exist")
     try:
-        reader = GGUFReader(path)
-        meta = {key: field.contents() for key, field in reader.fields.items()}
-    except Exception as e:  # gguf raises ValueError (bad magic), struct/index errors when the file is cut short
+        reader = GGUFFile(path)
+    except Exception as e:  # ValueError (bad magic, data past the end), struct errors when the file is cut short
         with open(path, "rb") as f:
             magic = f.read(4)
         what = "is not a GGUF file (no GGUF magic)" if magic != b"GGUF" else "is damaged or cut short"
         raise UserError(f"{path} {what} ({type(e).__name__}); pass a complete .gguf file") from None
-    return meta, reader
+    return reader.metadata, reader
 
 
 def config_from_gguf(meta: dict, reader, path: str) -> dict:
