@@ -120,6 +120,7 @@ def joined_parts(name: str) -> str:
         os.unlink(out.name)
         raise UserError(f"the parts of {name!r} joined do not have the expected sha256 ({digest.hexdigest()[:12]}..."
                         f" instead of {sha256[:12]}...): reinstall them: pip install --force-reinstall {requirement}")
+    os.chmod(out.name, 0o644)  # temporary files are private; the joined model is not
     os.replace(out.name, target)
     return target
 
@@ -367,9 +368,9 @@ def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> s
         raise UserError(f"model {name_or_path!r} is gated on the Hub: accept its licence on huggingface.co, then"
                         " `hf auth login` (or set HF_TOKEN); or pass a local folder") from None
     except (RepositoryNotFoundError, HFValidationError):
-        raise UserError(f"unknown model {name_or_path!r}: not a local folder, a .gguf file, {', '.join(PACKAGED)},"
-                        " nor a Hub model id (try gpt2 ... gpt2-xl, EleutherAI/pythia-70m ... pythia-12b,"
-                        " meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-0.5B)") from None
+        raise UserError(f"unknown model {name_or_path!r}: not a local folder, a .gguf file,"
+                        f" {', '.join([*PACKAGED, *PACKAGED_PARTS])}, nor a Hub model id (try gpt2 ... gpt2-xl,"
+                        " EleutherAI/pythia-70m ... pythia-12b, meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-0.5B)") from None
     except RevisionNotFoundError:
         raise UserError(f"model {name_or_path!r} has no revision {revision!r}"
                         " (Pythia's are step0 ... step143000)") from None

@@ -415,7 +415,7 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> "GPT":
         """Load a Hub id ("gpt2", "EleutherAI/pythia-70m", revision="step1000"), a local folder with the
-        same files, a llama.cpp .gguf file, or a packaged name ("smollm2"); checkpoints.py reads them.
+        same files, a llama.cpp .gguf file, or a packaged name ("smollm2", "gemma3-270m"); checkpoints.py reads them.
         Returns the model on CPU, float32, eval mode, weights frozen. The model is built on the meta
         device (no memory) and then takes the checkpoint's tensors as they are (assign=True): one copy."""
         fields, state = checkpoints.load(name_or_path, revision)
@@ -445,7 +445,8 @@ if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="Greedy continuation of a prompt with GPT-2, Pythia, Llama or Qwen.")
     p.add_argument("prompt", help="text to continue")
-    p.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, or smollm2 (default: gpt2)")
+    p.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, smollm2 or gemma3-270m"
+                   " (default: gpt2)")
     p.add_argument("--revision", default=None, help="Hub revision, e.g. step100000 for Pythia")
     p.add_argument("-n", type=int, default=20, help="tokens to generate (default: 20)")
     args = p.parse_args()
