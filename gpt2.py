@@ -1,8 +1,8 @@
 """
-A hand-written forward pass of GPT-2, Pythia (GPT-NeoX), Llama 3.x and Qwen2 / 2.5 / 3, with a
-scaling slot at every site.
+A hand-written forward pass of GPT-2, Pythia (GPT-NeoX), Llama 3.x, Qwen2 / 2.5 / 3 and Gemma 2 / 3,
+with a scaling slot at every site.
 
-One model serves the four families; the differences are a few switches in GPTConfig:
+One model serves the five families; the differences are a few switches in GPTConfig:
 
                  GPT-2             Pythia (GPT-NeoX)        Llama 3.x (Mistral)       Qwen2 / 2.5 / 3
     norm         LayerNorm         LayerNorm                RMSNorm                   RMSNorm
@@ -17,6 +17,17 @@ One model serves the four families; the differences are a few switches in GPTCon
     Llama 3     rope_scaling "llama3": low rotary frequencies slowed down (llama3_frequencies)
     Qwen2       biases on q, k, v;   Qwen3  RMSNorm on each head's q and k, and head_dim ≠ n_embd / nh
 
+    Gemma 2 / 3 are Llama's block with these changes (GEMMA below):
+    norms       RMSNorm scaled by (1 + weight), and a second norm after each sublayer, before the residual sum:
+                x + ln_1_post(attn(ln_1 x)), then + ln_2_post(mlp(ln_2 ·))
+    embedding   wte(idx) · √D (the unembedding, tied to wte, is not scaled)
+    MLP         GeGLU: down(gelu_tanh(gate x) · up x)
+    attention   scores scaled by query_pre_attn_scalar^-½ (attn_scale), not head_dim^-½; local layers attend
+                within a sliding window (the last `sliding_window` positions), global layers to every earlier one
+    Gemma 2     soft-capping: scores -> c·tanh(scores / c) (attn_softcap), and the final logits alike (final_softcap)
+    Gemma 3     RMSNorm on each head's q and k; local layers have their own rope base (rotary_base_local),
+                global layers may slow their rotation down by a factor (rope_linear: "linear" rope scaling)
+
 Module names follow GPT-2's checkpoint (wte, h.N.attn.c_attn, ln_f, ...); checkpoints.py renames the
 other families' tensors (Hub files and GGUF) onto them, stacking Llama's separate q, k, v (and gate,
 up) matrices into one c_attn (c_fc), as GPT-2 stores them. This file is the model alone.
@@ -30,7 +41,14 @@ in this order within each layer, layers in order. (One exception, for speed: wit
 intervention that sets `takes_positions`, the last layer runs only at the read positions; see GPT.forward.)
 Where h's rows are not positions 0 ... T-1 (that shortcut, or a KV-cached pass: GPT.blocks), the call is
 fn(site, layer, h, pos=pos), pos (B or 1, T) the position of each row of h.
-hs is the head size cfg.head_dim: n_embd // n_head, except where a config sets it (Qwen3).
+hs is the head size cfg.head_dim: n_embd // n_head, except where a config sets it (Qwen3, Gemma).
+
+Gemma's post-norms: `attn_out` and `mlp_out` are read after them, i.e. they are still "the vector added to the
+residual" (SPEC.md). Before the post-norm would be no site for scaling: an RMSNorm divides by the norm of its
+input, so h·(1 + α) there comes out as h (up to ε) and ActivScalar could not act; and knocking out either gives
+0, since RMSNorm(0) = 0. The `head` site stays before the output projection, so for Gemma a head's result
+passes through the post-norm with the others: scaling one head changes the size and direction of the sum the
+post-norm then renormalises, so a head's share of attn_out is not additive as it is in GPT-2.
 """
 
 import math
@@ -72,19 +90,40 @@ class GPTConfig:
     qk_norm: bool = False           # RMSNorm on each head's q and k (Qwen3)
     rope_llama3: tuple = ()         # Llama 3 rope_scaling: (factor, low_freq_factor, high_freq_factor, old context)
     rope_divisors: tuple = ()       # the same as a divisor per frequency, as GGUF files store it (rope_freqs)
-    sliding_window: int = 0         # keys a query may see (Mistral); 0 = all. Longer prompts are refused
+    sliding_window: int = 0         # keys a query may see in a local layer, itself included; 0 = all
+    local_layers: tuple = ()        # per layer: True = local (sliding window); () = all local if sliding_window
+    # Gemma 2 / 3 switches (see the module docstring)
+    norm_plus_one: bool = False     # RMSNorm multiplies by (1 + weight)
+    post_norms: bool = False        # a norm after each sublayer too (ln_1_post, ln_2_post)
+    scale_embeddings: bool = False  # wte(idx) · √n_embd
+    geglu: bool = False             # gated MLP with GELU (gelu_approx) instead of SiLU
+    attn_scale: float = 0.0         # scores · attn_scale^-½ (query_pre_attn_scalar); 0 = head_dim
+    attn_softcap: float = 0.0       # scores -> c·tanh(scores / c); 0 = none
+    final_softcap: float = 0.0      # logits -> c·tanh(logits / c); 0 = none
+    rotary_base_local: float = 0.0  # rope base of local layers (Gemma 3); 0 = rotary_base
+    rope_linear: float = 1.0        # global layers' rotation slowed down by this factor ("linear" rope scaling)
 
     def __post_init__(self):
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.n_embd // self.n_head
+        self.local_layers = tuple(self.local_layers) or (bool(self.sliding_window),) * self.n_layer
+
+    def window(self, layer: int) -> int:
+        """How many keys (the query's own position and those before it) a query of this layer sees; 0 = all."""
+        return self.sliding_window if self.local_layers[layer] else 0
 
 
 # ----------------------------------------------------------------------------- the model
 
-def rope_frequencies(cfg: GPTConfig, device) -> torch.Tensor:
-    """The rotary angle per position of each pair of rotated features (rotary_dim/2,), in float32."""
+def rope_frequencies(cfg: GPTConfig, device, local: bool = False) -> torch.Tensor:
+    """The rotary angle per position of each pair of rotated features (rotary_dim/2,), in float32, for the
+    global layers, or for the local ones (Gemma 3: their own base, no scaling)."""
     dim = cfg.rotary_dim
+    if local and cfg.rotary_base_local:
+        return 1.0 / cfg.rotary_base_local ** (torch.arange(0, dim, 2, device=device).float() / dim)
     inv_freq = 1.0 / cfg.rotary_base ** (torch.arange(0, dim, 2, device=device).float() / dim)
+    if cfg.rope_linear != 1.0:
+        inv_freq = inv_freq / cfg.rope_linear
     if cfg.rope_divisors:
         inv_freq = inv_freq / torch.tensor(cfg.rope_divisors, device=device)
     return llama3_frequencies(inv_freq, *cfg.rope_llama3) if cfg.rope_llama3 else inv_freq
@@ -120,24 +159,58 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class RMSNorm(nn.Module):
-    """LayerNorm without the mean and the bias (Llama, Qwen): x / rms(x) · weight, computed in float32."""
+    """LayerNorm without the mean and the bias (Llama, Qwen): x / rms(x) · weight, computed in float32.
+    Gemma's stores weight - 1: x / rms(x) · (1 + weight) (plus_one)."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, plus_one: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim) if plus_one else torch.ones(dim))
+        self.eps, self.plus_one = eps, plus_one
 
     def forward(self, x):
         x32 = x.float()
-        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.plus_one:
+            return (normed * (1.0 + self.weight.float())).to(x.dtype)
+        return self.weight * normed.to(x.dtype)
 
 
 def norm(cfg: GPTConfig, dim: int) -> nn.Module:
-    return RMSNorm(dim, cfg.layer_norm_eps) if cfg.rms_norm else nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+    if cfg.rms_norm:
+        return RMSNorm(dim, cfg.layer_norm_eps, cfg.norm_plus_one)
+    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+
+
+def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2's soft-capping: cap · tanh(x / cap), smooth and within (-cap, cap); cap 0: x unchanged."""
+    return cap * torch.tanh(x / cap) if cap else x
+
+
+def visible(q_pos: torch.Tensor, S: int, window: int) -> torch.Tensor:
+    """Which keys each query may attend to: (..., Tq) query positions -> (..., Tq, S) booleans, true for the
+    keys at positions k <= q, and within the window (q - k < window) if there is one."""
+    k_pos = torch.arange(S, device=q_pos.device)
+    sees = k_pos <= q_pos[..., None]
+    if window:
+        sees = sees & (q_pos[..., None] - k_pos < window)
+    return sees
+
+
+def attend(q, k, v, q_pos, window: int = 0, scale: float | None = None, cap: float = 0.0, causal: bool = False):
+    """softmax(q·kᵀ·scale over the keys each query sees) · v, the scores soft-capped first where cap is set.
+    q (B, nh, Tq, hs) at positions q_pos (B or 1, Tq), k, v (B, nh, S, hs) at positions 0 ... S-1
+    -> (B, nh, Tq, hs). causal: the queries are at 0 ... S-1 and there is no window (a faster kernel)."""
+    if cap:  # soft-capping sits between the scores and the softmax, so it is written out
+        scores = softcap(q @ k.transpose(-1, -2) * scale, cap)                  # (B, nh, Tq, S)
+        scores = scores.masked_fill(~visible(q_pos, k.shape[2], window)[:, None], float("-inf"))
+        return scores.float().softmax(-1).to(q.dtype) @ v
+    if causal:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible(q_pos, k.shape[2], window)[:, None], scale=scale)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
@@ -145,6 +218,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(q_dim, cfg.n_embd, bias=cfg.proj_bias)               # W_O
         if cfg.qk_norm:  # Qwen3: each head's q and k are normalised before the rotation
             self.q_norm, self.k_norm = norm(cfg, cfg.head_dim), norm(cfg, cfg.head_dim)
+        self.scale = (cfg.attn_scale or cfg.head_dim) ** -0.5      # Gemma: query_pre_attn_scalar^-½
+        self.window, self.softcap = cfg.window(layer), cfg.attn_softcap
 
     def forward(self, x, site, rope=None, at=None, past=None):
         """x (B, T, D) at positions start ... start+T-1 -> (B, T, D), and this layer's keys and values of all
@@ -168,14 +243,11 @@ class CausalSelfAttention(nn.Module):
         if nkv != nh:  # grouped-query attention: key/value head j serves query heads j·nh/nkv ... (j+1)·nh/nkv - 1
             k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # (B, nh, S, hs)
         if at is not None:  # one query per prompt, the one at `at`; it may look at keys 0 ... at
-            q = q[torch.arange(B, device=x.device), :, at - start, None]    # (B, nh, 1, hs)
-            sees = torch.arange(S, device=x.device) <= at[:, None]           # (B, S)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=sees[:, None, None])  # (B, nh, 1, hs)
-        elif start == 0:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        else:  # the query at position start + i may look at keys 0 ... start + i
-            sees = torch.arange(S, device=x.device) <= torch.arange(start, S, device=x.device)[:, None]  # (T, S)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=sees)  # (B, nh, T, hs)
+            q, q_pos = q[torch.arange(B, device=x.device), :, at - start, None], at[:, None]  # (B, nh, 1, hs), (B, 1)
+        else:               # the query at position start + i may look at keys 0 ... start + i
+            q_pos = torch.arange(start, S, device=x.device)[None]                          # (1, T)
+        causal = at is None and start == 0 and not self.window
+        z = attend(q, k, v, q_pos, self.window, self.scale, self.softcap, causal)  # (B, nh, T or 1, hs)
         z = site("head", z.transpose(1, 2))                         # (B, T or 1, nh, hs)
         return self.c_proj(z.flatten(2)), kv                       # (B, T or 1, D)
 
@@ -183,26 +255,29 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.swiglu, self.approximate = cfg.swiglu, cfg.gelu_approx
-        width = 2 * cfg.n_inner if cfg.swiglu else cfg.n_inner    # SwiGLU: the gate's rows, then up's
+        self.gated, self.geglu, self.approximate = cfg.swiglu or cfg.geglu, cfg.geglu, cfg.gelu_approx
+        width = 2 * cfg.n_inner if self.gated else cfg.n_inner     # SwiGLU, GeGLU: the gate's rows, then up's
         self.c_fc = nn.Linear(cfg.n_embd, width, bias=cfg.mlp_bias)
         self.c_proj = nn.Linear(cfg.n_inner, cfg.n_embd, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        if self.swiglu:
+        if self.gated:
             gate, up = self.c_fc(x).chunk(2, dim=-1)               # (B, T, F) each
-            return self.c_proj(F.silu(gate) * up)
+            gate = F.gelu(gate, approximate=self.approximate) if self.geglu else F.silu(gate)
+            return self.c_proj(gate * up)
         return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = norm(cfg, cfg.n_embd)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
-        self.parallel = cfg.parallel_residual
+        if cfg.post_norms:  # Gemma: each sublayer's output is normalised before it joins the residual
+            self.ln_1_post, self.ln_2_post = norm(cfg, cfg.n_embd), norm(cfg, cfg.n_embd)
+        self.parallel, self.post_norms = cfg.parallel_residual, cfg.post_norms
 
     def forward(self, x, layer, rope=None, intervene=None, at=None, past=None, pos=None):
         """x (B, T, D) -> (B, T, D) and this layer's keys and values (see CausalSelfAttention); with `at` (B,)
@@ -215,12 +290,17 @@ class Block(nn.Module):
                 return h
             return intervene(name, layer, h) if pos is None else intervene(name, layer, h, pos=pos)
 
-        a, kv = self.attn(self.ln_1(x), site, rope, at, past)
-        a = site("attn_out", a)                                     # (B, T or 1, D)
+        a, kv = self.attn(self.ln_1(x), site, rope, at, past)      # (B, T or 1, D)
+        if self.post_norms:
+            a = self.ln_1_post(a)
+        a = site("attn_out", a)
         if at is not None:
             start = kv[0].shape[2] - x.shape[1]
             x = x[torch.arange(len(x), device=x.device), at - start, None]  # (B, 1, D): the residual there
-        m = site("mlp_out", self.mlp(self.ln_2(x if self.parallel else x + a)))  # Pythia reads x, GPT-2 x + a
+        m = self.mlp(self.ln_2(x if self.parallel else x + a))      # Pythia reads x, GPT-2 x + a
+        if self.post_norms:
+            m = self.ln_2_post(m)
+        m = site("mlp_out", m)
         return site("resid", x + a + m), kv
 
 
@@ -230,7 +310,7 @@ class GPT(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd) if cfg.rotary_dim == 0 else None
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -249,17 +329,20 @@ class GPT(nn.Module):
         x, _ = self.blocks(self.embed(idx), intervene=intervene, at=at if skip else None)  # (B, T or 1, D)
         if at is not None:
             x = x[:, 0] if skip else x[torch.arange(len(idx), device=idx.device), at]   # (B, D): the positions read
-        return self.lm_head(self.ln_f(x))                           # (B, [T,] V)
+        return self.unembed(x)                                      # (B, [T,] V)
+
+    def unembed(self, x):
+        """The residual stream after the last layer (..., D) -> logits (..., V), soft-capped where the model does."""
+        return softcap(self.lm_head(self.ln_f(x)), self.config.final_softcap)
 
     def embed(self, idx, start: int = 0):
         """idx (B, T) token ids at positions start ... start+T-1 -> the residual stream entering layer 0, (B, T, D)."""
         cfg, end = self.config, start + idx.shape[1]
         if end > cfg.n_ctx:
             raise UserError(f"prompt has {end} tokens but the model reads at most {cfg.n_ctx}; shorten it")
-        if cfg.sliding_window and end > cfg.sliding_window:
-            raise UserError(f"prompt has {end} tokens but this model attends within a window of {cfg.sliding_window},"
-                            " which we do not implement; shorten it")
         x = self.wte(idx)                                           # (B, T, D)
+        if cfg.scale_embeddings:                                    # Gemma
+            x = x * math.sqrt(cfg.n_embd)
         if self.wpe is not None:                                    # learned positions (GPT-2)
             x = x + self.wpe(torch.arange(start, end, device=idx.device))  # + (T, D)
         return x
@@ -277,11 +360,16 @@ class GPT(nn.Module):
         the last layer runs at those positions only (see forward), its sites getting pos = at[:, None]."""
         cfg, T = self.config, x.shape[1]
         start = 0 if past is None else past[0][0].shape[2]
-        rope = rotary(T, rope_frequencies(cfg, x.device), start) if cfg.rotary_dim else None
+        ropes = {}  # local: Gemma 3's local layers have their own rope base; everywhere else the same as global
+        if cfg.rotary_dim:
+            ropes[False] = rotary(T, rope_frequencies(cfg, x.device), start)
+            ropes[True] = rotary(T, rope_frequencies(cfg, x.device, local=True), start) if cfg.rotary_base_local \
+                else ropes[False]
         pos = None if start == 0 else torch.arange(start, start + T, device=x.device)[None]  # (1, T)
         kv = []
         for i, block in enumerate(self.h[first:]):
             last = first + i == cfg.n_layer - 1
+            rope = ropes.get(cfg.local_layers[first + i])
             x, layer_kv = block(x, first + i, rope, intervene, at if last else None,
                                 None if past is None else past[i], pos)
             kv.append(layer_kv)                                     # (B, nkv, start+T, hs) each
@@ -317,7 +405,7 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             if cached and idx.shape[1] <= cfg.n_ctx:
                 x, past = self.blocks(self.embed(new, idx.shape[1] - new.shape[1]), past=past, intervene=intervene)
-                logits = self.lm_head(self.ln_f(x[:, -1]))          # (B, V)
+                logits = self.unembed(x[:, -1])                     # (B, V)
             else:
                 logits = self(idx[:, -cfg.n_ctx:], intervene=intervene)[:, -1]
             new = logits.argmax(-1, keepdim=True)                   # (B, 1)
@@ -327,7 +415,7 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> "GPT":
         """Load a Hub id ("gpt2", "EleutherAI/pythia-70m", revision="step1000"), a local folder with the
-        same files, a llama.cpp .gguf file, or a packaged name ("smollm2"); checkpoints.py reads them.
+        same files, a llama.cpp .gguf file, or a packaged name ("smollm2", "gemma3-270m"); checkpoints.py reads them.
         Returns the model on CPU, float32, eval mode, weights frozen. The model is built on the meta
         device (no memory) and then takes the checkpoint's tensors as they are (assign=True): one copy."""
         fields, state = checkpoints.load(name_or_path, revision)
@@ -357,7 +445,8 @@ if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="Greedy continuation of a prompt with GPT-2, Pythia, Llama or Qwen.")
     p.add_argument("prompt", help="text to continue")
-    p.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, or smollm2 (default: gpt2)")
+    p.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, smollm2 or gemma3-270m"
+                   " (default: gpt2)")
     p.add_argument("--revision", default=None, help="Hub revision, e.g. step100000 for Pythia")
     p.add_argument("-n", type=int, default=20, help="tokens to generate (default: 20)")
     args = p.parse_args()

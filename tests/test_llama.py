@@ -191,17 +191,14 @@ def test_other_activation_is_refused(tmp_path):
         GPT.from_pretrained(write_config(tmp_path, hidden_act="gelu"))
 
 
-def test_sliding_window_a_prompt_would_reach(tmp_path):
-    """Mistral's sliding window (and Qwen's, where use_sliding_window is on) is fine until a prompt is longer."""
-    hf = tiny_hf_model("mistral", sliding_window=16, num_hidden_layers=1)
+def test_sliding_window_on_prompts_longer_than_the_window(tmp_path):
+    """Mistral's sliding window (and Qwen's, where use_sliding_window is on) is computed: a prompt longer than
+    the window gives transformers' logits, in one pass and through the KV cache."""
+    hf = tiny_hf_model("mistral", sliding_window=16, num_hidden_layers=2)
     folder = save_checkpoint(hf, tmp_path / "mistral", legacy=True)
     ours = GPT.from_pretrained(str(folder))
-    assert ours.config.sliding_window == 16
-    idx = random_ids(T=16)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=0)
-    with pytest.raises(UserError, match="17 tokens but this model attends within a window of 16"):
-        ours(random_ids(T=17))
+    assert ours.config.sliding_window == 16 and ours.config.local_layers == (True, True)
+    assert_matches_transformers(ours, hf, random_ids(T=40))
     qwen = checkpoints.config_from_hf({**json.loads((folder / "config.json").read_text()), "model_type": "qwen2",
                                        "use_sliding_window": True})
     assert qwen["sliding_window"] == 16

@@ -146,11 +146,10 @@ def test_files_we_would_read_differently_are_refused(tmp_path, llama_tokenizer_f
     refused("no end-of-text token", added_tokens=[{**t, "content": t["content"].replace("end_of_text", "eot")}
                                                   for t in spec["added_tokens"]])
     model = spec["model"]
-    # Llama 2 / Mistral v0.1-v0.3: SentencePiece-style BPE
-    refused("SentencePiece", model={**model, "byte_fallback": True}, pre_tokenizer=None,
-            normalizer={"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
-                                                            {"type": "Replace", "pattern": {"String": " "},
-                                                             "content": "▁"}]})
+    # SentencePiece-style BPE goes to spm_tokenizer.py, which refuses what is none of Gemma's, Llama 2's, Mistral's
+    refused("none of Gemma's, Llama 2's and Mistral's", model={**model, "byte_fallback": True}, pre_tokenizer=None,
+            normalizer={"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Replace", "pattern": {
+                "String": " "}, "content": "▁"}]})
 
 
 # ----------------------------------------------------------------------------- get_tokenizer and tasks
