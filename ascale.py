@@ -69,7 +69,7 @@ class Intervention(nn.Module):
         self.keep = None  # after `restrict`: {site: bool (units)}, the units that may be non-zero
 
     # A "unit" is what selection (selection.py) keeps or drops: one location for ActivScalar and SteerVec,
-    # one probe (site, layer[, head]) for DynScalar. units(site) has the shape of `effect`'s maps.
+    # one probe (site, layer[, head]) for DynScalar; `effect` and `keep` hold one value per unit.
     def effect(self) -> dict[str, torch.Tensor]:
         """How much each unit can change its activation, per site (the size selection ranks by)."""
         raise NotImplementedError
@@ -82,15 +82,13 @@ class Intervention(nn.Module):
 
     @torch.no_grad()
     def zero_outside_keep(self, grads: bool = False) -> None:
+        """Set the dropped units' parameters (with grads=True: their gradients) to exactly 0."""
         if self.keep is None:
             return
         for name, p in self.named_parameters():              # e.g. "alpha.attn_out": (L, T) under keep (L, T)
-            keep = self.keep[name.split(".")[1]]
-            keep = keep.view(*keep.shape, *[1] * (p.dim() - keep.dim())).to(p.dtype)
-            if grads and p.grad is not None:
-                p.grad.mul_(keep)
-            if not grads:
-                p.mul_(keep)
+            t = p.grad if grads else p
+            if t is not None:
+                t.mul_(per_parameter(self.keep[name.split(".")[1]], p))
 
     @property
     def device(self) -> torch.device:
@@ -236,6 +234,11 @@ class DynScalar(Scaling):
                 chunk = ids[i:i + batch_size]
                 model(chunk, intervene=record, at=torch.full((len(chunk),), ids.shape[1] - 1, device=ids.device))
         return maps
+
+
+def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A map over units (a keep mask, a count) shaped to multiply parameter p: (L, T) -> (L, T, 1) for v."""
+    return units.view(*units.shape, *[1] * (p.dim() - units.dim())).to(p.dtype)
 
 
 def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:

@@ -178,7 +178,7 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
     start = make_iv()                                    # each unit: the mean of the fits that kept it
     kept_by = {s: torch.stack([sel[s] for sel in selections]).sum(0).clamp(min=1) for s in freq}
     start.load_state_dict({k: torch.stack([st[k] for st in states]).sum(0)
-                           / _broadcast(kept_by[k.split(".")[1]], states[0][k]).to(states[0][k].device)
+                           / ascale.per_parameter(kept_by[k.split(".")[1]], states[0][k]).to(states[0][k].device)
                            for k in states[0]})
     final, curve = refit(model, start, train, keep, steps=refit_steps, seed=seed, progress=progress, **objective)
     stopped_by = stopped_by or curve["stopped_by"]
@@ -193,11 +193,6 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
               "frequencies": {s: f.tolist() for s, f in freq.items()}, "first_fit_selection": path0,
               "stopped_by": stopped_by}
     return final, record, freq
-
-
-def _broadcast(keep: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """A units mask (or count) shaped to multiply a parameter p: (L, T) -> (L, T, 1) for SteerVec's v."""
-    return keep.view(*keep.shape, *[1] * (p.dim() - keep.dim()))
 
 
 def _mean_sd(xs: list[float]) -> list[float]:
