@@ -146,9 +146,9 @@ def stability(model, iv, task, path: Path, runs: dict, title: str) -> None:
     cbar = fig.colorbar(im, ax=axes[:, 0].tolist(), orientation="horizontal", aspect=50, shrink=0.8)
     cbar.set_label(f"share of the {runs['runs']} fits that keep the location (each fit its K = {runs['K']} largest);"
                    f" kept in the end: >= {runs['threshold']:g} (white numbers)", fontsize=9)
-    jac = runs["jaccard_halves"]
-    fig.suptitle(f"{title}\n{runs['selected']} locations kept · Jaccard of the two halves' selections "
-                 f"{'-' if jac is None else f'{jac:.2f}'}", fontsize=11)
+    jac = {k: "-" if runs.get(k) is None else f"{runs[k]:.2f}" for k in ("jaccard_pairs", "jaccard_halves")}
+    fig.suptitle(f"{title}\n{runs['selected']} locations kept · Jaccard of two fits' selections {jac['jaccard_pairs']}"
+                 f" (mean), of the two halves' {jac['jaccard_halves']}", fontsize=11)
     save_figure(fig, path, dpi=120)
 
 

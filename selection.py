@@ -182,17 +182,28 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
                            for k in states[0]})
     final, curve = refit(model, start, train, keep, steps=refit_steps, seed=seed, progress=progress, **objective)
     stopped_by = stopped_by or curve["stopped_by"]
-    half = len(fits) // 2
-    split = None
-    if half:
-        a, b = frequencies(selections[:half]), frequencies(selections[half:])
-        split = jaccard({s: f >= threshold for s, f in a.items()}, {s: f >= threshold for s, f in b.items()})
+    halves, pairs = agreement(selections, threshold)
     record = {"runs": len(fits), "runs_asked": runs, "K": K, "threshold": threshold, "selected": count(keep),
-              "jaccard_halves": split, "fits": fits,
+              "jaccard_halves": halves, "jaccard_pairs": pairs, "fits": fits,
               "mean_sd": {k: _mean_sd([f[k] for f in fits]) for k in ("train_flip_rate", "test_flip_rate", "kl_test")},
               "frequencies": {s: f.tolist() for s, f in freq.items()}, "first_fit_selection": path0,
               "stopped_by": stopped_by}
     return final, record, freq
+
+
+def agreement(selections: list[dict[str, torch.Tensor]], threshold: float = FREQUENCY):
+    """How much the fits agree: (the Jaccard index of the two halves' majority sets, the mean Jaccard index of
+    two fits' own selections). The halves are the first and the second n // 2 fits (with an odd n the last
+    fit sits out), so that both are held to the same rule: halves of 2 and 3 fits would compare the union of
+    two selections (kept by 1 of 2 >= threshold) with what 2 of 3 keep, which differ by construction.
+    Either is None where there are too few fits."""
+    n = len(selections) // 2
+    halves = None
+    if n:
+        a, b = frequencies(selections[:n]), frequencies(selections[n:2 * n])
+        halves = jaccard({s: f >= threshold for s, f in a.items()}, {s: f >= threshold for s, f in b.items()})
+    pairs = [jaccard(x, y) for i, x in enumerate(selections) for y in selections[i + 1:]]
+    return halves, (sum(pairs) / len(pairs) if pairs else None)
 
 
 def _mean_sd(xs: list[float]) -> list[float]:

@@ -108,3 +108,19 @@ def test_evaluate_brackets_its_rates(model):
     ev = ascale.evaluate(model, iv, batch)
     assert ev["flip_rate_ci"][0] <= ev["flip_rate"] <= ev["flip_rate_ci"][1]
     assert ev["kl_ci"][0] <= ev["kl"] <= ev["kl_ci"][1]
+
+
+def test_agreement_holds_both_halves_to_one_rule():
+    """Five fits: halves are fits 0-1 and 2-3 (the fifth sits out), each half's majority set by the same rule; the
+    pairs' mean is over all ten pairs of fits."""
+    def sel(*units):
+        m = torch.zeros(6, dtype=torch.bool)
+        m[list(units)] = True
+        return {"s": m}
+    fits = [sel(0, 1), sel(0, 1), sel(0, 2), sel(0, 2), sel(3, 4)]
+    halves, pairs = selection.agreement(fits, threshold=0.5)
+    assert halves == pytest.approx(1 / 3)          # {0, 1} against {0, 2}: 1 of 3 units
+    j = selection.jaccard
+    expected = sum(j(a, b) for i, a in enumerate(fits) for b in fits[i + 1:]) / 10
+    assert pairs == pytest.approx(expected)
+    assert selection.agreement(fits[:1]) == (None, None)
