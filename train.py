@@ -413,8 +413,10 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     report.write_json(folder / "metrics.json", metrics)
     title = f"{method} · {task.name} · {Path(args.model).name}"
     report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
-    if chosen.get("selection", {}).get("path"):
-        report.plot_locations(folder / "locations.png", chosen["selection"], f"{title} · locations kept")
+    path = chosen.get("selection") or (chosen.get("runs") or {}).get("first_fit_selection")  # --runs: fit 0's K
+    if path and path.get("path"):
+        report.plot_locations(folder / "locations.png", path, f"{title} · locations kept"
+                              + (" (the first fit's path)" if "runs" in chosen else ""))
     if "runs" in chosen and chosen["runs"].get("frequencies"):
         report.stability(model, iv, task, folder / "stability.png", chosen["runs"], f"{title} · selection frequency")
     print_selection(method, chosen)

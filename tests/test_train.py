@@ -112,6 +112,23 @@ def test_all_methods_end_to_end(setup, tmp_path):
     assert before == {m: (tmp_path / m / "metrics.json").read_bytes() for m in ascale.METHODS}
 
 
+def test_runs_writes_its_frequency_map_and_the_first_fits_path(setup, tmp_path):
+    """--runs 2: stability.png, locations.png (the path of the first fit, which chose K) and metrics.json's runs,
+    with both agreement indices; the final set is the units both fits keep (>= 50 % of 2: either)."""
+    model, task = setup
+    proc = run_script("--model", model, "--task", task, "--runs", "2", "--steps", "3", "--refit-steps", "2",
+                      "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["heatmap.png", "intervention.safetensors", "locations.png", "metrics.json", "stability.png"]
+    for png in ("stability.png", "locations.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = json.loads((tmp_path / "metrics.json").read_text())["runs"]
+    assert r["runs"] == 2 and len(r["fits"]) == 2 and r["first_fit_selection"]["K"] == r["K"]
+    assert 0 <= r["jaccard_pairs"] <= 1 and 0 <= r["jaccard_halves"] <= 1
+    assert "Jaccard of two fits' selections" in proc.stdout
+
+
 def test_eval_prints_the_saved_runs_numbers(one_run, capsys):
     _, out = one_run
     m = json.loads((out / "metrics.json").read_text())
