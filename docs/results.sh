@@ -68,6 +68,8 @@ import json, sys
 from pathlib import Path
 for f in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
     m = json.loads(f.read_text())
+    if "selection" not in m:          # the --runs folders below
+        continue
     tr, te, sel = m["train"], m["test"], m["selection"]
     print(f"{f.parent.name:15} flip {tr['flip_rate']:.2f} [{tr['flip_rate_ci'][0]:.2f}, {tr['flip_rate_ci'][1]:.2f}] /"
           f" {te['flip_rate']:.2f} [{te['flip_rate_ci'][0]:.2f}, {te['flip_rate_ci'][1]:.2f}]  KL {te['kl']:.2f}"
@@ -75,3 +77,15 @@ for f in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
           f" l1 fit's train flip {sel['unpruned']['train_flip_rate']:.2f})")
 PY
 cp "$out/selected/ccc-0/heatmap.png" docs/toyworld-ccc-selected-heatmap.png
+# Stability selection on CCC, two seeds (two splits of the countries), and the Jaccard index of their final sets.
+for seed in 1 2; do
+  python train.py --model $model --task ccc --runs 5 --seed $seed --out "$out/selected/ccc-runs5-seed$seed" --overwrite
+done
+python - "$out/selected" <<'PY'
+import sys
+from safetensors.torch import load_file
+sets = [{(k, i) for k, v in load_file(f"{sys.argv[1]}/ccc-runs5-seed{s}/intervention.safetensors").items()
+         for i in (v.abs() >= 0.05).flatten().nonzero()[:, 0].tolist()} for s in (1, 2)]
+print(f"final sets: {len(sets[0])} and {len(sets[1])} locations, Jaccard {len(sets[0] & sets[1]) / len(sets[0] | sets[1]):.2f}")
+PY
+cp "$out/selected/ccc-runs5-seed1/stability.png" docs/toyworld-ccc-stability.png

@@ -87,19 +87,25 @@ for seed in 1 2; do
   echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-runs5-seed$seed.seconds"
 done
 python - "$out" <<'PY'
-import sys
+import json, sys
 from safetensors.torch import load_file
 sets = []
 for seed in (1, 2):
     a = load_file(f"{sys.argv[1]}/ccc-runs5-seed{seed}/intervention.safetensors")
     sets.append({(k, i) for k, v in a.items() for i in (v.abs() >= 0.05).flatten().nonzero()[:, 0].tolist()})
 print(f"final sets: {len(sets[0])} and {len(sets[1])} locations, Jaccard {len(sets[0] & sets[1]) / len(sets[0] | sets[1]):.2f}")
+for seed in (1, 2):
+    m = json.load(open(f"{sys.argv[1]}/ccc-runs5-seed{seed}/metrics.json"))
+    t, r = m["test"], m["runs"]
+    print(f"seed {seed}: test flip {t['flip_rate']:.2f} [{t['flip_rate_ci'][0]:.2f}, {t['flip_rate_ci'][1]:.2f}],"
+          f" {m['n_active']:.0f} active, {r['selected']} kept; two fits' Jaccard {r['jaccard_pairs']:.2f} (mean)")
 PY
 
 cp "$out/ccc-selected/heatmap.png" docs/smollm2-ccc-selected-heatmap.png
 cp "$out/ccc-selected/locations.png" docs/smollm2-ccc-locations.png
 cp "$out/ccc-selected/knockout.png" docs/smollm2-ccc-selected-knockout.png
 cp "$out/ccc-runs5-seed1/stability.png" docs/smollm2-ccc-stability.png
+cp "$out/ccc-runs5-seed1/heatmap.png" docs/smollm2-ccc-stable-heatmap.png
 cp "$out/ccc-activscalar/heatmap.png" docs/smollm2-ccc-heatmap.png
 cp "$out/ccc-activscalar/knockout.png" docs/smollm2-ccc-knockout.png
 cp "$out/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png
