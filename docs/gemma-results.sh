@@ -18,6 +18,7 @@ echo "IOI ActivScalar and knockout: $(( $(date +%s) - start )) s" | tee "$out/io
 start=$(date +%s)
 python train.py --task ccc --model $model --out "$out/ccc-activscalar" --overwrite
 echo "CCC ActivScalar: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.seconds"
+python analyze.py knockout "$out/ccc-activscalar/intervention.safetensors"
 # 3. IOI with the three methods on the same prompts, shortened (20 steps of 16 prompts, the l1 fit alone), as in
 #    the page's table from a loaded machine.
 python train.py --task ioi --model $model --method all --steps 20 --batch-size 16 --locations all \
@@ -26,6 +27,7 @@ python train.py --task ioi --model $model --method all --steps 20 --batch-size 1
 cp "$out/ioi-activscalar/heatmap.png" docs/gemma3-ioi-heatmap.png
 cp "$out/ioi-activscalar/knockout.png" docs/gemma3-ioi-knockout.png
 cp "$out/ccc-activscalar/heatmap.png" docs/gemma3-ccc-heatmap.png
+cp "$out/ccc-activscalar/knockout.png" docs/gemma3-ccc-knockout.png
 
 python - "$out" <<'PY'
 import json, sys
