@@ -22,6 +22,7 @@ import torch
 
 import ascale
 import knockout
+import selection
 
 SITE_NAMES = {"head": "attention heads", "attn_out": "attention output", "mlp_out": "MLP output",
               "resid": "residual stream after the block"}
@@ -146,9 +147,7 @@ def stability(model, iv, task, path: Path, runs: dict, title: str) -> None:
     cbar = fig.colorbar(im, ax=axes[:, 0].tolist(), orientation="horizontal", aspect=50, shrink=0.8)
     cbar.set_label(f"share of the {runs['runs']} fits that keep the location (each fit its K = {runs['K']} largest);"
                    f" kept in the end: >= {runs['threshold']:g} (white numbers)", fontsize=9)
-    jac = {k: "-" if runs.get(k) is None else f"{runs[k]:.2f}" for k in ("jaccard_pairs", "jaccard_halves")}
-    fig.suptitle(f"{title}\n{runs['selected']} locations kept · Jaccard of two fits' selections {jac['jaccard_pairs']}"
-                 f" (mean), of the two halves' {jac['jaccard_halves']}", fontsize=11)
+    fig.suptitle(f"{title}\n{runs['selected']} locations kept · {selection.describe_agreement(runs)}", fontsize=11)
     save_figure(fig, path, dpi=120)
 
 

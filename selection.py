@@ -206,6 +206,12 @@ def agreement(selections: list[dict[str, torch.Tensor]], threshold: float = FREQ
     return halves, (sum(pairs) / len(pairs) if pairs else None)
 
 
+def describe_agreement(runs: dict) -> str:
+    """The two agreement indices of a runs record, as train.py prints them and stability.png titles them."""
+    f = {k: "-" if runs.get(k) is None else f"{runs[k]:.2f}" for k in ("jaccard_pairs", "jaccard_halves")}
+    return f"Jaccard of two fits' selections {f['jaccard_pairs']} (mean), of the two halves' {f['jaccard_halves']}"
+
+
 def _mean_sd(xs: list[float]) -> list[float]:
     t = torch.tensor(xs, dtype=torch.float64)
     return [t.mean().item(), t.std().item() if len(t) > 1 else 0.0]

@@ -413,9 +413,9 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     report.write_json(folder / "metrics.json", metrics)
     title = f"{method} · {task.name} · {Path(args.model).name}"
     report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
-    path = chosen.get("selection") or (chosen.get("runs") or {}).get("first_fit_selection")  # --runs: fit 0's K
-    if path and path.get("path"):
-        report.plot_locations(folder / "locations.png", path, f"{title} · locations kept"
+    sel = chosen.get("selection") or (chosen.get("runs") or {}).get("first_fit_selection")  # --runs: fit 0's K
+    if sel and sel.get("path"):
+        report.plot_locations(folder / "locations.png", sel, f"{title} · locations kept"
                               + (" (the first fit's path)" if "runs" in chosen else ""))
     if "runs" in chosen and chosen["runs"].get("frequencies"):
         report.stability(model, iv, task, folder / "stability.png", chosen["runs"], f"{title} · selection frequency")
@@ -538,15 +538,10 @@ def print_selection(method: str, chosen: dict) -> None:
               f" after refit: {tried}")
     if "runs" in chosen and chosen["runs"]["fits"]:
         r = chosen["runs"]
-        (m, sd) = r["mean_sd"]["test_flip_rate"]
+        m, sd = r["mean_sd"]["test_flip_rate"]
         print(f"{method}: {r['runs']} bootstrap fits, each pruned to K={r['K']}; {r['selected']} locations kept by"
-              f" >= {r['threshold']:.0%} of them; test flip of the fits {m:.2f} ± {sd:.2f} (mean ± sd); Jaccard of two"
-              f" fits' selections {_fmt(r.get('jaccard_pairs'))} (mean), of the two halves'"
-              f" {_fmt(r['jaccard_halves'])}")
-
-
-def _fmt(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
+              f" >= {r['threshold']:.0%} of them; test flip of the fits {m:.2f} ± {sd:.2f} (mean ± sd);"
+              f" {selection.describe_agreement(r)}")
 
 
 def show(model, tok, iv, ps, batch, n: int) -> None:

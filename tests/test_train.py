@@ -114,7 +114,7 @@ def test_all_methods_end_to_end(setup, tmp_path):
 
 def test_runs_writes_its_frequency_map_and_the_first_fits_path(setup, tmp_path):
     """--runs 2: stability.png, locations.png (the path of the first fit, which chose K) and metrics.json's runs,
-    with both agreement indices; the final set is the units both fits keep (>= 50 % of 2: either)."""
+    with both agreement indices."""
     model, task = setup
     proc = run_script("--model", model, "--task", task, "--runs", "2", "--steps", "3", "--refit-steps", "2",
                       "--out", str(tmp_path))
