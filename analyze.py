@@ -29,10 +29,10 @@ import sys
 from pathlib import Path
 
 import ascale
-import report
-import runfolder
 import train
+from figures import report
 from gpt2 import UserError
+from running import runfolder
 
 # ----------------------------------------------------------------------------- knockout
 

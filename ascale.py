@@ -25,10 +25,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
-import parallel
-import stats
 from gpt2 import SITES, GPTConfig, UserError
-from runfolder import write_atomically
+from running import parallel, stats
+from running.runfolder import write_atomically
 
 METHODS = ("activscalar", "steervec", "dynscalar")
 SCHEDULES = ("cosine", "constant")

@@ -58,8 +58,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import checkpoints
-from errors import UserError
+from loading import checkpoints
+from running.errors import UserError
 
 SITES = ("head", "attn_out", "mlp_out", "resid")
 
@@ -451,7 +451,7 @@ if __name__ == "__main__":
     p.add_argument("-n", type=int, default=20, help="tokens to generate (default: 20)")
     args = p.parse_args()
     try:
-        from tokenizer import get_tokenizer
+        from loading.tokenizer import get_tokenizer
         model, tok = GPT.from_pretrained(args.model, args.revision), get_tokenizer(args.model, args.revision)
         bos = [] if tok.bos_token is None else [tok.bos_token]  # Llama 3's tokenizer puts <|begin_of_text|> first
         out = model.generate(torch.tensor([bos + tok.encode(args.prompt)]), args.n)

@@ -13,9 +13,9 @@ see `knockout`. Its prompts are capped by a FLOP budget (`knockout_prompts`).
 
 import torch
 
-import parallel
 from ascale import ACTIVE, ActivScalar, Batch, check_sites
 from gpt2 import UserError
+from running import parallel
 
 KNOCKOUT_FLOPS = 2.5e13  # the knockout map's default budget, which caps its prompts: ~4.5 min at 95 GFLOP/s (1 core)
 

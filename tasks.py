@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from gpt2 import UserError
-from tables import COUNTRIES, NAMES, OBJECTS, PLACES
+from world.tables import COUNTRIES, NAMES, OBJECTS, PLACES
 
 TASKS = ("ccc", "ioi")  # built in; anything ending in .jsonl is a custom task
 ANSWERS = ("first-token", "one-token")  # how CCC's answers are tokens (load_task)
@@ -572,7 +572,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-model", action="store_true", help="load only the tokenizer: skip the model's preference")
     args = p.parse_args(argv)
     try:
-        from tokenizer import get_tokenizer
+        from loading.tokenizer import get_tokenizer
         tok = get_tokenizer(args.model, revision=args.revision)
         task = load_task(args.task, tok, seed=args.seed, fixed_length=not args.dynamic,
                          unseen_lengths=args.unseen_lengths, template=args.template,

@@ -34,11 +34,10 @@ import torch
 
 import ascale
 import knockout
-import parallel
-import report
-import runfolder
 import selection
+from figures import report
 from gpt2 import GPT, UserError
+from running import parallel, runfolder
 
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
 DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0, "answers": "first-token"}
@@ -251,7 +250,7 @@ def pick_device(name: str) -> torch.device:
 
 def load_model(args):
     """The model on --device (under torchrun: this process's GPU), or over several with --device-map."""
-    from tokenizer import get_tokenizer
+    from loading.tokenizer import get_tokenizer
     if args.device_map:
         return load_mapped(args), get_tokenizer(args.model, args.revision)
     device = parallel.device(pick_device(args.device))

@@ -95,7 +95,7 @@ def test_a_full_disk_is_one_line_and_changes_nothing(run, monkeypatch, capsys, c
 
 
 def test_a_sweep_into_a_folder_another_is_writing_is_refused(run, tmp_path, capsys):
-    import runfolder
+    from running import runfolder
     model, task, _ = run
     fd = runfolder.lock(tmp_path)      # as another sweep holds it
     try:

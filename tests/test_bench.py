@@ -3,7 +3,7 @@ the same numbers (no timing assertions: timings depend on the machine)."""
 
 import json
 
-import bench
+from benchmarks import bench
 from gpt2 import GPTConfig
 
 

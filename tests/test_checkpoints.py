@@ -18,9 +18,9 @@ from conftest import (
     zero_output,
 )
 
-import checkpoints
 from gpt2 import GPT, UserError, rope_frequencies
-from tokenizer import get_tokenizer
+from loading import checkpoints
+from loading.tokenizer import get_tokenizer
 
 # name -> (model_type, config overrides); the tiny defaults have 4 query heads and 2 key/value heads.
 GGUF_VARIANTS = {

@@ -17,9 +17,9 @@ from conftest import (
     zero_output,
 )
 
-import checkpoints
 import gpt2
 from gpt2 import GPT, UserError
+from loading import checkpoints
 
 WINDOW = 8  # keys a local layer's query sees; the prompts have 24 tokens, the greedy check reaches 25
 # name -> (model_type, config overrides). The tiny defaults (conftest) have 4 query heads and 2 key/value heads.

@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-import checkpoints
 import tasks
 from gpt2 import GPT, UserError
-from tokenizer import get_tokenizer
+from loading import checkpoints
+from loading.tokenizer import get_tokenizer
 
 TEXTS = ["The capital of France is Paris.", "In 2024, 1,234,567 people paid $3.50 each (≈ 4.3M).",
          "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # O(2^n)\n",

@@ -18,9 +18,9 @@ from conftest import (
 )
 
 import ascale
-import checkpoints
 import gpt2
 from gpt2 import GPT, UserError
+from loading import checkpoints
 
 # name -> (model_type, config overrides). The tiny defaults (conftest) have 4 query heads and 2 key/value heads.
 VARIANTS = {

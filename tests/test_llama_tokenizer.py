@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 import gpt2
 import tasks
-from tokenizer import Tokenizer, bytes_to_unicode, get_tokenizer
+from loading.tokenizer import Tokenizer, bytes_to_unicode, get_tokenizer
 
 MORE_EXAMPLES = [
     "1 12 123 1234 12345 123456 1234567 3.14159265 1e-10 0x1F 2024-01-01 ٣٤٥ ½",  # digit groups differ

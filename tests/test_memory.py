@@ -2,8 +2,8 @@
 
 import json
 
-import memory
-from tokenizer import get_tokenizer
+from benchmarks import memory
+from loading.tokenizer import get_tokenizer
 
 
 def test_the_task_has_20000_distinct_prompts_of_one_length(tmp_path):

@@ -16,9 +16,9 @@ from conftest import ROOT
 
 import ascale
 import knockout
-import parallel
 import train
 from gpt2 import GPT, UserError
+from running import parallel
 
 TOY = str(ROOT / "models" / "toyworld")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -39,7 +39,7 @@ def toy_task(tmp_path_factory):
     """48 of the toy world's CCC prompts (18 tokens each) as a JSONL task, with the tokens the task reads as
     answers (a city's first): a short run."""
     import tasks
-    from tokenizer import get_tokenizer
+    from loading.tokenizer import get_tokenizer
     tok = get_tokenizer(TOY)
     ps = tasks.load_task("ccc", tok, seed=0, fixed_length=True).train
     rows = [{"prompt": ps.prompts[i], "correct": tok.token_str(int(ps.correct[i])),   # the answer tokens read
@@ -94,7 +94,7 @@ import os, sys
 import torch
 import ascale, knockout, tasks, train
 from gpt2 import GPT
-from tokenizer import get_tokenizer
+from loading.tokenizer import get_tokenizer
 model_dir, task_file, out = sys.argv[1:4]
 train.parallel.start()
 model, tok = GPT.from_pretrained(model_dir), get_tokenizer(model_dir)
@@ -131,7 +131,7 @@ def test_prepare_evaluation_and_knockout_map_shared_out(worker, toy_task):
     """The prepared batch, the evaluation, the active locations and the knockout map of two processes (each
     its share of the prompts or of the (layer, position) jobs) are those of one."""
     import tasks
-    from tokenizer import get_tokenizer
+    from loading.tokenizer import get_tokenizer
     two = worker[0]
     model, tok = GPT.from_pretrained(TOY), get_tokenizer(TOY)
     task = tasks.load_task(toy_task, tok, seed=0, fixed_length=True)

@@ -7,10 +7,10 @@ import json
 import pytest
 from conftest import training_text
 
-import checkpoints
 from gpt2 import UserError
-from spm_tokenizer import SentencePieceBPE
-from tokenizer import Tokenizer, get_tokenizer
+from loading import checkpoints
+from loading.spm_tokenizer import SentencePieceBPE
+from loading.tokenizer import Tokenizer, get_tokenizer
 
 TEXTS = ["The capital of France is Paris.", "When Mary and John went to the store, John gave a drink to",
          " leading space", "  two  spaces\tand\ttabs\r\n", "In 2024, 1,234,567 people paid $3.50 each.",

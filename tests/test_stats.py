@@ -2,7 +2,7 @@
 
 import torch
 
-import stats
+from running import stats
 
 
 def test_wilson_interval_of_a_known_case():

@@ -9,7 +9,7 @@ import torch
 
 import tasks
 from gpt2 import UserError
-from tokenizer import Tokenizer
+from loading.tokenizer import Tokenizer
 
 
 @functools.cache

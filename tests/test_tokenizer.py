@@ -12,9 +12,9 @@ import torch
 from conftest import SHARED_DATA, need
 from tokenizers import Tokenizer as HFTokenizer
 
-import checkpoints
 import gpt2
-from tokenizer import GPT_SPLIT_PATTERN, Tokenizer, bytes_to_unicode, get_tokenizer
+from loading import checkpoints
+from loading.tokenizer import GPT_SPLIT_PATTERN, Tokenizer, bytes_to_unicode, get_tokenizer
 
 EXAMPLES = [
     "Hello world",

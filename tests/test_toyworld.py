@@ -10,10 +10,10 @@ import torch
 from conftest import ROOT
 
 import tasks
-import toyworld
 import train
 from gpt2 import GPT
-from tokenizer import get_tokenizer
+from loading.tokenizer import get_tokenizer
+from world import toyworld
 
 TOYWORLD = ROOT / "models" / "toyworld"
 

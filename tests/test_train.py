@@ -152,7 +152,7 @@ def test_generation_does_not_read_the_padding(setup, capsys):
 
     import tasks
     from gpt2 import GPT
-    from tokenizer import get_tokenizer
+    from loading.tokenizer import get_tokenizer
     model_dir, _ = setup
     longer = {"prompt": TEMPLATE.format(country="the United Kingdom", city="Paris"), "correct": " London",
               "wrong": " Paris"}
@@ -291,7 +291,7 @@ def test_a_second_run_into_the_same_folder_refuses_and_sigterm_stops_the_first(s
 
 
 def test_the_lock_of_method_all_covers_its_subfolders(setup, tmp_path, capsys):
-    import runfolder
+    from running import runfolder
     _, task = setup
     (tmp_path / "steervec").mkdir()
     fd = runfolder.lock(tmp_path / "steervec")     # a run of one method into the subfolder

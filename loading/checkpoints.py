@@ -29,7 +29,7 @@ import os
 import numpy as np
 import torch
 
-from errors import UserError
+from running.errors import UserError
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # config.json model_types read as the Llama family
 GEMMA_TYPES = ("gemma2", "gemma3_text")                 # and as the Gemma family (Gemma 2, Gemma 3's text model)
@@ -454,7 +454,7 @@ def gguf_file(path: str):
         import gguf  # noqa: F401  (gguf_format takes the quantisation types from it)
     except ImportError:
         raise UserError("reading a GGUF file needs the gguf package: pip install gguf") from None
-    from gguf_format import GGUFFile
+    from loading.gguf_format import GGUFFile
     if not os.path.isfile(path):
         raise UserError(f"GGUF file {path} does not exist")
     try:

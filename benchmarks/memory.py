@@ -2,9 +2,9 @@
 Peak memory of train.py on a large task: a JSONL file of many prompts (20,000 by default) and a model
 with Qwen's vocabulary of 151,936 tokens, in a temporary folder, trained by train.py as a user runs it.
 
-    python memory.py                          20,000 prompts, 151,936 tokens: prints train.py's peak memory
-    python memory.py --prompts 2000           the same with fewer prompts: the peak should not change much
-    python memory.py -- --method dynscalar    flags after -- go to train.py
+    python -m benchmarks.memory                          20,000 prompts, 151,936 tokens: prints train.py's peak memory
+    python -m benchmarks.memory --prompts 2000           the same with fewer prompts: the peak should not change much
+    python -m benchmarks.memory -- --method dynscalar    flags after -- go to train.py
 
 The model is random (its answers mean nothing; the run is about memory): the toy world's shape
 (4 layers, width 128) and tokenizer (models/toyworld/tokenizer.json), with an unembedding of
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-import checkpoints
 import tasks
-import toyworld
 from gpt2 import GPT, GPTConfig
-from tokenizer import get_tokenizer
+from loading import checkpoints
+from loading.tokenizer import get_tokenizer
+from world import toyworld
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 TOYWORLD = ROOT / "models" / "toyworld"
 
 

@@ -41,9 +41,9 @@ import unicodedata
 import regex
 import tiktoken
 
-import checkpoints
-from errors import UserError
-from spm_tokenizer import SentencePieceBPE
+from loading import checkpoints
+from loading.spm_tokenizer import SentencePieceBPE
+from running.errors import UserError
 
 # GPT-2's split regex, as tiktoken writes it (possessive ++ instead of backtracking; same splits):
 #   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+

@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import parallel
-from gpt2 import UserError
+from running import parallel
+from running.errors import UserError
 
 try:
     import fcntl

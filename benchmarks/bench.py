@@ -2,10 +2,10 @@
 How fast is one training step of ActivScalar here, against the way most steering code does it
 (transformers plus forward hooks), and against what the hardware can do?
 
-    python bench.py                         # CPU, float32: GPT-2-small and Pythia-160m sizes, batch 32
-    python bench.py --models qwen2.5-0.5b   # a Llama-family row (also llama-3.2-1b, smollm2-135m)
-    python bench.py --device cuda           # a GPU, bfloat16
-    python bench.py --tiny --steps 2        # tiny sizes, seconds (the smoke test)
+    python -m benchmarks.bench                         # CPU, float32: GPT-2-small and Pythia-160m sizes, batch 32
+    python -m benchmarks.bench --models qwen2.5-0.5b   # a Llama-family row (also llama-3.2-1b, smollm2-135m)
+    python -m benchmarks.bench --device cuda           # a GPU, bfloat16
+    python -m benchmarks.bench --tiny --steps 2        # tiny sizes, seconds (the smoke test)
 
 For each model size, both implementations get the same random weights (a transformers model is
 built from a seeded config of the real sizes, written to a temp folder in the Hub's layout, and

@@ -2,8 +2,8 @@
 The toy world: a small language model that knows things, trained here from scratch, so that the
 method can be seen and checked offline on a model with real mechanisms (models/toyworld/).
 
-    python toyworld.py                                 rebuild models/toyworld (the committed model)
-    python toyworld.py --steps 20 --out /tmp/tw        a quick smoke run
+    python -m world.toyworld                                 rebuild models/toyworld (the committed model)
+    python -m world.toyworld --steps 20 --out /tmp/tw        a quick smoke run
 
 Four steps, one function each, all from one seed:
 
@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-import checkpoints
 import tasks
 from gpt2 import GPT, GPTConfig, UserError
-from tokenizer import Tokenizer
+from loading import checkpoints
+from loading.tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
 
@@ -242,7 +242,7 @@ def measure(folder, seed: int = 0) -> dict:
     facts (the capital is the top token after the plain question), CCC (how often the in-context city
     beats the memorised capital on the project's prompts) and IOI (how often the indirect object beats
     the subject, on the project's test prompts and on fresh random draws of two names)."""
-    from tokenizer import get_tokenizer
+    from loading.tokenizer import get_tokenizer
     model, tok = GPT.from_pretrained(str(folder)), get_tokenizer(str(folder))
     one = {k: v for k, v in tasks.COUNTRIES.items() if tasks.single_token(tok, " " + v) is not None}
     facts = [tasks.Item(QUESTIONS[0].format(country=k), " " + v, " " + v) for k, v in one.items()]
@@ -279,7 +279,7 @@ this project's `toyworld.py` with its own `gpt2.GPT` (the forward pass that `tra
 exists so that activation scaling can be run, seen and checked offline on a model that knows things.
 Made by:
 
-    python toyworld.py {args.command}
+    python -m world.toyworld {args.command}
 
 ## Recipe
 - **Corpus**, written from `tasks.py`'s tables (seed {args.seed}): {MIX['fact']:.0%} facts (statements and

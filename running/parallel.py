@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from errors import UserError
+from running.errors import UserError
 
 # ----------------------------------------------------------------------------- data parallel: who am I
 

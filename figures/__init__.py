@@ -1,0 +1,2 @@
+"""Figures: the PNGs a run writes (heatmaps, the knockout check, sweep curves), as matplotlib Figures a notebook can
+show too."""
