@@ -14,7 +14,8 @@ The checks of where an intervention acts (knockout map, attribution, agreement) 
 
 A location is (site, layer, position), and also head for the `head` site. An intervention is an
 nn.Module called as `intervene(site, layer, h)` by gpt2.GPT's forward pass; sites it was not given
-pass through untouched.
+pass through untouched. Each class says what the rest of the code asks of it in its class attributes
+(Intervention's list them), so a new method is one class here: defining it registers it in METHODS.
 """
 
 import json
@@ -29,7 +30,7 @@ from gpt2 import SITES, GPTConfig, UserError
 from running import parallel, stats
 from running.runfolder import write_atomically
 
-METHODS = ("activscalar", "steervec", "dynscalar")
+METHODS: dict[str, type] = {}  # every intervention class by its name (--method), filled as each is defined
 SCHEDULES = ("cosine", "constant")
 TARGETS = ("flip", "wrong", "correct")
 # Training defaults, tuned on SmolLM2 and the toy world, CCC and IOI (the README says how; lr falls along a cosine).
@@ -54,9 +55,22 @@ class Intervention(nn.Module):
     """Base class: parameters per site, `beta` the strength dial (training uses β = 1).
 
     `positions` is the prompt length that position-tied methods (ActivScalar, SteerVec) were made
-    for; DynScalar has none and applies to any length."""
-    method = ""
-    takes_positions = True  # gpt2.GPT may call sites with some positions only, saying which (pos=...)
+    for; DynScalar has none and applies to any length. A subclass names itself in `method` (which
+    registers it in METHODS) and says in the attributes below what train.py, selection.py and
+    figures/report.py need to know; it defines `apply` (or `scale`), `effect` and `location_map`."""
+    method = ""               # its name on the command line and in saved files
+    about = ""                # one line for train.py --help
+    tied_to_positions = True  # one parameter per position: prompts of one length only (else: any length)
+    signed = True             # its location_map has a sign (drawn red-blue, white = 0); else a size (white-red)
+    # the heatmap's colour-bar label; before its first comma, the map's short name (the knockout figure's)
+    map_label = "β·α, the activation is scaled by 1 + β·α:  −1 switched off,  0 unchanged (white),  +1 doubled"
+    measure = "|alpha|"       # what selection ranks its units by (`effect`), in words for metrics.json
+    takes_positions = True    # gpt2.GPT may call sites with some positions only, saying which (pos=...)
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.method:
+            METHODS[cls.method] = cls
 
     def __init__(self, cfg: GPTConfig, sites, positions: int | None):
         super().__init__()
@@ -72,6 +86,11 @@ class Intervention(nn.Module):
     def effect(self) -> dict[str, torch.Tensor]:
         """How much each unit can change its activation, per site (the size selection ranks by)."""
         raise NotImplementedError
+
+    def floor(self, effect: dict[str, torch.Tensor]) -> float:
+        """The smallest effect of a unit that moves noticeably (selection.n_units): ACTIVE, for effects that
+        are shares of the activation's norm."""
+        return ACTIVE
 
     def restrict(self, keep: dict[str, torch.Tensor]) -> None:
         """Keep only the units where keep[site] is True: the others are set to exactly 0, and `fit` keeps
@@ -104,7 +123,8 @@ class Intervention(nn.Module):
             return h
         if pos is None and self.positions is not None and h.shape[1] != self.positions:
             raise UserError(f"this {self.method} intervention has parameters for the {self.positions} positions of its"
-                            f" training prompts; it cannot read a {h.shape[1]}-token prompt (dynscalar can)")
+                            f" training prompts; it cannot read a {h.shape[1]}-token prompt"
+                            f" ({', '.join(m for m, c in METHODS.items() if not c.tied_to_positions)} can)")
         return self.apply(site, layer, h, pos)
 
     def for_generation(self):
@@ -147,7 +167,7 @@ class Scaling(Intervention):
 class ActivScalar(Scaling):
     """h̃ = h·(1 + β·α): one scalar α per (layer, position) of each site, and per head for `head`.
     α = 0 changes nothing (the initial state), α = -1 switches a location off, α = -2 reverses it."""
-    method = "activscalar"
+    method, about = "activscalar", "one scalar per location, h*(1+a)"
 
     def __init__(self, cfg: GPTConfig, sites, positions: int):
         super().__init__(cfg, sites, positions)
@@ -171,7 +191,9 @@ class ActivScalar(Scaling):
 
 class SteerVec(Intervention):
     """h̃ = h + β·v: one vector v per location (the additive steering baseline)."""
-    method = "steervec"
+    method, about = "steervec", "one vector per location, h+v"
+    signed, measure = False, "||v||"
+    map_label = "‖β·v‖, the norm of the vector added to the activation (white: nothing added)"
 
     def __init__(self, cfg: GPTConfig, sites, positions: int):
         super().__init__(cfg, sites, positions)
@@ -192,13 +214,18 @@ class SteerVec(Intervention):
         """‖v‖ per location: how far the activation is moved."""
         return {s: v.detach().norm(dim=-1) for s, v in self.v.items()}
 
+    def floor(self, effect):
+        """‖v‖ is in the activation's units, not a share of it: at least 1 % of the largest ‖v‖."""
+        return 0.01 * max(float(e.max()) for e in effect.values())
+
 
 class DynScalar(Scaling):
     """h̃ = h·(1 + β·α(h)) with α(h) = w·ĥ + b, ĥ = h/‖h‖: the scalar is a linear probe of the
     activation's direction. One (w, b) per site and layer, shared by all positions, so it applies to
     prompts of any length. (ĥ is unit-length so that α does not grow with the activation's norm,
     which differs a lot between sites and layers; see the README.)"""
-    method = "dynscalar"
+    method, about = "dynscalar", "the scalar is a probe of h, for prompts of any length"
+    tied_to_positions, measure = False, "||w|| + |b| per probe"
 
     def __init__(self, cfg: GPTConfig, sites, positions=None):
         super().__init__(cfg, sites, None)
@@ -243,12 +270,11 @@ def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
     """A fresh intervention (all parameters 0: the unchanged model). positions: the prompt length,
     needed by the position-tied methods."""
-    classes = {"activscalar": ActivScalar, "steervec": SteerVec, "dynscalar": DynScalar}
-    if method not in classes:
+    if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
-    if method != "dynscalar" and not positions:
+    if METHODS[method].tied_to_positions and not positions:
         raise UserError(f"{method} needs the prompt length (positions)")
-    return classes[method](cfg, sites, positions)
+    return METHODS[method](cfg, sites, positions)
 
 
 def l1(iv: Intervention) -> torch.Tensor:

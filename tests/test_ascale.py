@@ -103,6 +103,12 @@ def test_steervec_adds_beta_v_and_dynscalar_probes_the_direction(model):
     assert torch.equal(sv("attn_out", 1, h), h)                                     # other sites untouched
 
 
+def test_methods_are_registered_by_their_classes():
+    classes = (ascale.ActivScalar, ascale.SteerVec, ascale.DynScalar)
+    assert ascale.METHODS == {c.method: c for c in classes}
+    assert all(c.about and c.measure and c.map_label for c in classes)
+
+
 def test_unknown_method_or_site():
     with pytest.raises(UserError, match="unknown method 'scale'.*activscalar"):
         ascale.make("scale", GPTConfig(), ["mlp_out"], 4)
