@@ -6,6 +6,7 @@ Read top to bottom (SPEC.md defines every term):
     1. interventions   ActivScalar  h̃ = h·(1 + β·α)         one scalar per location
                        SteerVec     h̃ = h + β·v             one vector per location (the baseline)
                        DynScalar    h̃ = h·(1 + β·α(h))      α(h) = w·ĥ + b, one probe per site and layer
+                       ScaleShift   h̃ = h·(1 + β·α) + β·v   a scalar and a vector per location
     2. the objective   L = L_E + λF·L_F + λM·L_M            effectiveness, faithfulness, minimality
     3. training        Adam on the intervention's parameters only; the model stays frozen
     4. metrics         flip rate, logit difference before/after, KL, parameters, ℓ1, active locations
@@ -260,6 +261,31 @@ class DynScalar(Scaling):
                 chunk = ids[i:i + batch_size]
                 model(chunk, intervene=record, at=torch.full((len(chunk),), ids.shape[1] - 1, device=ids.device))
         return maps
+
+
+class ScaleShift(ActivScalar):
+    """h̃ = h·(1 + β·α) + β·v: a scalar α and a vector v per location, so that a location may change its
+    activation's magnitude and its direction (the paper's open question: is scaling enough, or does
+    steering need both?). Selection ranks a location by |α| + ‖v‖/max ‖v‖: both terms without units (a
+    share of the activation, a share of the intervention's largest shift). The map draws β·α alone."""
+    method, about = "scaleshift", "a scalar and a vector per location, h*(1+a)+v"
+    measure = "|alpha| + ||v|| / max ||v||"
+    map_label = "β·α, the scale part: the activation is scaled by 1 + β·α (the shift β·v is not drawn)"
+
+    def __init__(self, cfg: GPTConfig, sites, positions: int):
+        super().__init__(cfg, sites, positions)                     # alpha: (L, T) or (L, T, nh) for head
+        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)))
+                                   for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
+
+    def apply(self, site, layer, h, pos=None):
+        v = self.v[site][layer].to(h.device)                        # (T, ...), or each row's position's
+        return super().apply(site, layer, h, pos) + (self.beta * (v if pos is None else v[pos])).to(h.dtype)
+
+    def effect(self) -> dict[str, torch.Tensor]:
+        """|α| + ‖v‖/max ‖v‖ per location (the largest shift counts as much as doubling the activation)."""
+        top = max(float(v.detach().norm(dim=-1).max()) for v in self.v.values())
+        return {s: self.alpha[s].detach().abs() + self.v[s].detach().norm(dim=-1) / max(top, 1e-12)
+                for s in self.sites}
 
 
 def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
