@@ -184,6 +184,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    import matplotlib
+    matplotlib.use("Agg")  # a script writes its figures to files (figures/report.py sets no backend)
     args = parse_args(argv)
     return run(evaluate_saved if args.eval else train, args)
 
@@ -453,7 +455,7 @@ def fit_and_select(method, sites, positions, model, batches, args):
 
 
 def measure(model, iv, batches, batch_size: int = 64) -> dict:
-    """All metrics of SPEC: effectiveness and faithfulness per split, minimality once (the active
+    """All metrics (docs/method.md, "Metrics"): effectiveness and faithfulness per split, minimality once (the active
     locations counted on the training prompts); batch_size prompts at a time."""
     splits = {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
     return {**splits, **ascale.minimality(iv), "active_threshold": ascale.ACTIVE,
