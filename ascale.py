@@ -361,6 +361,8 @@ def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, l
         L_E = mean over prompts of max(0, m - (ℓ̃(t) - ℓ̃(o)))   effectiveness: hinge with margin m
         L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
         L_M = ‖θ‖₁                                           minimality
+    KL(p⁻ ‖ p̃⁻) = Σ p⁻ log(p⁻ / p̃⁻) is computed as Σ p⁻ log p⁻ − (Σ p⁻ ℓ̃ − logsumexp ℓ̃ over the other tokens)
+    (answer_stats, rest_log_likelihood): the same number, without the log of the removed tokens' zeros.
     Returns the loss and its three terms (unweighted)."""
     batch = with_original(model, batch)                                   # p⁻: kept, or one more forward pass
     logits = model(batch.ids, intervene=iv, at=batch.answer_pos).float()  # (B, V) ℓ̃, answer positions only
