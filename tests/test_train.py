@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, save_checkpoint, tiny_hf_model
+from conftest import ROOT, gpt2_files, missing, save_checkpoint, tiny_hf_model
 
 import ascale
 import train
@@ -38,7 +38,7 @@ def ccc_rows(extra=()):
 def setup(tmp_path_factory, tiktoken_cache):
     """(checkpoint folder, task file) shared by the tests of this module."""
     if tiktoken_cache is None:
-        pytest.skip("GPT-2's BPE files (../shared/data/tiktoken-cache) are absent")
+        missing(gpt2_files()[1])
     tmp = tmp_path_factory.mktemp("train")
     folder = save_checkpoint(tiny_hf_model("gpt2"), tmp / "tiny-gpt2")
     return str(folder), write_task(tmp / "caps.jsonl", ccc_rows())
