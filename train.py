@@ -199,9 +199,13 @@ def run(command, args) -> int:
             command(args)
     except UserError as e:
         return fail(f"error: {e}", 2, everyone=True)
-    except torch.cuda.OutOfMemoryError as e:
-        return fail(f"error: out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size, or use --dtype"
-                    " bfloat16", 2)
+    except (torch.OutOfMemoryError, RuntimeError) as e:  # a GPU's, or the CPU allocator's "can't allocate memory"
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
+        now = f"now {args.batch_size}" if getattr(args, "batch_size", None) else "unset: chosen for the task"
+        return fail(f"error: out of {where} memory ({str(e).splitlines()[0][:240]}); lower --batch-size ({now}),"
+                    " or use --dtype bfloat16", 2)
     except OSError as e:
         return fail(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", 2)
     except KeyboardInterrupt as e:
