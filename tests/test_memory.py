@@ -96,7 +96,8 @@ print((after - before) / B, ascale.step_bytes_per_prompt(cfg, T))
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak from /proc (Linux)")
-@pytest.mark.parametrize("arch, vocab, tokens", [("neox", 151936, 23), ("llama", 32000, 60)])
+@pytest.mark.parametrize("arch, vocab, tokens", [("neox", 151936, 23),
+                                                 pytest.param("llama", 32000, 60, marks=pytest.mark.slow)])
 def test_the_estimate_bounds_a_steps_measured_memory(arch, vocab, tokens):
     """step_bytes_per_prompt against one training step's peak resident memory (a fresh process, one thread):
     a vocabulary-bound shape and an activation-bound one (gated MLP, longer prompts). Never below what a
