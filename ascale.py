@@ -37,7 +37,7 @@ STEPS, LR, LAMBDA_M, MARGIN = 100, 0.05, 0.02, 4.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
 FULL_BATCH_FLOPS = 1e11  # fit takes full-batch steps while one costs at most this (about a second on a CPU core)
 # fit's default minibatch keeps a step's working memory (train_batch_size's estimate) under this: 1 GiB beside the
-# weights leaves room on an 8 GiB laptop or a small GPU even for Qwen's 151,936-token vocabulary (about 170 prompts)
+# weights leaves room on an 8 GiB laptop or a small GPU; 32 prompts of SmolLM2's or Gemma 3 270M's tasks fit in it
 STEP_BYTES = 2**30
 LOGIT_COPIES = 7  # (B, V) float32 tensors a step holds per prompt: ℓ̃, its masked copy, p⁻·ℓ̃, their gradients, p⁻
 P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
@@ -412,15 +412,17 @@ def step_bytes_per_prompt(config: GPTConfig, n_tokens: int) -> int:
 
 
 def train_batch_size(model, batch: Batch) -> int:
-    """The default minibatch: all the prompts while a full-batch step costs at most FULL_BATCH_FLOPS (about
-    6 FLOPs per block parameter per token, forward and backward), otherwise 32; and never more prompts than
-    keep a step under STEP_BYTES of working memory (step_bytes_per_prompt), so memory grows with the batch,
-    never with the number of prompts (a 151,936-token vocabulary: about 170 prompts; 15,000 prompts at once
-    would take some 20 GiB). Full batches take the minibatch order out of the fit: on the toy world's IOI,
-    32-prompt minibatches flipped 0.43-0.85 of the test prompts over five seeds, full batches 0.94-0.97
-    (docs/results-toyworld.md); its CCC and IOI stay well under both limits."""
+    """The default minibatch: all the prompts while a full-batch step costs at most FULL_BATCH_FLOPS (about 6
+    FLOPs per parameter per token, forward and backward: the blocks' at every token, the unembedding's at the
+    answer position), otherwise 32; and never more prompts than keep a step under STEP_BYTES of working memory
+    (step_bytes_per_prompt), so memory grows with the batch, never with the number of prompts (for Qwen's
+    151,936-token vocabulary about 240 prompts). Full batches take the minibatch order out of the fit: on the
+    toy world's IOI, 32-prompt minibatches flipped 0.43-0.85 of the test prompts over five seeds, full batches
+    0.94-0.97 (docs/results-toyworld.md); its CCC and IOI stay well under both limits."""
     per_token = 6 * sum(p.numel() for p in model.h.parameters())
-    by_flops = len(batch) if batch.ids.numel() * per_token <= FULL_BATCH_FLOPS else 32
+    per_prompt = 6 * model.lm_head.weight.numel()  # (V, D): the logits are computed at the answer position only
+    flops = batch.ids.numel() * per_token + len(batch) * per_prompt
+    by_flops = len(batch) if flops <= FULL_BATCH_FLOPS else 32
     by_memory = STEP_BYTES // step_bytes_per_prompt(model.config, batch.ids.shape[1])
     return max(1, min(by_flops, by_memory))
 

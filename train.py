@@ -115,7 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise recomputed for"
                    " each batch, one more forward pass without gradients per step (default: training takes all the"
                    f" prompts at once while such a step costs at most {ascale.FULL_BATCH_FLOPS:.0e} FLOPs, as on the"
-                   " toy world, which takes the minibatch order out of the fit, otherwise 32; evaluation 32)")
+                   " toy world, which takes the minibatch order out of the fit, otherwise 32; in either case no more"
+                   f" than keep a step's estimated memory under {ascale.STEP_BYTES / 2**30:g} GiB; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
     p.add_argument("--unseen-lengths", action="store_true", help="dynscalar only: test prompts have token lengths"

@@ -7,10 +7,11 @@ with Qwen's vocabulary of 151,936 tokens, in a temporary folder, trained by trai
     python -m benchmarks.memory -- --method dynscalar    flags after -- go to train.py
 
 The model is random (its answers mean nothing; the run is about memory): the toy world's tokenizer
-(models/toyworld/tokenizer.json) and architecture, --layers layers of --width (default 2 and 32: so small
-that a full-batch step of all 15,000 training prompts costs under ascale.FULL_BATCH_FLOPS, and only the
-memory budget, ascale.STEP_BYTES, keeps the default batch small), with an unembedding of --vocab rows, so
-the tokens the prompts use are in its vocabulary. The prompts are conflicts of
+(models/toyworld/tokenizer.json) and architecture, --layers layers of --width (default 2 and 32: blocks so
+small that their FLOPs alone would allow one step on all 15,000 training prompts, some 20 GiB of logits and
+their gradients; ascale.train_batch_size counts the unembedding too, and caps the batch by memory, for
+--prompts 2000 at about 240), with an unembedding of --vocab rows, so the tokens the prompts use are in
+its vocabulary. The prompts are conflicts of
 one token length (`The capital of X is Y, says Z. Q: What is the capital of X? A:`). The peak is
 the resident set size of the train.py process (resource.getrusage, ru_maxrss), weights included.
 """
