@@ -117,7 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise recomputed for"
                    " each batch, one more forward pass without gradients per step (default: training takes all the"
                    f" prompts at once while such a step costs at most {ascale.FULL_BATCH_FLOPS:.0e} FLOPs, as on the"
-                   " toy world, which takes the minibatch order out of the fit, otherwise 32; evaluation 32)")
+                   " toy world, which takes the minibatch order out of the fit, otherwise 32; in either case no more"
+                   f" than keep a step's estimated memory under {ascale.STEP_BYTES / 2**30:g} GiB; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
     p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts have"
@@ -219,9 +220,13 @@ def run(command, args) -> int:
             command(args)
     except UserError as e:
         return fail(f"error: {e}", 2, everyone=True)
-    except torch.cuda.OutOfMemoryError as e:
-        return fail(f"error: out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size, or use --dtype"
-                    " bfloat16", 2)
+    except (torch.OutOfMemoryError, RuntimeError) as e:  # a GPU's, or the CPU allocator's "can't allocate memory"
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
+        now = f"now {args.batch_size}" if getattr(args, "batch_size", None) else "unset: chosen for the task"
+        return fail(f"error: out of {where} memory ({str(e).splitlines()[0][:240]}); lower --batch-size ({now}),"
+                    " or use --dtype bfloat16", 2)
     except OSError as e:
         return fail(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", 2)
     except KeyboardInterrupt as e:
