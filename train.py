@@ -210,7 +210,7 @@ def main(argv=None) -> int:
 
 def run(command, args) -> int:
     """command(args) as a script's main: a UserError (a failed write among them: runfolder.WriteError) is
-    one line on stderr and exit code 2, and so are running out of GPU memory and any other OSError.
+    one line on stderr and exit code 2, and so are running out of GPU or CPU memory and any other OSError.
     SIGTERM acts as Ctrl-C does (runfolder.signals_interrupt). Under torchrun (parallel.start) rank 0
     prints what every process meets; an error of one other process is printed by it, with its rank, and
     the others stop (torchrun ends them, or their next exchange with it fails: one line from rank 0)."""
@@ -220,19 +220,16 @@ def run(command, args) -> int:
             command(args)
     except UserError as e:
         return fail(f"error: {e}", 2, everyone=True)
-    except (torch.OutOfMemoryError, RuntimeError) as e:  # a GPU's, or the CPU allocator's "can't allocate memory"
-        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
-            raise
-        where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
-        now = f"now {args.batch_size}" if getattr(args, "batch_size", None) else "unset: chosen for the task"
-        return fail(f"error: out of {where} memory ({str(e).splitlines()[0][:240]}); lower --batch-size ({now}),"
-                    " or use --dtype bfloat16", 2)
+    except torch.OutOfMemoryError as e:
+        return fail(out_of_memory("GPU", e, args), 2)
     except OSError as e:
         return fail(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", 2)
     except KeyboardInterrupt as e:
         return fail(f"interrupted by {e}" if str(e) else "interrupted", 143 if str(e) == "SIGTERM" else 130,
                     everyone=True)
     except Exception as e:
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # the CPU allocator's
+            return fail(out_of_memory("CPU", e, args), 2)
         if not parallel.failed_elsewhere(e):
             raise
         return fail("error: another process of this torchrun failed (its error is above); stopped", 2, everyone=True)
@@ -240,6 +237,13 @@ def run(command, args) -> int:
         if started:
             parallel.stop()
     return 0
+
+
+def out_of_memory(where: str, e: Exception, args) -> str:
+    """The one line for running out of GPU or CPU memory, naming --batch-size."""
+    now = f"now {args.batch_size}" if getattr(args, "batch_size", None) else "unset: chosen for the task"
+    return (f"error: out of {where} memory ({str(e).splitlines()[0][:240]}); lower --batch-size ({now}),"
+            " or use --dtype bfloat16")
 
 
 def fail(line: str, code: int, everyone: bool = False) -> int:
