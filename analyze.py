@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import ascale
+import tasks
 import train
 from figures import report
 from gpt2 import UserError
@@ -44,9 +45,10 @@ def run_knockout(args) -> None:
     with runfolder.RunFolder(folder) as writing:   # knockout.png and the new metrics.json go in together
         targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
         model, _, iv, task, batches = train.open_saved(targs)
-        if iv.positions is None and not task.train.fixed_length:
-            raise UserError(f"{args.file} is a dynscalar trained on prompts of several lengths; the knockout map"
-                            " needs one length or a slot map (use activscalar or steervec)")
+        if not iv.tied_to_positions and not task.train.fixed_length:
+            raise UserError(f"{args.file} is a {iv.method} trained on prompts of several lengths; the knockout map"
+                            f" needs one length or a slot map (train it with --method all, or use"
+                            f" {'/'.join(train.tied())})")
         name = f"{task.name} · {Path(targs.model).name}"
         staged = writing.staged(folder)
         if (folder / "metrics.json").is_file():  # knockout_check adds its entry to the staged copy
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=train.Parser)
     k = sub.add_parser("knockout", help="compare a saved intervention with the knockout map")
-    k.add_argument("file", help="a run's intervention.safetensors (activscalar or steervec)")
+    k.add_argument("file", help="a run's intervention.safetensors, trained on prompts of one length")
     k.add_argument("--model", help="model to load instead of the file's (same shape)")
     k.add_argument("--knockout-mode", default="zero", choices=["zero", "mean"], help="what a knocked-out activation"
                    " becomes: zero, or its mean over the training prompts there (mean ablation; writes"
@@ -167,8 +169,9 @@ def main(argv=None) -> int:
                        epilog="Any other flag is passed on to train.py (e.g. --steps 300 --sites head).")
     s.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, smollm2 or gemma3-270m"
                    " (default: gpt2)")
-    s.add_argument("--task", default="ccc", help="ccc, ioi or a .jsonl file (default: ccc)")
-    s.add_argument("--methods", default=",".join(ascale.METHODS), help="comma-separated methods (default: all three)")
+    s.add_argument("--task", default="ccc", help=f"{', '.join(tasks.TASKS)} or a .jsonl file (default: ccc)")
+    s.add_argument("--methods", default=",".join(ascale.METHODS), help="comma-separated methods (default: all of"
+                   f" them, {','.join(ascale.METHODS)})")
     s.add_argument("--lambda-m", default="0.001,0.003,0.01,0.03,0.1", help="comma-separated λM values"
                    " (default: 0.001,0.003,0.01,0.03,0.1)")
     s.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")

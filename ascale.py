@@ -6,6 +6,7 @@ Read top to bottom (SPEC.md defines every term):
     1. interventions   ActivScalar  h̃ = h·(1 + β·α)         one scalar per location
                        SteerVec     h̃ = h + β·v             one vector per location (the baseline)
                        DynScalar    h̃ = h·(1 + β·α(h))      α(h) = w·ĥ + b, one probe per site and layer
+                       ScaleShift   h̃ = h·(1 + β·α) + β·v   a scalar and a vector per location
     2. the objective   L = L_E + λF·L_F + λM·L_M            effectiveness, faithfulness, minimality
     3. training        Adam on the intervention's parameters only; the model stays frozen
     4. metrics         flip rate, logit difference before/after, KL, parameters, ℓ1, active locations
@@ -14,7 +15,8 @@ The checks of where an intervention acts (knockout map, attribution, agreement) 
 
 A location is (site, layer, position), and also head for the `head` site. An intervention is an
 nn.Module called as `intervene(site, layer, h)` by gpt2.GPT's forward pass; sites it was not given
-pass through untouched.
+pass through untouched. Each class says what the rest of the code asks of it in its class attributes
+(Intervention's list them), so a new method is one class here: defining it registers it in METHODS.
 """
 
 import json
@@ -29,8 +31,8 @@ from gpt2 import SITES, GPTConfig, UserError
 from running import parallel, stats
 from running.runfolder import write_atomically
 
-METHODS = ("activscalar", "steervec", "dynscalar")  # trained by `fit`
-BASELINES = ("diffmean",)  # computed, not trained (diffmean.py): compared with the methods in one table
+METHODS: dict[str, type] = {}  # every intervention class by its name (--method), filled as each is defined
+BASELINES: dict[str, type] = {}  # the same for those computed, not trained by `fit` (learned = False: DiffMean)
 SCHEDULES = ("cosine", "constant")
 TARGETS = ("flip", "wrong", "correct")
 # Training defaults, tuned on SmolLM2 and the toy world, CCC and IOI (the README says how; lr falls along a cosine).
@@ -55,9 +57,23 @@ class Intervention(nn.Module):
     """Base class: parameters per site, `beta` the strength dial (training uses β = 1).
 
     `positions` is the prompt length that position-tied methods (ActivScalar, SteerVec) were made
-    for; DynScalar has none and applies to any length."""
-    method = ""
-    takes_positions = True  # gpt2.GPT may call sites with some positions only, saying which (pos=...)
+    for; DynScalar has none and applies to any length. A subclass names itself in `method` (which
+    registers it in METHODS) and says in the attributes below what train.py, selection.py and
+    figures/report.py need to know; it defines `apply` (or `scale`), `effect` and `location_map`."""
+    method = ""               # its name on the command line and in saved files
+    about = ""                # one line for train.py --help
+    tied_to_positions = True  # one parameter per position: prompts of one length only (else: any length)
+    signed = True             # its location_map has a sign (drawn red-blue, white = 0); else a size (white-red)
+    # the heatmap's colour-bar label; before its first comma, the map's short name (the knockout figure's)
+    map_label = "β·α, the activation is scaled by 1 + β·α:  −1 switched off,  0 unchanged (white),  +1 doubled"
+    measure = "|alpha|"       # what selection ranks its units by (`effect`), in words for metrics.json
+    learned = True            # trained by `fit` (METHODS); else computed from the data (BASELINES: diffmean.py)
+    takes_positions = True    # gpt2.GPT may call sites with some positions only, saying which (pos=...)
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.method:
+            (METHODS if cls.learned else BASELINES)[cls.method] = cls
 
     def __init__(self, cfg: GPTConfig, sites, positions: int | None):
         super().__init__()
@@ -73,6 +89,11 @@ class Intervention(nn.Module):
     def effect(self) -> dict[str, torch.Tensor]:
         """How much each unit can change its activation, per site (the size selection ranks by)."""
         raise NotImplementedError
+
+    def floor(self, effect: dict[str, torch.Tensor]) -> float:
+        """The smallest effect of a unit that moves noticeably (selection.n_units): ACTIVE, for effects that
+        are shares of the activation's norm."""
+        return ACTIVE
 
     def restrict(self, keep: dict[str, torch.Tensor]) -> None:
         """Keep only the units where keep[site] is True: the others are set to exactly 0, and `fit` keeps
@@ -105,7 +126,8 @@ class Intervention(nn.Module):
             return h
         if pos is None and self.positions is not None and h.shape[1] != self.positions:
             raise UserError(f"this {self.method} intervention has parameters for the {self.positions} positions of its"
-                            f" training prompts; it cannot read a {h.shape[1]}-token prompt (dynscalar can)")
+                            f" training prompts; it cannot read a {h.shape[1]}-token prompt"
+                            f" ({', '.join(m for m, c in METHODS.items() if not c.tied_to_positions)} can)")
         return self.apply(site, layer, h, pos)
 
     def for_generation(self):
@@ -148,7 +170,7 @@ class Scaling(Intervention):
 class ActivScalar(Scaling):
     """h̃ = h·(1 + β·α): one scalar α per (layer, position) of each site, and per head for `head`.
     α = 0 changes nothing (the initial state), α = -1 switches a location off, α = -2 reverses it."""
-    method = "activscalar"
+    method, about = "activscalar", "one scalar per location, h*(1+a)"
 
     def __init__(self, cfg: GPTConfig, sites, positions: int):
         super().__init__(cfg, sites, positions)
@@ -172,7 +194,9 @@ class ActivScalar(Scaling):
 
 class SteerVec(Intervention):
     """h̃ = h + β·v: one vector v per location (the additive steering baseline)."""
-    method = "steervec"
+    method, about = "steervec", "one vector per location, h+v"
+    signed, measure = False, "||v||"
+    map_label = "‖β·v‖, the norm of the vector added to the activation (white: nothing added)"
 
     def __init__(self, cfg: GPTConfig, sites, positions: int):
         super().__init__(cfg, sites, positions)
@@ -193,13 +217,18 @@ class SteerVec(Intervention):
         """‖v‖ per location: how far the activation is moved."""
         return {s: v.detach().norm(dim=-1) for s, v in self.v.items()}
 
+    def floor(self, effect):
+        """‖v‖ is in the activation's units, not a share of it: at least 1 % of the largest ‖v‖."""
+        return 0.01 * max(float(e.max()) for e in effect.values())
+
 
 class DynScalar(Scaling):
     """h̃ = h·(1 + β·α(h)) with α(h) = w·ĥ + b, ĥ = h/‖h‖: the scalar is a linear probe of the
     activation's direction. One (w, b) per site and layer, shared by all positions, so it applies to
     prompts of any length. (ĥ is unit-length so that α does not grow with the activation's norm,
     which differs a lot between sites and layers; see the README.)"""
-    method = "dynscalar"
+    method, about = "dynscalar", "the scalar is a probe of h, for prompts of any length"
+    tied_to_positions, measure = False, "||w|| + |b| per probe"
 
     def __init__(self, cfg: GPTConfig, sites, positions=None):
         super().__init__(cfg, sites, None)
@@ -236,6 +265,31 @@ class DynScalar(Scaling):
         return maps
 
 
+class ScaleShift(ActivScalar):
+    """h̃ = h·(1 + β·α) + β·v: a scalar α and a vector v per location, so that a location may change its
+    activation's magnitude and its direction (the paper's open question: is scaling enough, or does
+    steering need both?). Selection ranks a location by |α| + ‖v‖/max ‖v‖: both terms without units (a
+    share of the activation, a share of the intervention's largest shift). The map draws β·α alone."""
+    method, about = "scaleshift", "a scalar and a vector per location, h*(1+a)+v"
+    measure = "|alpha| + ||v|| / max ||v||"
+    map_label = "β·α, the scale part: the activation is scaled by 1 + β·α (the shift β·v is not drawn)"
+
+    def __init__(self, cfg: GPTConfig, sites, positions: int):
+        super().__init__(cfg, sites, positions)                     # alpha: (L, T) or (L, T, nh) for head
+        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)))
+                                   for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
+
+    def apply(self, site, layer, h, pos=None):
+        v = self.v[site][layer].to(h.device)                        # (T, ...), or each row's position's
+        return super().apply(site, layer, h, pos) + (self.beta * (v if pos is None else v[pos])).to(h.dtype)
+
+    def effect(self) -> dict[str, torch.Tensor]:
+        """|α| + ‖v‖/max ‖v‖ per location (the largest shift counts as much as doubling the activation)."""
+        top = max(float(v.detach().norm(dim=-1).max()) for v in self.v.values())
+        return {s: self.alpha[s].detach().abs() + self.v[s].detach().norm(dim=-1) / max(top, 1e-12)
+                for s in self.sites}
+
+
 def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """A map over units (a keep mask, a count) shaped to multiply parameter p: (L, T) -> (L, T, 1) for v."""
     return units.view(*units.shape, *[1] * (p.dim() - units.dim())).to(p.dtype)
@@ -244,11 +298,11 @@ def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
     """A fresh intervention (all parameters 0: the unchanged model). positions: the prompt length,
     needed by the position-tied methods."""
-    from diffmean import DiffMean  # the baseline, in its own file (it imports this one)
-    classes = {"activscalar": ActivScalar, "steervec": SteerVec, "dynscalar": DynScalar, "diffmean": DiffMean}
+    import diffmean  # noqa: F401  the baseline, in its own file (it imports this one), registers itself
+    classes = {**METHODS, **BASELINES}
     if method not in classes:
-        raise UserError(f"unknown method {method!r}; choose {', '.join(METHODS + BASELINES)}")
-    if method != "dynscalar" and not positions:
+        raise UserError(f"unknown method {method!r}; choose {', '.join(classes)}")
+    if classes[method].tied_to_positions and not positions:
         raise UserError(f"{method} needs the prompt length (positions)")
     return classes[method](cfg, sites, positions)
 

@@ -25,7 +25,10 @@ STRENGTHS = tuple(2.0 ** k for k in range(-8, 5))  # s tried: 1/256 ... 16, each
 
 class DiffMean(Intervention):
     """h̃ = h + β·v at the last position (slot) of a prompt, v one fixed vector per site and layer."""
-    method = "diffmean"
+    method, about = "diffmean", ("the baseline that learns nothing: the difference of two classes' mean"
+                                 " activations at the answer position, added with one strength (a one-sided --target)")
+    learned, signed, measure = False, False, "||v||"
+    map_label = "‖β·v‖, the norm of the vector added at the answer position (white: nothing added)"
 
     def __init__(self, cfg, sites, positions: int):
         super().__init__(cfg, sites, positions)
@@ -49,6 +52,10 @@ class DiffMean(Intervention):
 
     def effect(self) -> dict[str, torch.Tensor]:
         return {s: m.abs() for s, m in self.location_map().items()}
+
+    def compute(self, model, batch: Batch, **kw) -> dict:
+        """Set v from the training prompts `batch` (`fit` below); what was chosen, for metrics.json."""
+        return fit(model, self, batch, **kw)
 
 
 @torch.no_grad()
@@ -108,5 +115,6 @@ def fit(model, iv: DiffMean, batch: Batch, *, lambda_f: float = 1.0, margin: flo
     best = min(path, key=lambda r: (r["loss"], r["strength"]))
     for site in iv.sites:
         iv.v[site].copy_(best["strength"] * delta[site])
-    return {"strength": best["strength"], "class_sizes": [n_plus, n_minus], "path": path,
-            "rule": "the strength of lowest L_E + λF·L_F on the training prompts"}
+    rule = "the strength of lowest L_E + λF·L_F on the training prompts"
+    return {"strength": best["strength"], "class_sizes": [n_plus, n_minus], "path": path, "rule": rule,
+            "summary": f"strength {best['strength']:g} ({rule}; classes of {n_plus} and {n_minus} training prompts)"}

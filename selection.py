@@ -6,7 +6,7 @@ would do the same job: two fits that differ only in their minibatch order share 
 active locations. So after the ℓ1 fit (ascale.fit) comes a selection:
 
     1. rank      the units by their size: |α| (ActivScalar), ‖v‖ (SteerVec), ‖w‖ + |b| (DynScalar, whose
-                 units are probes: one per site and layer); Intervention.effect
+                 units are probes: one per site and layer); Intervention.effect, named by its `measure`
     2. prune     keep the K largest, set the rest to exactly 0 and keep them there (Intervention.restrict)
     3. refit     train the K survivors again, without ℓ1 (it has done its job: choosing), from their values
     4. choose K  `--locations K`, or the smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps
@@ -35,11 +35,11 @@ REFIT_LR = 0.02      # a constant rate: the refit starts from the ℓ1 fit's val
 
 
 def n_units(iv: ascale.Intervention) -> int:
-    """How many units iv moves noticeably, the largest K worth trying: those of effect >= ascale.ACTIVE for the
-    scalar methods (the definition of active), for SteerVec (‖v‖ is in the activation's units) those of at
-    least 1 % of its largest ‖v‖."""
+    """How many units iv moves noticeably, the largest K worth trying: those of effect >= iv.floor, which is
+    ascale.ACTIVE for the scalar methods (the definition of active), for SteerVec (‖v‖ is in the activation's
+    units) 1 % of its largest ‖v‖."""
     effect = iv.effect()
-    floor = ascale.ACTIVE if iv.method != "steervec" else 0.01 * max(float(e.max()) for e in effect.values())
+    floor = iv.floor(effect)
     return sum(int((e >= max(floor, 1e-12)).sum()) for e in effect.values())
 
 
@@ -93,7 +93,7 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
         path.append({"K": K, "steps": steps, **{f"{k}_{s}": ev[s][k] for s in ev for k in ("flip_rate", "kl")}})
         return out, ev["train"]["flip_rate"]
 
-    record = {"measure": MEASURES[iv.method], "tolerance": tolerance, "refit_steps": refit_steps, "refit_lr": REFIT_LR,
+    record = {"measure": iv.measure, "tolerance": tolerance, "refit_steps": refit_steps, "refit_lr": REFIT_LR,
               "unpruned": {"units": most, "train_flip_rate": before["flip_rate"]}, "path": path, "stopped_by": None}
     try:
         if locations is not None:
@@ -121,8 +121,6 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     record["K"] = K
     return final, record
 
-
-MEASURES = {"activscalar": "|alpha|", "steervec": "||v||", "dynscalar": "||w|| + |b| per probe"}
 
 
 # ----------------------------------------------------------------------------- --runs: stability selection

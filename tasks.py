@@ -10,7 +10,9 @@ Every task item is a prompt and two single answer tokens (SPEC.md, "Tasks"):
 Answers carry their leading space, and each must be exactly one token for the model's
 tokenizer (GPT-2's and Pythia's differ), so CCC and IOI drop the items whose answers are not.
 
-load_task(...) is the one entry point. It returns a Task with a train and a test PromptSet:
+A built-in task is one builder function (ccc_items, ioi_items) and one row of TASKS, the table that
+load_task, train.py's --task and its help read. load_task(...) is the one entry point. It returns a
+Task with a train and a test PromptSet:
 token ids right-padded with the end-of-text token, the answer position per prompt (its last
 token), the correct and wrong token ids, and each prompt's token strings (for heatmap axes).
 Everything is deterministic given the seed (random.Random(seed), never global state).
@@ -44,7 +46,6 @@ from gpt2 import UserError
 from loading import sentiment_data
 from world.tables import COUNTRIES, NAMES, OBJECTS, PLACES
 
-TASKS = ("ccc", "ioi", "sentiment")  # built in; anything ending in .jsonl is a custom task
 ANSWERS = ("first-token", "one-token")  # how CCC's answers are tokens (load_task)
 N_TRAIN, N_TEST = 300, 100  # default caps on the number of prompts per split (CCC, IOI)
 TEST_FRAC = 0.25  # share of countries / names / JSONL lines that go to the test split
@@ -60,6 +61,23 @@ class Item:
     wrong: str
     group: tuple = ()
     parts: tuple = ()  # a template task's (prefix, text, suffix): its tokens map to slots (see tokenize)
+
+
+@dataclass
+class Options:
+    """What load_task was asked for, as a task's builder reads it (load_task says what each one means)."""
+    seed: int = 0
+    fixed_length: bool = True
+    unseen_lengths: bool = False
+    template: int = 0
+    n_train: int = N_TRAIN
+    n_test: int = N_TEST
+    test_frac: float = TEST_FRAC
+    wrongs_per_country: int = 5
+    answers: str = "first-token"
+    domain: str = "movies"      # sentiment: whose texts
+    data: str | None = None     # sentiment: the folder holding the download (None: data/)
+    max_tokens: int | None = None  # sentiment: the longest prompt kept (None: SENTIMENT_TOKENS)
 
 
 @dataclass
@@ -282,8 +300,7 @@ CCC_TEMPLATES = [
 ]
 
 
-def ccc_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen_lengths: bool,
-              test_frac: float, wrongs_per_country: int, answers: str, notes: list[str]) -> tuple[list, list, list]:
+def ccc_items(tokenizer, opt: Options, notes: list[str]) -> tuple[list, list, list]:
     """CCC items for train and test, and the templates used.
 
     1. answers "one-token": keep countries whose capital (" Berlin") is one token for this tokenizer;
@@ -294,10 +311,10 @@ def ccc_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
        countries of the same split, so a test country's capital never appears in training (with a
        fixed length, only one-token cities: the city is in the prompt); "first-token": drop the items
        whose two answers begin with the same token (" San Marino" against " San José")."""
-    rng = random.Random(f"ccc/{seed}")
+    rng = random.Random(f"ccc/{opt.seed}")
     one = {k: v for k, v in COUNTRIES.items() if single_token(tokenizer, " " + v) is not None}
     multi = [v for k, v in COUNTRIES.items() if k not in one]
-    if answers == "first-token":
+    if opt.answers == "first-token":
         capital = dict(COUNTRIES)
         notes.append(f"countries: {len(COUNTRIES)} in the table, {len(one)} with a one-token capital; answers"
                      f" compared by their first token, so the {len(multi)} others are kept too")
@@ -308,8 +325,8 @@ def ccc_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
     if not one:
         raise UserError("no capital in the table is one token for this tokenizer; CCC needs some")
 
-    templates = pick_templates(CCC_TEMPLATES, template, fixed_length, "CCC")
-    if fixed_length:
+    templates = pick_templates(CCC_TEMPLATES, opt.template, opt.fixed_length, "CCC")
+    if opt.fixed_length:
         # The length depends on the country's name only (the in-context city is one token); measure it
         # with a one-token capital in the city slot.
         city = sorted(one.values())[0]
@@ -317,19 +334,19 @@ def ccc_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
         kept, _ = keep_modal_length(probes, [], tokenizer, "countries", notes)
         capital = {it.group[0]: capital[it.group[0]] for it in kept}
 
-    train_c, test_c = split_groups(list(capital), test_frac, rng, "countries")
+    train_c, test_c = split_groups(list(capital), opt.test_frac, rng, "countries")
     notes.append(f"split by country: {len(train_c)} train, {len(test_c)} test countries")
     splits = []
     same_first = Counter()
     for countries in (train_c, test_c):
-        cities = sorted(capital[k] for k in countries if not fixed_length or k in one)  # in-context cities
+        cities = sorted(capital[k] for k in countries if not opt.fixed_length or k in one)  # in-context cities
         items = []
         for country in sorted(countries):
             for tpl in templates:
                 others = [c for c in cities if c != capital[country]]
-                for city in rng.sample(others, min(wrongs_per_country, len(others))):
+                for city in rng.sample(others, min(opt.wrongs_per_country, len(others))):
                     it = Item(tpl.format(country=country, city=city), " " + capital[country], " " + city, (country,))
-                    if answers == "first-token" and first_token(tokenizer, it.correct) == first_token(tokenizer,
+                    if opt.answers == "first-token" and first_token(tokenizer, it.correct) == first_token(tokenizer,
                                                                                                      it.wrong):
                         same_first[(it.correct, it.wrong)] += 1
                         continue
@@ -340,9 +357,9 @@ def ccc_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
         pairs = ", ".join(f"{c!r} / {w!r}" for c, w in list(same_first)[:3])
         notes.append(f"first-token answers: dropped {sum(same_first.values())} prompts whose correct and wrong"
                      f" answers begin with the same token (e.g. {pairs})")
-    if fixed_length:  # a wrong city that merges with its neighbours would change the length
+    if opt.fixed_length:  # a wrong city that merges with its neighbours would change the length
         train, test = keep_modal_length(train, test, tokenizer, "prompts", notes)
-    elif unseen_lengths:
+    elif opt.unseen_lengths:
         train, test = hold_out_lengths(train, test, tokenizer, notes)
     return train, test, templates
 
@@ -382,23 +399,22 @@ def draw_ioi(rng: random.Random, names, templates=IOI_TEMPLATES, places=PLACES, 
     return Item(prompt, " " + io, " " + s, (io, s))
 
 
-def ioi_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen_lengths: bool,
-              test_frac: float, n_train: int, n_test: int, notes: list[str]) -> tuple[list, list, list]:
+def ioi_items(tokenizer, opt: Options, notes: list[str]) -> tuple[list, list, list]:
     """IOI items for train and test, and the templates used.
 
     Names, places and objects are kept if one token (with their leading space), so each template
     has one token length. Names are split train/test (seeded): test prompts use only unseen names.
     Prompts are drawn at random (template, ABBA/BABA order, two names, place, object), without
     repeats, until the split has its size or the draws run out."""
-    rng = random.Random(f"ioi/{seed}")
+    rng = random.Random(f"ioi/{opt.seed}")
     names = [n for n in NAMES if single_token(tokenizer, " " + n) is not None]
     places = [p for p in PLACES if single_token(tokenizer, " " + p) is not None]
     objects = [o for o in OBJECTS if single_token(tokenizer, " " + o) is not None]
     notes.append(f"one-token words kept: {len(names)}/{len(NAMES)} names, {len(places)}/{len(PLACES)} places, "
                  f"{len(objects)}/{len(OBJECTS)} objects")
-    templates = pick_templates(IOI_TEMPLATES, template, fixed_length, "IOI")
+    templates = pick_templates(IOI_TEMPLATES, opt.template, opt.fixed_length, "IOI")
 
-    train_n, test_n = split_groups(names, test_frac, rng, "names")
+    train_n, test_n = split_groups(names, opt.test_frac, rng, "names")
     notes.append(f"split by name: {len(train_n)} train, {len(test_n)} test names")
 
     def draw(pool: set, n: int) -> list[Item]:
@@ -412,11 +428,12 @@ def ioi_items(tokenizer, *, seed: int, fixed_length: bool, template: int, unseen
                 items.append(item)
         return items
 
-    if unseen_lengths and not fixed_length:  # draw plenty, then keep the lengths each side may have
-        train, test = hold_out_lengths(draw(train_n, 4 * n_train), draw(test_n, 4 * n_test), tokenizer, notes)
+    if opt.unseen_lengths and not opt.fixed_length:  # draw plenty, then keep the lengths each side may have
+        train, test = hold_out_lengths(draw(train_n, 4 * opt.n_train), draw(test_n, 4 * opt.n_test), tokenizer,
+                                       notes)
     else:
-        train, test = draw(train_n, n_train), draw(test_n, n_test)
-    if fixed_length:
+        train, test = draw(train_n, opt.n_train), draw(test_n, opt.n_test)
+    if opt.fixed_length:
         train, test = keep_modal_length(train, test, tokenizer, "prompts", notes)
     return train, test, templates
 
@@ -430,12 +447,15 @@ CLEAR = 1.5              # clear cases only: |mean rating| >= 1.5 of 4 (docs/tas
 SENTIMENT_TOKENS = 128   # the longest prompt kept, in tokens (and never past the model's context)
 
 
-def sentiment_items(tokenizer, *, domain: str, data, seed: int, test_frac: float, max_tokens: int,
-                    notes: list[str]) -> tuple[list, list]:
-    """Train and test items of one domain's clear cases: correct is the raters' sign (" positive" or
-    " negative"), wrong the other; prompts longer than max_tokens are dropped. Split by text (seeded), so
-    that no test text, repeated in the file or not, appears in training."""
-    rows = sentiment_data.read_domain(domain, data)
+def sentiment_items(tokenizer, opt: Options, notes: list[str]) -> tuple[list, list, list]:
+    """Train and test items of one domain's clear cases, and the template: correct is the raters' sign
+    (" positive" or " negative"), wrong the other; prompts longer than opt.max_tokens are dropped. Split by
+    text (seeded), so that no test text, repeated in the file or not, appears in training. Its prompts have
+    many lengths and a slot map (tokenize), for every method: opt.fixed_length does not apply."""
+    if opt.unseen_lengths:
+        raise UserError("--unseen-lengths is for ccc, ioi and .jsonl tasks; sentiment's prompts have many lengths")
+    domain, max_tokens = opt.domain, opt.max_tokens or SENTIMENT_TOKENS
+    rows = sentiment_data.read_domain(domain, opt.data)
     clear = sentiment_data.clear_cases(rows, CLEAR)
     pos, neg = SENTIMENT_ANSWERS
     if first_token(tokenizer, pos) == first_token(tokenizer, neg):
@@ -450,9 +470,14 @@ def sentiment_items(tokenizer, *, domain: str, data, seed: int, test_frac: float
                  f" {CLEAR:g})" + (f", {len(items) - len(kept)} of them longer than {max_tokens} tokens dropped"
                                    if len(kept) < len(items) else "")
                  + f": {n_pos} positive, {len(kept) - n_pos} negative")
-    train_t, test_t = split_groups([it.group for it in kept], test_frac, random.Random(f"sentiment/{seed}"), "texts")
+    train_t, test_t = split_groups([it.group for it in kept], opt.test_frac, random.Random(f"sentiment/{opt.seed}"),
+                                   "texts")
     notes.append(f"split by text: {len(train_t)} train, {len(test_t)} test texts")
-    return [it for it in kept if it.group in train_t], [it for it in kept if it.group in test_t]
+    return ([it for it in kept if it.group in train_t], [it for it in kept if it.group in test_t],
+            [f"{prefix} {{text}}{suffix}"])
+
+
+sentiment_items.labels = {a.strip(): a for a in SENTIMENT_ANSWERS}  # --target positive, negative (Task.labels)
 
 
 # ----------------------------------------------------------------------------- custom JSONL
@@ -536,6 +561,18 @@ def jsonl_items(path: Path, tokenizer, *, seed: int, fixed_length: bool, unseen_
 
 # ----------------------------------------------------------------------------- entry point
 
+# The built-in tasks: name -> (builder, one line for --help). A builder is called as
+# builder(tokenizer, opt: Options, notes) and returns (train items, test items, templates used), adding
+# what it kept and dropped to `notes`; load_task caps, tokenises and checks what it returns. A task
+# not in the table is a .jsonl file (jsonl_items).
+TASKS = {
+    "ccc": (ccc_items, "country-capital conflict: the capital from memory against the city stated in the context"),
+    "ioi": (ioi_items, "indirect object identification: 'When Mary and John went to the store, John gave a drink"
+            " to' -> Mary, not John"),
+    "sentiment": (sentiment_items, "real text: a human-rated sentence, is it positive or negative (--domain movies,"
+                  " tweets, amazon, nyt; prompts of many lengths)"),
+}
+
 
 def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True, unseen_lengths: bool = False,
               template: int = 0, n_train: int | None = None, n_test: int | None = None,
@@ -543,13 +580,15 @@ def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True,
               domain: str = "movies", data=None, max_tokens: int = SENTIMENT_TOKENS) -> Task:
     """Load a task's train and test prompts, tokenised for `tokenizer`.
 
-    task            "ccc", "ioi", "sentiment", or the path of a .jsonl file ({"prompt", "correct", "wrong"} a line)
+    task            a name in TASKS ("ccc", "ioi", "sentiment"), or the path of a .jsonl file ({"prompt",
+                    "correct", "wrong"} a line)
     seed            everything random (splits, wrong cities, names) follows from it
     fixed_length    True for ActivScalar/SteerVec: one template (`template`, CCC/IOI), all prompts
                     one token length. False for DynScalar: all templates, mixed lengths.
     unseen_lengths  with fixed_length=False: test prompts only have lengths no train prompt has
     template        which template a fixed-length CCC/IOI task uses (index into CCC_/IOI_TEMPLATES)
-    n_train, n_test caps on the split sizes (default 300/100 for CCC/IOI, all lines for JSONL)
+    n_train, n_test caps on the split sizes (default N_TRAIN/N_TEST, 300/100, for the tasks of TASKS, all
+                    lines for JSONL)
     test_frac       share of countries / names / lines that go to test
     wrongs_per_country  CCC: prompts per country (and template), each with another wrong city
     answers         CCC: "first-token" (default) compares the two answers by their first tokens, where
@@ -571,16 +610,11 @@ def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True,
     notes: list[str] = []
     templates: list[str] = []
     rng = random.Random(f"cap/{seed}")
-    if task == "ccc":
-        train, test, templates = ccc_items(tokenizer, seed=seed, fixed_length=fixed_length, template=template,
-                                           unseen_lengths=unseen_lengths, test_frac=test_frac,
-                                           wrongs_per_country=wrongs_per_country, answers=answers, notes=notes)
+    if task in TASKS:
         n_train, n_test = n_train or N_TRAIN, n_test or N_TEST
-    elif task == "ioi":
-        n_train, n_test = n_train or N_TRAIN, n_test or N_TEST
-        train, test, templates = ioi_items(tokenizer, seed=seed, fixed_length=fixed_length, template=template,
-                                           unseen_lengths=unseen_lengths, test_frac=test_frac,
-                                           n_train=n_train, n_test=n_test, notes=notes)
+        opt = Options(seed, fixed_length, unseen_lengths, template, n_train, n_test, test_frac, wrongs_per_country,
+                      answers, domain, data, max_tokens)
+        train, test, templates = TASKS[task][0](tokenizer, opt, notes)
     elif task.endswith(".jsonl"):
         path = Path(task)
         if not path.is_file():
@@ -588,24 +622,19 @@ def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True,
         train, test = jsonl_items(path, tokenizer, seed=seed, fixed_length=fixed_length,
                                   unseen_lengths=unseen_lengths, test_frac=test_frac, notes=notes)
         task = path.name
-    elif task == "sentiment":
-        if unseen_lengths:
-            raise UserError("--unseen-lengths is for ccc, ioi and .jsonl tasks; sentiment's prompts have many lengths")
-        train, test = sentiment_items(tokenizer, domain=domain, data=data, seed=seed, test_frac=test_frac,
-                                      max_tokens=max_tokens, notes=notes)
-        n_train, n_test, fixed_length, answers = n_train or N_TRAIN, n_test or N_TEST, False, "first-token"
-        templates = [f"{SENTIMENT_PARTS[0]} {{text}}{SENTIMENT_PARTS[1]}"]
     else:
-        raise UserError(f"unknown task {task!r}; choose ccc, ioi, sentiment, or the path of a .jsonl file")
+        raise UserError(f"unknown task {task!r}; choose {', '.join(TASKS)}, or the path of a .jsonl file")
 
     train, test = cap(train, n_train, rng), cap(test, n_test, rng)
     for name, items in (("train", train), ("test", test)):
         if not items:
             raise UserError(f"no {name} prompts are left for task {task} with this tokenizer and these options")
     notes.append(f"prompts: {len(train)} train, {len(test)} test")
-    answers = answers if task in ("ccc", "sentiment") else "one-token"
-    task_ = Task(task, tokenize(train, tokenizer, answers), tokenize(test, tokenizer, answers), fixed_length,
-                 templates, notes, {a.strip(): a for a in SENTIMENT_ANSWERS} if task == "sentiment" else {})
+    # Answers of one token (IOI's, a JSONL file's) are the same token under either rule of `answers`.
+    train_ps, test_ps = tokenize(train, tokenizer, answers), tokenize(test, tokenizer, answers)
+    fixed_length = fixed_length and train_ps.slots is None          # a slot map serves prompts of many lengths
+    task_ = Task(task, train_ps, test_ps, fixed_length, templates, notes,
+                 getattr(TASKS[task][0], "labels", {}) if task in TASKS else {})
     if fixed_length:  # position-tied methods read the same positions in train and test
         assert task_.train.fixed_length and task_.test.fixed_length
         assert task_.train.ids.shape[1] == task_.test.ids.shape[1]
@@ -631,7 +660,7 @@ def preference(model, ps: PromptSet, batch_size: int = 32) -> tuple[float, float
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Show a task's prompts, its counts, and the unchanged model's preference.")
-    p.add_argument("--task", default="ccc", help="ccc, ioi, sentiment, or the path of a .jsonl file with one "
+    p.add_argument("--task", default="ccc", help=f"{', '.join(TASKS)}, or the path of a .jsonl file with one "
                    '{"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc)')
     p.add_argument("--model", default="gpt2", help="model whose tokenizer (and logits) to use: a Hub id such as "
                    "gpt2 or EleutherAI/pythia-70m, a local folder, a .gguf file, smollm2 or gemma3-270m"
@@ -642,8 +671,8 @@ def main(argv=None) -> None:
                    "(default: one template, one length, as for activscalar/steervec)")
     p.add_argument("--unseen-lengths", action="store_true", help="with --dynamic: test prompts have token lengths "
                    "that no train prompt has")
-    p.add_argument("--template", type=int, default=0, help="template index for the fixed-length CCC/IOI data "
-                   "(default: 0)")
+    p.add_argument("--template", type=int, default=0, help="template index for the fixed-length data of a built-in"
+                   " task (default: 0)")
     p.add_argument("--n-train", type=int, default=None, help=f"at most this many train prompts (CCC/IOI default: "
                    f"{N_TRAIN})")
     p.add_argument("--n-test", type=int, default=None, help=f"at most this many test prompts (CCC/IOI default: "

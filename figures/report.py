@@ -24,6 +24,7 @@ import ascale
 import knockout
 import selection
 
+PALETTE = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red", "tab:brown")  # one colour per method
 SITE_NAMES = {"head": "attention heads", "attn_out": "attention output", "mlp_out": "MLP output",
               "resid": "residual stream after the block"}
 
@@ -46,17 +47,18 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
 
 def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
     """One panel per site: layers x positions (the prompt's tokens on the axis), or layers x heads.
-    Scalar methods: β·α on a diverging colour map, white = no change. SteerVec: ‖β·v‖, white = 0."""
+    A signed map (iv.signed: β·α) on a diverging colour map, white = no change; a size (‖β·v‖) white to red,
+    white = 0; the colour bar says which (iv.map_label)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if iv.positions is None:  # DynScalar: its scalars on one test prompt, which may have any length
+    if not iv.tied_to_positions:  # DynScalar: its scalars on one test prompt, which may have any length
         T = int(task.test.answer_pos[0]) + 1
         maps, tokens, which = iv.location_map(model, task.test.ids[:1, :T]), task.test.tokens[0], "test prompt 1"
     else:
         maps, tokens, which = iv.location_map(), task.train.labels, "training prompt 1"
-    scalar = iv.method not in ("steervec", "diffmean")               # vectors: a norm, no sign
+    scalar = iv.signed                                               # β·α: signed; ‖β·v‖: a size
     panels = []
     for site, m in maps.items():
         m = m.float().cpu()                                          # (L, T) or (L, T, nh)
@@ -64,7 +66,7 @@ def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
             m = m.gather(1, m.abs().argmax(1, keepdim=True))[:, 0]   # (L, nh)
             panels.append((site, m, [str(h) for h in range(m.shape[1])], "head (its value where it is largest)"))
         else:
-            where = f"position (tokens of {which})" if task.train.slots is None or iv.positions is None else \
+            where = f"position (tokens of {which})" if task.train.slots is None or not iv.tied_to_positions else \
                 "slot (the template's tokens; <text>: all of the text's)"
             panels.append((site, m, [t.replace("\n", "\\n") for t in tokens], where))
     vmax = max(max(float(m.abs().max()) for _, m, _, _ in panels), 2 * ascale.ACTIVE)
@@ -89,10 +91,8 @@ def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
                 if abs(v) >= (ascale.ACTIVE if scalar else 0.25 * vmax):
                     ax.text(x, y, f"{v:.2g}", ha="center", va="center", fontsize=7,
                             color="white" if abs(v) > 0.6 * vmax else "black")
-    label = ("β·α, the activation is scaled by 1 + β·α:  −1 switched off,  0 unchanged (white),  +1 doubled" if scalar
-             else "‖β·v‖, the norm of the vector added to the activation (white: nothing added)")
     cbar = fig.colorbar(im, ax=axes[:, 0].tolist(), orientation="horizontal", aspect=50, shrink=0.8)
-    cbar.set_label(label, fontsize=9)
+    cbar.set_label(iv.map_label, fontsize=9)
     fig.suptitle(f"{title}\nflip rate {metrics['train']['flip_rate']:.0%} train, {metrics['test']['flip_rate']:.0%}"
                  f" test · {metrics['n_params']:,} parameters · {metrics['n_active']:.0f} active locations",
                  fontsize=11)
@@ -124,7 +124,7 @@ def stability(model, iv, task, path: Path, runs: dict, title: str) -> None:
         f = torch.tensor(f)
         if f.dim() == 1:                                              # a DynScalar probe per layer
             f, labels, xname = f[:, None], ["probe"], "one probe per layer"
-        elif iv.positions is None or f.dim() == 3:                    # heads (DynScalar's, or ActivScalar's)
+        elif not iv.tied_to_positions or f.dim() == 3:                    # heads (DynScalar's, or ActivScalar's)
             f = f.amax(1) if f.dim() == 3 else f
             labels, xname = [str(h) for h in range(f.shape[1])], "head"
         else:
@@ -169,7 +169,7 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
     mode "mean": mean ablation (knockout.knockout), each location's mean taken over all of `batch`; its
     figure is knockout-mean.png, its entry "knockout_mean". With a slot map the locations are slots, and
     DynScalar, whose map is not one per slot, is left out."""
-    if batch.slots is not None and (left := [m for m, (iv, _) in runs.items() if iv.positions is None]):
+    if batch.slots is not None and (left := [m for m, (iv, _) in runs.items() if not iv.tied_to_positions]):
         print(f"knockout map: {', '.join(left)} left out (its scalars are not one per slot)")
         runs = {m: r for m, r in runs.items() if m not in left}
     if not runs:
@@ -189,7 +189,7 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
     for method, (iv, folder) in runs.items():
         acts = location_map(model, iv, batch)
         agree = knockout.agreement(acts, {s: effects[s] for s in iv.sites})
-        if method in ("steervec", "diffmean"):       # ‖β·v‖ has no sign
+        if not iv.signed:              # ‖β·v‖ has no sign
             agree["sign_agreement"] = float("nan")
         agree["attribution_spearman"] = knockout.agreement(estimate, effects)["spearman"]
         agree = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in agree.items()}  # JSON: null
@@ -197,7 +197,8 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
         out[method] = agree
         name = "knockout" if mode == "zero" else f"knockout_{mode}"
         plot_knockout(folder / f"{name.replace('_', '-')}.png", tokens, effects, estimate, acts, agree,
-                      f"{method} · {title} · knockout ({KNOCKOUT_NAMES[mode]}) over {used}")
+                      f"{method} · {title} · knockout ({KNOCKOUT_NAMES[mode]}) over {used}",
+                      iv.map_label.split(",")[0])
         metrics_file = folder / "metrics.json"
         if metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())
@@ -217,9 +218,9 @@ def summary(agree: dict) -> str:
 
 
 def location_map(model, iv, batch) -> dict[str, torch.Tensor]:
-    """What the intervention does per location: β·α (ActivScalar), ‖β·v‖ (SteerVec), β·α(h)
+    """What the intervention does per location: β·α (ActivScalar, ScaleShift), ‖β·v‖ (SteerVec), β·α(h)
     averaged over the prompts, like the knockout map (DynScalar)."""
-    if iv.positions is None:
+    if not iv.tied_to_positions:
         return {s: m.cpu() for s, m in iv.location_map(model, batch.ids).items()}
     return {s: m.cpu() for s, m in iv.location_map().items()}
 
@@ -229,9 +230,9 @@ def _by_head(m: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return m.gather(1, where)[:, 0]
 
 
-def plot_knockout(path: Path, tokens, effects, estimate, acts, agree, title) -> None:
-    """One row per site: knockout effect | its linear estimate (attribution) | β·α; then a scatter of
-    |β·α| against |knockout effect| over all locations."""
+def plot_knockout(path: Path, tokens, effects, estimate, acts, agree, title, map_name: str = "β·α") -> None:
+    """One row per site: knockout effect | its linear estimate (attribution) | the intervention's map
+    (`map_name`: β·α, ‖β·v‖); then a scatter of |map| against |knockout effect| over all locations."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -256,7 +257,7 @@ def plot_knockout(path: Path, tokens, effects, estimate, acts, agree, title) -> 
         for c, (m, what, vmax, cmap) in enumerate([
                 (e, "knockout: change of ℓ(t) − ℓ(o) when switched off", logit_max, "PuOr"),
                 (a, "attribution's estimate of it, −∂Δ/∂α", logit_max, "PuOr"),
-                (x, "the intervention, β·α" if x.min() < 0 else "the intervention, ‖β·v‖", act_max, "RdBu_r")]):
+                (x, f"the intervention, {map_name}", act_max, "RdBu_r")]):
             ax = fig.add_subplot(grid[r, c])
             im = ax.imshow(m.numpy(), cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto")
             ax.set_title(f"{site}: {what}", fontsize=8, loc="left")
@@ -293,7 +294,8 @@ def plot_curves(path: Path, rows: list[dict], x: str, xlabel: str, label: str | 
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, (key, name) in zip(axes, [("flip_rate", "flip rate"), ("kl", "KL of the other tokens, nats")],
                                strict=True):
-        for method, color in zip(methods, ("tab:blue", "tab:green", "tab:purple"), strict=False):
+        for i, method in enumerate(methods):
+            color = PALETTE[i % len(PALETTE)]
             mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r[label or x])  # along λM or β
             xs = [max(r[x], 0.5) if log_x else r[x] for r in mine]
             for split, style in (("test", "-o"), ("train", ":.")):

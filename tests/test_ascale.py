@@ -6,6 +6,7 @@ from conftest import save_checkpoint, tiny_hf_model
 from safetensors.torch import load_file
 
 import ascale
+import selection
 from gpt2 import GPT, GPTConfig, UserError
 from tasks import PromptSet
 
@@ -103,6 +104,56 @@ def test_steervec_adds_beta_v_and_dynscalar_probes_the_direction(model):
     assert torch.equal(sv("attn_out", 1, h), h)                                     # other sites untouched
 
 
+def test_scaleshift_scales_and_shifts_its_location_only(model):
+    """h̃ = h·(1 + β·α) + β·v where α and v are set, h everywhere else; all zero: the unchanged model."""
+    iv = ascale.make("scaleshift", model.config, ["head", "mlp_out"], 8)
+    h, hh = torch.randn(2, 8, 48), torch.randn(2, 8, 3, 16)                  # mlp_out (B, T, D), head (B, T, nh, hs)
+    assert torch.equal(iv("mlp_out", 1, h), h) and torch.equal(iv("head", 1, hh), hh)   # α = 0, v = 0
+    v, vh = torch.randn(48), torch.randn(16)
+    with torch.no_grad():
+        iv.alpha["mlp_out"][1, 3], iv.v["mlp_out"][1, 3] = 0.7, v
+        iv.alpha["head"][0, 2, 1], iv.v["head"][0, 2, 1] = -1.0, vh         # head 1 at position 2 of layer 0
+    iv.beta = 0.5
+    want = h.clone()
+    want[:, 3] = h[:, 3] * (1 + 0.5 * 0.7) + 0.5 * v
+    torch.testing.assert_close(iv("mlp_out", 1, h), want)
+    want = hh.clone()
+    want[:, 2, 1] = hh[:, 2, 1] * 0.5 + 0.5 * vh
+    torch.testing.assert_close(iv("head", 0, hh), want)
+    assert torch.equal(iv("mlp_out", 0, h), h) and torch.equal(iv("attn_out", 1, h), h)  # other layers and sites
+    pos = torch.tensor([[3], [5]])                                          # KV-cached rows: each its position's
+    torch.testing.assert_close(iv("mlp_out", 1, h[:, :1], pos)[0, 0], h[0, 0] * 1.35 + 0.5 * v)
+    assert torch.equal(iv("mlp_out", 1, h[:, :1], pos)[1], h[1, :1])
+
+
+def test_scaleshift_gradients_reach_its_parameters_only(model):
+    ps = prompts()
+    iv = ascale.make("scaleshift", model.config, ["attn_out", "mlp_out"], 8)
+    loss, _ = ascale.objective(model, iv, ascale.prepare(model, ps, "wrong"))
+    loss.backward()
+    assert not any(p.requires_grad or p.grad is not None for p in model.parameters())
+    assert [n for n, _ in iv.named_parameters()] == ["alpha.attn_out", "alpha.mlp_out", "v.attn_out", "v.mlp_out"]
+    assert all(p.grad.abs().sum() > 0 for p in iv.parameters())             # both α and v learn
+
+
+def test_scaleshift_ranks_a_location_by_alpha_and_its_share_of_the_largest_shift(model):
+    iv = ascale.make("scaleshift", model.config, ["attn_out", "mlp_out"], 8)
+    with torch.no_grad():
+        iv.alpha["attn_out"][0, 1] = -0.3
+        iv.v["mlp_out"][1, 2, 0], iv.v["mlp_out"][1, 4, 0] = 4.0, 0.1      # ‖v‖ 4 (the largest) and 0.1
+    effect = iv.effect()
+    assert effect["attn_out"][0, 1] == pytest.approx(0.3)
+    assert effect["mlp_out"][1, 2] == pytest.approx(1.0) and effect["mlp_out"][1, 4] == pytest.approx(0.025)
+    assert selection.n_units(iv) == 2                                      # 0.025 < ACTIVE: not noticeable
+    assert iv.signed and iv.tied_to_positions and iv.measure.startswith("|alpha|")
+
+
+def test_methods_are_registered_by_their_classes():
+    classes = (ascale.ActivScalar, ascale.SteerVec, ascale.DynScalar, ascale.ScaleShift)
+    assert ascale.METHODS == {c.method: c for c in classes}
+    assert all(c.about and c.measure and c.map_label for c in classes)
+
+
 def test_unknown_method_or_site():
     with pytest.raises(UserError, match="unknown method 'scale'.*activscalar"):
         ascale.make("scale", GPTConfig(), ["mlp_out"], 4)
@@ -110,7 +161,7 @@ def test_unknown_method_or_site():
         ascale.make("activscalar", GPTConfig(), ["mlp"], 4)
 
 
-@pytest.mark.parametrize("method", ["activscalar", "steervec"])
+@pytest.mark.parametrize("method", ["activscalar", "steervec", "scaleshift"])
 def test_position_tied_methods_refuse_another_length(model, method):
     iv = ascale.make(method, model.config, ["mlp_out"], 8)
     with pytest.raises(UserError, match="8 positions.*6-token.*dynscalar"):
@@ -158,7 +209,7 @@ class Recorder:
         return record
 
 
-@pytest.mark.parametrize("method", ["activscalar", "steervec"])
+@pytest.mark.parametrize("method", ["activscalar", "steervec", "scaleshift"])
 def test_position_tied_generation_leaves_the_generated_positions_untouched(model, method):
     ids, P = prompts(N=2).ids, 8
     iv = randomised(model, method)

@@ -186,6 +186,28 @@ def test_same_seed_same_sets(gpt2_tok, name, shape):
     assert a.train.prompts != c.train.prompts
 
 
+def test_a_new_task_is_one_builder_and_one_row_of_the_table(gpt2_tok, monkeypatch, capsys):
+    """A builder (tokenizer, Options, notes) -> (train, test, templates) and its row in TASKS: load_task,
+    train.py's --task and its help take it from there."""
+    import train
+    seen = []
+
+    def opposites(tokenizer, opt, notes):
+        seen.append(opt)
+        items = [tasks.Item(f"The opposite of {a} is", " " + b, " " + a, (a,))
+                 for a, b in (("hot", "cold"), ("up", "down"), ("big", "small"), ("yes", "no"))]
+        notes.append("opposites: 4 pairs")
+        return items[:3], items[3:], ["The opposite of {a} is"]
+
+    monkeypatch.setitem(tasks.TASKS, "opposites", (opposites, "say the opposite of a word"))
+    task = tasks.load_task("opposites", gpt2_tok, seed=4)
+    assert task.name == "opposites" and (len(task.train), len(task.test)) == (3, 1) and task.test.correct_str == [" no"]
+    assert seen[0].seed == 4 and seen[0].n_train == tasks.N_TRAIN and "opposites: 4 pairs" in task.notes
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "opposites: say the opposite of a word" in " ".join(capsys.readouterr().out.split())
+
+
 def test_options_and_errors(gpt2_tok):
     small = tasks.load_task("ioi", gpt2_tok, n_train=7, n_test=5, template=3)
     assert (len(small.train), len(small.test)) == (7, 5)

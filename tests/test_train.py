@@ -99,7 +99,7 @@ def test_all_methods_end_to_end(setup, tmp_path):
     for method in ascale.METHODS:
         check_run_folder(tmp_path / method, method)
     header = next(line for line in proc.stdout.splitlines() if line.startswith("(train / test)"))
-    assert header.split()[-3:] == list(ascale.METHODS)
+    assert header.split()[-len(ascale.METHODS):] == list(ascale.METHODS)   # every registered method
     # --generate: each of 3 test prompts continued once without and once with each method
     for label in ("without", *(f"with {m}" for m in ascale.METHODS)):
         assert sum(line.startswith("  ") and line.split(":")[0].strip() == label
@@ -192,6 +192,23 @@ def test_dynscalar_takes_prompts_of_several_lengths(setup, tmp_path):
     assert train.main(["--model", model, "--task", task, "--method", "dynscalar", "--steps", "2",
                        "--out", str(tmp_path / "run")]) == 0
     check_run_folder(tmp_path / "run", "dynscalar")
+
+
+def test_scaleshift_end_to_end_on_the_toy_world(tmp_path):
+    """A method that is one class in ascale.py (ScaleShift) trains, is selected, drawn and checked against the
+    knockout map by train.py through its class attributes alone, and its file loads back."""
+    out = tmp_path / "run"
+    assert train.main(["--model", str(ROOT / "models" / "toyworld"), "--task", "ccc", "--method", "scaleshift",
+                       "--steps", "5", "--refit-steps", "2", "--knockout", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["heatmap.png", "intervention.safetensors", "knockout.png",
+                                                     "locations.png", "metrics.json"]
+    assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == "scaleshift" and m["selection"]["measure"] == ascale.ScaleShift.measure
+    assert m["n_params"] == 2 * 4 * 18 * (1 + 128)          # attn_out, mlp_out: 4 layers x 18 positions x (α, v)
+    assert m["knockout"]["n_prompts"] > 0 and "sign_agreement" in m["knockout"]
+    meta = ascale.read_metadata(out / "intervention.safetensors")
+    assert meta["method"] == "scaleshift" and meta["positions"] == "18" and meta["fixed_length"] == "1"
 
 
 def test_ctrl_c_evaluates_and_saves_what_was_learned(setup, tmp_path, monkeypatch, capsys):
