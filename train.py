@@ -463,7 +463,7 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
                 target=args.target, seed=args.seed, fixed_length=int(fixed_length(args.method)),
                 unseen_lengths=int(args.unseen_lengths), answers=args.answers,
-                **({"domain": args.domain or "movies"} if args.task == "sentiment" else {}))
+                **({"domain": args.domain or "movies", "data": args.data or ""} if args.task == "sentiment" else {}))
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
@@ -539,7 +539,8 @@ def open_saved(args):
     args.target = args.target or meta.get("target") or DEFAULTS["target"]
     args.seed = args.seed if args.seed is not None else int(meta.get("seed") or DEFAULTS["seed"])
     args.unseen_lengths = args.unseen_lengths or meta.get("unseen_lengths") == "1"
-    args.domain = args.domain or (meta.get("domain") if args.task == meta.get("task") else None) or None
+    if args.task == meta.get("task"):                # sentiment: the file's texts, unless --domain / --data say
+        args.domain, args.data = args.domain or meta.get("domain") or None, args.data or meta.get("data") or None
     args.answers = args.answers or meta.get("answers") or "one-token"   # files from before first-token answers
     check_task_file(args.task, args.data)
     model, tok = load_model(args)

@@ -159,6 +159,16 @@ def test_train_on_sentiment_with_slots_and_a_mean_knockout(run):
     assert meta["domain"] == "movies" and int(meta["positions"]) == len(json.loads(meta["tokens"]))
 
 
+def test_analyze_knockout_of_a_slot_run_in_both_modes(run, data):
+    import analyze
+    assert analyze.main(["knockout", str(run / "intervention.safetensors")]) == 0    # the zero knockout, after the mean
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["knockout"]["mode"] == "zero" and m["knockout_mean"]["mode"] == "mean"
+    assert m["knockout"]["n_locations"] == 2 * 4 * len(json.loads(
+        ascale.read_metadata(run / "intervention.safetensors")["tokens"]))     # sites x layers x slots
+    assert (run / "knockout.png").is_file() and (run / "knockout-mean.png").is_file()
+
+
 def test_eval_on_another_domain_names_it(run, data, capsys):
     assert train.main(["--eval", str(run / "intervention.safetensors"), "--domain", "tweets", "--data", str(data),
                        "--device", "cpu"]) == 0
