@@ -13,7 +13,8 @@ knockout  A reference map that does not depend on the objective: every location 
           intervention's β·α: Spearman of |β·α| and |effect|, the share of large-effect locations
           that are active, and sign agreement (knockout.agreement).
           Writes knockout.png beside the heatmap and a "knockout" entry into the run's metrics.json.
-          `train.py --knockout` does the same right after training.
+          `train.py --knockout` does the same right after training. --knockout-mode mean: mean ablation,
+          each activation replaced by its mean over the training prompts there (knockout-mean.png).
 lambda    The paper's trade-off: each method trained at several λM, flip rate and KL against active
           locations. Writes runs/<task>-<model>-lambda/: one run folder per (method, λM), sweep.json
           and tradeoff.png.
@@ -46,13 +47,16 @@ def run_knockout(args) -> None:
         model, _, iv, task, batches = train.open_saved(targs)
         if not iv.tied_to_positions and not task.train.fixed_length:
             raise UserError(f"{args.file} is a {iv.method} trained on prompts of several lengths; the knockout map"
-                            f" needs one length (train it with --method all, or use {'/'.join(train.tied())})")
+                            f" needs one length or a slot map (train it with --method all, or use"
+                            f" {'/'.join(train.tied())})")
         name = f"{task.name} · {Path(targs.model).name}"
         staged = writing.staged(folder)
         if (folder / "metrics.json").is_file():  # knockout_check adds its entry to the staged copy
             runfolder.write_atomically(staged / "metrics.json", (folder / "metrics.json").read_bytes())
-        report.knockout_check(model, batches["train"], task.train.tokens[0], {iv.method: (iv, staged)}, name)
-    print(f"wrote {folder / 'knockout.png'}" + (" and the knockout entry of metrics.json"
+        report.knockout_check(model, batches["train"], task.train.labels, {iv.method: (iv, staged)}, name,
+                              mode=args.knockout_mode)
+    what = "knockout" if args.knockout_mode == "zero" else f"knockout_{args.knockout_mode}"
+    print(f"wrote {folder / what.replace('_', '-')}.png" + (f" and the {what} entry of metrics.json"
                                                if (folder / "metrics.json").is_file() else ""))
 
 
@@ -155,6 +159,9 @@ def main(argv=None) -> int:
     k = sub.add_parser("knockout", help="compare a saved intervention with the knockout map")
     k.add_argument("file", help="a run's intervention.safetensors, trained on prompts of one length")
     k.add_argument("--model", help="model to load instead of the file's (same shape)")
+    k.add_argument("--knockout-mode", default="zero", choices=["zero", "mean"], help="what a knocked-out activation"
+                   " becomes: zero, or its mean over the training prompts there (mean ablation; writes"
+                   " knockout-mean.png and a knockout_mean entry) (default: zero)")
     b = sub.add_parser("beta", help="evaluate a saved intervention over several strengths β")
     b.add_argument("file", help="a run's intervention.safetensors")
     b.add_argument("--betas", default="-1,-0.5,0,0.25,0.5,0.75,1,1.5,2", help="comma-separated β values"

@@ -32,6 +32,7 @@ from running import parallel, stats
 from running.runfolder import write_atomically
 
 METHODS: dict[str, type] = {}  # every intervention class by its name (--method), filled as each is defined
+BASELINES: dict[str, type] = {}  # the same for those computed, not trained by `fit` (learned = False: DiffMean)
 SCHEDULES = ("cosine", "constant")
 TARGETS = ("flip", "wrong", "correct")
 # Training defaults, tuned on SmolLM2 and the toy world, CCC and IOI (the README says how; lr falls along a cosine).
@@ -70,12 +71,13 @@ class Intervention(nn.Module):
     # the heatmap's colour-bar label; before its first comma, the map's short name (the knockout figure's)
     map_label = "β·α, the activation is scaled by 1 + β·α:  −1 switched off,  0 unchanged (white),  +1 doubled"
     measure = "|alpha|"       # what selection ranks its units by (`effect`), in words for metrics.json
+    learned = True            # trained by `fit` (METHODS); else computed from the data (BASELINES: diffmean.py)
     takes_positions = True    # gpt2.GPT may call sites with some positions only, saying which (pos=...)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if cls.method:
-            METHODS[cls.method] = cls
+            (METHODS if cls.learned else BASELINES)[cls.method] = cls
 
     def __init__(self, cfg: GPTConfig, sites, positions: int | None):
         super().__init__()
@@ -300,11 +302,36 @@ def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
     """A fresh intervention (all parameters 0: the unchanged model). positions: the prompt length,
     needed by the position-tied methods."""
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose {', '.join(METHODS)}")
-    if METHODS[method].tied_to_positions and not positions:
+    import diffmean  # noqa: F401  the baseline, in its own file (it imports this one), registers itself
+    classes = {**METHODS, **BASELINES}
+    if method not in classes:
+        raise UserError(f"unknown method {method!r}; choose {', '.join(classes)}")
+    if classes[method].tied_to_positions and not positions:
         raise UserError(f"{method} needs the prompt length (positions)")
-    return METHODS[method](cfg, sites, positions)
+    return classes[method](cfg, sites, positions)
+
+
+def at_slots(iv: Intervention, slots: torch.Tensor | None):
+    """iv as the model calls it on prompts whose tokens map to slots (B, T) (tasks.tokenize; a template around
+    texts of any length): a position-tied method's parameter "position" p is slot p, so each token gets its
+    slot's α or v, given as pos. Positions past T (tokens generated after the prompt) pass through unchanged.
+    With no slot map (slot = position) or a method not tied to positions: iv itself."""
+    if slots is None or iv.positions is None:
+        return iv
+    T = slots.shape[1]
+
+    def intervene(site, layer, h, pos=None):
+        if site not in iv.sites:
+            return h
+        if pos is None:                                              # h's rows are positions 0 ... h.shape[1]-1
+            pos = torch.arange(h.shape[1], device=slots.device)[None]
+        pos = pos.to(slots.device).expand(len(slots), -1)           # (B, T'): the position of each row of h
+        out = iv(site, layer, h, slots.gather(1, pos.clamp(max=T - 1)))   # each row's slot, (B, T')
+        prompt = (pos < T).view(*pos.shape, *[1] * (h.dim() - 2)).to(h.device)
+        return out if bool(prompt.all()) else torch.where(prompt, out, h)
+
+    intervene.takes_positions = True
+    return intervene
 
 
 def l1(iv: Intervention) -> torch.Tensor:
@@ -330,6 +357,7 @@ class Batch:
     diff_before: torch.Tensor  # (N,) original ℓ(t) - ℓ(o)
     p_rest: torch.Tensor | None = None       # (N, V) original p⁻: next-token distribution without c and w
     neg_entropy: torch.Tensor | None = None  # (N,) Σ p⁻ log p⁻, the constant part of KL(p⁻ ‖ p̃⁻)
+    slots: torch.Tensor | None = None        # (N, T) each token's slot (tasks.tokenize); None: slot = position
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -384,8 +412,12 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     time: O(N) numbers, and p⁻ (N, V) only while it fits p_rest_bytes (default P_REST_BYTES).
 
     target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower, so every
-    prediction is flipped; wrong -> t = w; correct -> t = c. o is the other one."""
-    if target not in TARGETS:
+    prediction is flipped; wrong -> t = w; correct -> t = c; a token id (one-sided, for tasks whose
+    answers are labels: sentiment's " positive") -> t = that token on every prompt. o is the other one."""
+    if isinstance(target, int):
+        if not ((prompts.correct == target) | (prompts.wrong == target)).all():
+            raise UserError(f"target token {target} is not an answer of every prompt")
+    elif target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}")
     device = model.lm_head.weight.device
     ids, pos = prompts.ids.to(device), prompts.answer_pos.to(device)
@@ -396,12 +428,14 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     keep = N * V * 4 <= (P_REST_BYTES if p_rest_bytes is None else p_rest_bytes)
     # Filled in place, chunk by chunk: small tensors kept between large ones would fragment the heap.
     out = Batch(ids, pos, torch.zeros(N, 2, dtype=c.dtype, device=device), torch.zeros(N, device=device),
-                *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else ()))
+                *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else ()),
+                slots=None if getattr(prompts, "slots", None) is None else prompts.slots.to(device))
     for i in parallel.chunks(N, batch_size):                          # data parallel: this process's chunks
         logits = model(ids[i:i + batch_size], at=pos[i:i + batch_size]).float()   # (B, V) ℓ
         ci, wi = c[i:i + batch_size], w[i:i + batch_size]
         lc, lw = logits.gather(1, ci[:, None])[:, 0], logits.gather(1, wi[:, None])[:, 0]
-        t = {"flip": torch.where(lc > lw, wi, ci), "wrong": wi, "correct": ci}[target]
+        t = torch.full_like(ci, target) if isinstance(target, int) else \
+            {"flip": torch.where(lc > lw, wi, ci), "wrong": wi, "correct": ci}[target]
         answers = out.answers[i:i + batch_size]
         answers.copy_(torch.stack([t, ci + wi - t], 1))              # (B, 2): o is the one t is not
         lt, lo = logits.gather(1, answers).unbind(1)
@@ -421,7 +455,7 @@ def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, l
     (answer_stats, rest_log_likelihood): the same number, without the log of the removed tokens' zeros.
     Returns the loss and its three terms (unweighted)."""
     batch = with_original(model, batch)                                   # p⁻: kept, or one more forward pass
-    logits = model(batch.ids, intervene=iv, at=batch.answer_pos).float()  # (B, V) ℓ̃, answer positions only
+    logits = model(batch.ids, intervene=at_slots(iv, batch.slots), at=batch.answer_pos).float()  # (B, V) ℓ̃ there
     diff, kl = answer_stats(logits, batch)
     terms = {"L_E": (margin - diff).clamp(min=0).mean(), "L_F": kl.mean(), "L_M": l1(iv)}
     return terms["L_E"] + lambda_f * terms["L_F"] + lambda_m * terms["L_M"], terms
@@ -543,8 +577,8 @@ def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dic
     diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)
     for i in parallel.chunks(len(batch), batch_size):                # data parallel: this process's chunks
         mb = with_original(model, batch[i:i + batch_size])
-        diff[i:i + batch_size], kl[i:i + batch_size] = answer_stats(model(mb.ids, intervene=iv, at=mb.answer_pos)
-                                                                    .float(), mb)
+        logits = model(mb.ids, intervene=at_slots(iv, mb.slots), at=mb.answer_pos).float()  # (B, V)
+        diff[i:i + batch_size], kl[i:i + batch_size] = answer_stats(logits, mb)
     diff, kl = parallel.total(diff), parallel.total(kl)              # every process's chunks
     flips = int((diff > 0).sum())
     return {"flip_rate": flips / len(batch), "flip_rate_ci": stats.wilson(flips, len(batch)), "kl": kl.mean().item(),
@@ -562,9 +596,10 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
     for i in parallel.chunks(len(batch), batch_size):                # data parallel: this process's chunks
         mb = batch[i:i + batch_size]
         real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
+        bound = at_slots(iv, mb.slots)                               # iv itself where there is no slot map
 
-        def record(site, layer, h, real=real):
-            out = iv(site, layer, h)
+        def record(site, layer, h, real=real, bound=bound):
+            out = bound(site, layer, h)
             if site in iv.sites:
                 active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
                 count.add_((active.view(*real.shape, -1) & real[..., None].to(h.device)).sum().to(count.device))

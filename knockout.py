@@ -3,7 +3,8 @@ Checking where an intervention acts, independently of the objective that trained
 question 2: how do learned scalars compare with activation patching?). A heatmap says where an
 intervention acts; these say where the behaviour *is*, so the two can be compared.
 
-    knockout      switch one location off (α = -1 there only) and record the change of ℓ(t) - ℓ(o)
+    knockout      switch one location off (α = -1 there only; or, mean ablation, replace its activation by
+                  its mean over the prompts) and record the change of ℓ(t) - ℓ(o)
     attribution   its first-order estimate: ∂/∂α of ℓ(t) - ℓ(o) at α = 0, one backward pass
     agreement     how an intervention's map agrees with the knockout map (rank, large effects, signs)
 
@@ -13,10 +14,11 @@ see `knockout`. Its prompts are capped by a FLOP budget (`knockout_prompts`).
 
 import torch
 
-from ascale import ACTIVE, ActivScalar, Batch, check_sites
+from ascale import ACTIVE, ActivScalar, Batch, at_slots, check_sites
 from gpt2 import UserError
 from running import parallel
 
+MODES = ("zero", "mean")  # what a knocked-out activation becomes: 0, or its mean over the prompts there
 KNOCKOUT_FLOPS = 2.5e13  # the knockout map's default budget, which caps its prompts: ~4.5 min at 95 GFLOP/s (1 core)
 
 
@@ -45,31 +47,72 @@ def spread(batch: Batch, n: int | None) -> Batch:
     return batch[torch.linspace(0, len(batch) - 1, n, device=batch.ids.device).round().long()]
 
 
-def _switch_off(layer: int, p: int, off: dict[str, torch.Tensor]):
+def _switch_off(layer: int, p: int, off: dict[str, torch.Tensor], slots: torch.Tensor | None = None,
+                means: dict | None = None):
     """An intervene function for K stacked copies of a batch of b prompts (copy k: rows k·b ... k·b+b-1):
     copy k multiplies h at (layer, position p) by 0 where off[site][k] (K, 1[, nh], 1) is 1, i.e. at
-    its site (and head). pos says where h's rows are (a pass that starts at p; the answer rows)."""
+    its site (and head). pos says where h's rows are (a pass that starts at p; the answer rows).
+    With slots (K·b, T), each row's slot map, p is a slot: every token of that slot is switched off.
+    With means {site: (L, S, D) or (L, S, nh, hs)}, a switched-off h becomes the mean there instead of 0."""
     def intervene(site, l, h, pos=None):
         if l != layer or site not in off:
             return h
         if pos is None:
             pos = torch.arange(h.shape[1], device=h.device)[None]
-        at_p = (pos == p).view(*pos.shape, *[1] * (h.dim() - 2))             # (1 or K·b, T, 1[, 1])
+        where = pos if slots is None else slots.gather(1, pos.expand(len(slots), -1))   # each row's slot
+        at_p = (where == p).view(*where.shape, *[1] * (h.dim() - 2))         # (1 or K·b, T, 1[, 1])
         drop = off[site].to(h.device).repeat_interleave(len(h) // len(off[site]), dim=0)  # (K·b, 1[, nh], 1)
-        return h * (1 - at_p * drop).to(h.dtype)
+        if means is None:
+            return h * (1 - at_p * drop).to(h.dtype)
+        m = (at_p * drop).to(h.dtype)
+        return h * (1 - m) + m * means[site][layer, p].to(h.device, h.dtype)   # the mean, (D,) or (nh, hs)
     return intervene
 
 
 @torch.no_grad()
+def location_means(model, batch: Batch, sites, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Each location's mean activation over the prompts (mean ablation's replacement): {site: (L, S, D), or
+    (L, S, nh, hs) for head}, S the positions (or the slots, averaging all of a slot's tokens); padding
+    after the answer is left out."""
+    sites, T = check_sites(sites), batch.ids.shape[1]
+    S = T if batch.slots is None else int(batch.slots.max()) + 1
+    sums, count = {}, torch.zeros(S, dtype=torch.float64)
+    for i in range(0, len(batch), batch_size):
+        mb = batch[i:i + batch_size]
+        slot = torch.arange(T, device=mb.ids.device).expand(len(mb), T) if mb.slots is None else mb.slots
+        real = (torch.arange(T, device=mb.ids.device) <= mb.answer_pos[:, None]).flatten()   # (b·T,)
+        index = slot.flatten()[real].cpu()
+        count += torch.bincount(index, minlength=S).double()
+
+        def record(site, layer, h, index=index, real=real):
+            if site in sites:
+                rows = h.double().flatten(0, 1)[real.to(h.device)].flatten(1).cpu()   # (tokens, D or nh·hs)
+                key = (site, layer)
+                sums[key] = sums.get(key, 0) + torch.zeros(S, rows.shape[1], dtype=torch.float64).index_add_(
+                    0, index, rows)
+            return h
+        model(mb.ids, intervene=record)
+    cfg = model.config
+    shape = {s: (cfg.n_head, cfg.head_dim) if s == "head" else (cfg.n_embd,) for s in sites}
+    return {s: torch.stack([(sums[(s, l)] / count.clamp(min=1)[:, None]).float().view(S, *shape[s])
+                            for l in range(cfg.n_layer)]) for s in sites}
+
+
+@torch.no_grad()
 def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: int | None = None,
-             progress: bool = True) -> dict[str, torch.Tensor]:
+             progress: bool = True, mode: str = "zero", means: dict | None = None) -> dict[str, torch.Tensor]:
     """The knockout map: for every location (site, layer, position[, head]), switch that one activation
     off (α = -1 there, nothing else) and record the change of the mean logit difference toward the
     target, mean over prompts of ℓ̃(t) - ℓ̃(o) minus the original ℓ(t) - ℓ(o).
     Returns {site: (L, T) or (L, T, nh)}: negative where the location supports the target.
+    mode "mean" (mean ablation): the activation is replaced by its mean over the prompts at that location
+    instead (`means`, default location_means of these prompts), so that what is measured is what this
+    prompt's activation carries beyond the typical one, not what any activation at all does there.
 
-    The prompts must share one length (positions are locations); at most max_prompts of them are used,
-    evenly spread (None: as many as KNOCKOUT_FLOPS affords, `knockout_prompts`).
+    The prompts must share one length (positions are locations), or have a slot map (batch.slots: a
+    template around texts of any length), whose slots are then the locations: switching a slot off
+    switches off all of its tokens. At most max_prompts of them are used, evenly spread (None: as many
+    as KNOCKOUT_FLOPS affords, `knockout_prompts`).
 
     Switching off (layer l, position p) changes nothing below layer l and, as attention is causal,
     nothing before position p. So one clean pass keeps every layer's input and its keys and values,
@@ -81,13 +124,24 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     Data parallel (torchrun, parallel.py): the (layer, position) jobs are dealt out, the maps summed."""
     from tqdm import tqdm
     T = batch.ids.shape[1]
-    if not bool((batch.answer_pos == T - 1).all()):
-        raise UserError("the knockout map needs prompts of one length (positions are locations); "
+    if batch.slots is None and not bool((batch.answer_pos == T - 1).all()):
+        raise UserError("the knockout map needs prompts of one length (positions are locations) or a slot map; "
                         "use the fixed-length prompts of activscalar or steervec")
+    if mode not in MODES:
+        raise UserError(f"unknown knockout mode {mode!r}; choose {', '.join(MODES)}")
     sites, cfg = check_sites(sites), model.config
+    if mode == "mean" and means is None:
+        means = location_means(model, batch, sites)
     batch = spread(batch, knockout_prompts(model, T, sites) if max_prompts is None else max_prompts)
     n, device = len(batch), batch.ids.device
-    maps = {s: torch.zeros(_location_shape(model, s, T)) for s in sites}
+    # Slot s's tokens start at position first[s] at the earliest: positions before it see no change.
+    slots = batch.slots
+    S = T if slots is None else int(slots.max()) + 1
+    real = torch.arange(T, device=device) <= batch.answer_pos[:, None]                      # (n, T)
+    first = list(range(T)) if slots is None else [
+        int(torch.where(real & (slots == s), torch.arange(T, device=device), T).min()) for s in range(S)]
+    read = {T - 1} if slots is None else set(slots.gather(1, batch.answer_pos[:, None])[:, 0].tolist())
+    maps = {s: torch.zeros(_location_shape(model, s, S)) for s in sites}
     variants = [(s, h) for s in sites for h in (range(cfg.n_head) if s == "head" else [None])]
     off = {s: torch.zeros(len(variants), 1, *((cfg.n_head,) if s == "head" else ()), 1, device=device) for s in sites}
     for k, (s, h) in enumerate(variants):
@@ -111,20 +165,23 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
         t, o = (h * w_t[rows].repeat(K, 1)).sum(-1), (h * w_o[rows].repeat(K, 1)).sum(-1)
         return cap * (torch.tanh(t / cap) - torch.tanh(o / cap))
 
-    clean = logit_diff(inputs[-1][:, -1], slice(None))                    # (n,)
+    clean = logit_diff(inputs[-1][torch.arange(n, device=device), batch.answer_pos], slice(None))   # (n,)
     b = max(1, min(n, max_sequences))                                     # prompts a pass
     K_max = max(1, max_sequences // b)                                    # locations a pass
     L = cfg.n_layer  # the last layer's outputs before the answer reach nothing read: their effect is exactly 0
-    jobs = parallel.deal([(l, p) for l in range(L) for p in range(T) if l < L - 1 or p == T - 1])
+    jobs = parallel.deal([(l, p) for l in range(L) for p in range(S) if (l < L - 1 or p in read) and first[p] < T])
     for layer, p in tqdm(jobs, desc="knockout", unit="layer-position", disable=not progress or not parallel.is_main()):
+        start = first[p]                                                  # p: a position, or a slot
         for k0 in range(0, len(variants), K_max):
             K = min(K_max, len(variants) - k0)
-            stop = _switch_off(layer, p, {s: o[k0:k0 + K] for s, o in off.items()})
             for i in range(0, n, b):
                 rows = slice(i, i + b)
-                x = inputs[layer][rows, p:].repeat(K, 1, 1)                           # (K·b, T-p, D)
-                past = [(k[rows, :, :p].repeat(K, 1, 1, 1), v[rows, :, :p].repeat(K, 1, 1, 1)) for k, v in kv[layer:]]
-                at = torch.full((len(x),), T - 1, device=device)
+                stop = _switch_off(layer, p, {s: o[k0:k0 + K] for s, o in off.items()},
+                                   None if slots is None else slots[rows].repeat(K, 1), means)
+                x = inputs[layer][rows, start:].repeat(K, 1, 1)                       # (K·b, T-start, D)
+                past = [(k[rows, :, :start].repeat(K, 1, 1, 1), v[rows, :, :start].repeat(K, 1, 1, 1))
+                        for k, v in kv[layer:]]
+                at = batch.answer_pos[rows].repeat(K)
                 out, _ = model.blocks(x, layer, past, stop, at)                      # (K·b, 1, D)
                 diff = logit_diff(out[:, 0], rows, K)                                 # (K·b,) ℓ̃(t) - ℓ̃(o)
                 effect = (diff.view(K, -1) - clean[rows]).sum(1).cpu() / n           # (K,)
@@ -138,13 +195,15 @@ def attribution(model, batch: Batch, sites, batch_size: int = 64) -> dict[str, t
     target, at α = 0 (one backward pass). Knocking a location out is α = -1, so its linear estimate is
     minus this. It is also ActivScalar's first step: at α = 0 the KL and ℓ1 terms have zero gradient,
     so while every prompt is inside the margin ∂L/∂α = -attribution, and Adam's first step moves each
-    α by lr·sign(attribution). Returns {site: (L, T) or (L, T, nh)}; prompts of one length, batch_size
-    of them at a time (the gradients add up)."""
-    T = batch.ids.shape[1]
-    iv = ActivScalar(model.config, sites, T).to(batch.ids.device)
+    α by lr·sign(attribution). Returns {site: (L, T) or (L, T, nh)}; prompts of one length (or a slot
+    map: then per slot), batch_size of them at a time (the gradients add up). It estimates the zero
+    knockout; mean ablation moves an activation elsewhere than along its own direction."""
+    S = batch.ids.shape[1] if batch.slots is None else int(batch.slots.max()) + 1
+    iv = ActivScalar(model.config, sites, S).to(batch.ids.device)
     for i in range(0, len(batch), batch_size):
         mb = batch[i:i + batch_size]
-        lt, lo = model(mb.ids, intervene=iv, at=mb.answer_pos).float().gather(1, mb.answers).unbind(1)
+        logits = model(mb.ids, intervene=at_slots(iv, mb.slots), at=mb.answer_pos).float()
+        lt, lo = logits.gather(1, mb.answers).unbind(1)
         ((lt - lo).sum() / len(batch)).backward()
     return {s: a.grad.detach().cpu() for s, a in iv.alpha.items()}
 

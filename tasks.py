@@ -37,12 +37,13 @@ import json
 import random
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from gpt2 import UserError
+from loading import sentiment_data
 from world.tables import COUNTRIES, NAMES, OBJECTS, PLACES
 
 ANSWERS = ("first-token", "one-token")  # how CCC's answers are tokens (load_task)
@@ -59,6 +60,7 @@ class Item:
     correct: str
     wrong: str
     group: tuple = ()
+    parts: tuple = ()  # a template task's (prefix, text, suffix): its tokens map to slots (see tokenize)
 
 
 @dataclass
@@ -73,6 +75,9 @@ class Options:
     test_frac: float = TEST_FRAC
     wrongs_per_country: int = 5
     answers: str = "first-token"
+    domain: str = "movies"      # sentiment: whose texts
+    data: str | None = None     # sentiment: the folder holding the download (None: data/)
+    max_tokens: int | None = None  # sentiment: the longest prompt kept (None: SENTIMENT_TOKENS)
 
 
 @dataclass
@@ -87,6 +92,8 @@ class PromptSet:
     tokens: list[list[str]]    # each prompt's token strings, unpadded (axis labels)
     correct_str: list[str]
     wrong_str: list[str]
+    slots: torch.Tensor | None = None    # (N, T) long, each token's slot (a template task); None: slot = position
+    slot_names: list[str] | None = None  # the slots' labels: the prefix's tokens, "<text>", the suffix's tokens
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -101,6 +108,16 @@ class PromptSet:
         """True when every prompt has the same token length (what position-tied methods need)."""
         return len(self) > 0 and bool((self.answer_pos == self.answer_pos[0]).all())
 
+    @property
+    def n_slots(self) -> int:
+        """How many parameters per layer a position-tied method needs: the slots, or the positions."""
+        return self.ids.shape[1] if self.slots is None else len(self.slot_names)
+
+    @property
+    def labels(self) -> list[str]:
+        """The name of each slot (of each position where there are no slots): axis labels of the maps."""
+        return self.tokens[0] if self.slots is None else self.slot_names
+
     def subset(self, index) -> "PromptSet":
         """The prompts at `index` (a list of ints, a slice or a LongTensor), padding trimmed to fit."""
         idx = torch.arange(len(self))[index].reshape(-1).tolist()
@@ -109,7 +126,8 @@ class PromptSet:
         return PromptSet(
             prompts=[self.prompts[i] for i in idx], ids=self.ids[idx, :T], answer_pos=pos,
             correct=self.correct[idx], wrong=self.wrong[idx], tokens=[self.tokens[i] for i in idx],
-            correct_str=[self.correct_str[i] for i in idx], wrong_str=[self.wrong_str[i] for i in idx])
+            correct_str=[self.correct_str[i] for i in idx], wrong_str=[self.wrong_str[i] for i in idx],
+            slots=None if self.slots is None else self.slots[idx, :T], slot_names=self.slot_names)
 
 
 @dataclass
@@ -121,6 +139,7 @@ class Task:
     fixed_length: bool         # True: one template, one token length across train and test
     templates: list[str]       # the templates used (empty for a JSONL task)
     notes: list[str]           # human-readable counts: what was kept, what was dropped and why
+    labels: dict[str, str] = field(default_factory=dict)  # a task whose answers are labels: --target word -> answer
 
 
 # ----------------------------------------------------------------------------- tokenizer helpers
@@ -149,10 +168,28 @@ def first_token(tokenizer, text: str) -> int:
 def tokenize(items: list[Item], tokenizer, answers: str = "one-token") -> PromptSet:
     """Turn items into a PromptSet; their answers are known to be single tokens (answers="one-token")
     or to differ in their first token ("first-token"), which is then the answer's token. Each prompt
-    starts with the BOS token where the model's own tokenizer adds one (Llama 3's <|begin_of_text|>)."""
+    starts with the BOS token where the model's own tokenizer adds one (Llama 3's <|begin_of_text|>).
+
+    Items with `parts` (prefix, text, suffix: a template around texts of any length) are tokenised piece by
+    piece and get a slot map: the prefix's tokens (BOS first) each their own slot, all of the text's tokens one
+    shared slot, the suffix's tokens each their own. A position-tied method keeps one parameter per slot, so it
+    reads prompts of any length ("Review:" · "<text>" · "\n" · "Sentiment" · ":"); padding gets the last slot."""
     answer = single_token if answers == "one-token" else first_token
     bos = [] if getattr(tokenizer, "bos_token", None) is None else [tokenizer.bos_token]
-    seqs = [bos + tokenizer.encode(it.prompt) for it in items]
+    slots = slot_names = None
+    if items and items[0].parts:
+        assert len({it.parts[::2] for it in items}) == 1, "one template (prefix, suffix) per prompt set"
+        prefix, suffix = bos + tokenizer.encode(items[0].parts[0]), tokenizer.encode(items[0].parts[2])
+        texts = [tokenizer.encode(it.parts[1]) for it in items]
+        seqs = [prefix + text + suffix for text in texts]
+        P, S = len(prefix), len(prefix) + 1 + len(suffix)                # text slot P, S slots in all
+        rows = [[*range(P), *[P] * len(text), *range(P + 1, S)] for text in texts]
+        slots = torch.full((len(items), max(map(len, seqs))), S - 1, dtype=torch.long)
+        for row, r in enumerate(rows):
+            slots[row, :len(r)] = torch.tensor(r, dtype=torch.long)
+        slot_names = [token_str(tokenizer, t) for t in prefix] + ["<text>"] + [token_str(tokenizer, t) for t in suffix]
+    else:
+        seqs = [bos + tokenizer.encode(it.prompt) for it in items]
     T = max((len(s) for s in seqs), default=0)
     ids = torch.full((len(items), T), tokenizer.eot_token, dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -166,6 +203,7 @@ def tokenize(items: list[Item], tokenizer, answers: str = "one-token") -> Prompt
         tokens=[[token_str(tokenizer, t) for t in s] for s in seqs],
         correct_str=[it.correct for it in items],
         wrong_str=[it.wrong for it in items],
+        slots=slots, slot_names=slot_names,
     )
 
 
@@ -401,6 +439,48 @@ def ioi_items(tokenizer, opt: Options, notes: list[str]) -> tuple[list, list, li
     return train, test, templates
 
 
+# ----------------------------------------------------------------------------- sentiment
+# Human-rated texts (loading/sentiment_data.py) in one template; the answer is the raters' sign.
+
+SENTIMENT_PARTS = ("Review:", "\nSentiment:")  # prefix and suffix; the text goes between, after a space
+SENTIMENT_ANSWERS = (" positive", " negative")
+CLEAR = 1.5              # clear cases only: |mean rating| >= 1.5 of 4 (docs/tasks.md says why)
+SENTIMENT_TOKENS = 128   # the longest prompt kept, in tokens (and never past the model's context)
+
+
+def sentiment_items(tokenizer, opt: Options, notes: list[str]) -> tuple[list, list, list]:
+    """Train and test items of one domain's clear cases, and the template: correct is the raters' sign
+    (" positive" or " negative"), wrong the other; prompts longer than opt.max_tokens are dropped. Split by
+    text (seeded), so that no test text, repeated in the file or not, appears in training. Its prompts have
+    many lengths and a slot map (tokenize), for every method: opt.fixed_length does not apply."""
+    if opt.unseen_lengths:
+        raise UserError("--unseen-lengths is for ccc, ioi and .jsonl tasks; sentiment's prompts have many lengths")
+    domain, max_tokens = opt.domain, opt.max_tokens or SENTIMENT_TOKENS
+    rows = sentiment_data.read_domain(domain, opt.data)
+    clear = sentiment_data.clear_cases(rows, CLEAR)
+    pos, neg = SENTIMENT_ANSWERS
+    if first_token(tokenizer, pos) == first_token(tokenizer, neg):
+        raise UserError(f"{pos!r} and {neg!r} begin with the same token for this tokenizer; sentiment needs two")
+    prefix, suffix = SENTIMENT_PARTS
+    fixed = n_tokens(tokenizer, prefix) + len(tokenizer.encode(suffix))         # BOS, prefix and suffix
+    items = [Item(f"{prefix} {r.text}{suffix}", *((pos, neg) if r.rating > 0 else (neg, pos)), (r.text,),
+                  (prefix, " " + r.text, suffix)) for r in clear]
+    kept = [it for it in items if fixed + len(tokenizer.encode(it.parts[1])) <= max_tokens]
+    n_pos = sum(it.correct == pos for it in kept)
+    notes.append(f"sentiment, {domain}: {len(rows)} rated texts, {len(clear)} clear cases (|mean rating| >="
+                 f" {CLEAR:g})" + (f", {len(items) - len(kept)} of them longer than {max_tokens} tokens dropped"
+                                   if len(kept) < len(items) else "")
+                 + f": {n_pos} positive, {len(kept) - n_pos} negative")
+    train_t, test_t = split_groups([it.group for it in kept], opt.test_frac, random.Random(f"sentiment/{opt.seed}"),
+                                   "texts")
+    notes.append(f"split by text: {len(train_t)} train, {len(test_t)} test texts")
+    return ([it for it in kept if it.group in train_t], [it for it in kept if it.group in test_t],
+            [f"{prefix} {{text}}{suffix}"])
+
+
+sentiment_items.labels = {a.strip(): a for a in SENTIMENT_ANSWERS}  # --target positive, negative (Task.labels)
+
+
 # ----------------------------------------------------------------------------- custom JSONL
 
 
@@ -525,16 +605,19 @@ TASKS = {
     "ccc": (ccc_items, "country-capital conflict: the capital from memory against the city stated in the context"),
     "ioi": (ioi_items, "indirect object identification: 'When Mary and John went to the store, John gave a drink"
             " to' -> Mary, not John"),
+    "sentiment": (sentiment_items, "real text: a human-rated sentence, is it positive or negative (--domain movies,"
+                  " tweets, amazon, nyt; prompts of many lengths)"),
 }
 
 
 def load_task(task: str | list[dict], tokenizer, *, seed: int = 0, fixed_length: bool = True,
               unseen_lengths: bool = False, template: int = 0, n_train: int | None = None, n_test: int | None = None,
-              test_frac: float = TEST_FRAC, wrongs_per_country: int = 5, answers: str = "first-token") -> Task:
+              test_frac: float = TEST_FRAC, wrongs_per_country: int = 5, answers: str = "first-token",
+              domain: str = "movies", data=None, max_tokens: int = SENTIMENT_TOKENS) -> Task:
     """Load a task's train and test prompts, tokenised for `tokenizer`.
 
-    task            a name in TASKS ("ccc", "ioi"), the path of a .jsonl file ({"prompt", "correct",
-                    "wrong"} a line), or a list of such dicts (from_list)
+    task            a name in TASKS ("ccc", "ioi", "sentiment"), the path of a .jsonl file ({"prompt",
+                    "correct", "wrong"} a line), or a list of such dicts (from_list)
     seed            everything random (splits, wrong cities, names) follows from it
     fixed_length    True for ActivScalar/SteerVec: one template (`template`, CCC/IOI), all prompts
                     one token length. False for DynScalar: all templates, mixed lengths.
@@ -547,6 +630,9 @@ def load_task(task: str | list[dict], tokenizer, *, seed: int = 0, fixed_length:
     answers         CCC: "first-token" (default) compares the two answers by their first tokens, where
                     these differ, so capitals of several tokens count too; "one-token" keeps only the
                     countries whose capital is one token. IOI and JSONL answers are always one token.
+    domain, data    sentiment: which texts (movies, tweets, amazon, nyt), and the folder holding the download
+                    (default data/ at the project root); its prompts have many lengths and a slot map, for
+                    every method (fixed_length does not apply), and are at most max_tokens long
     """
     if answers not in ANSWERS:
         raise UserError(f"unknown answers {answers!r}; choose {', '.join(ANSWERS)}")
@@ -563,7 +649,7 @@ def load_task(task: str | list[dict], tokenizer, *, seed: int = 0, fixed_length:
     if isinstance(task, str) and task in TASKS:
         n_train, n_test = n_train or N_TRAIN, n_test or N_TEST
         opt = Options(seed, fixed_length, unseen_lengths, template, n_train, n_test, test_frac, wrongs_per_country,
-                      answers)
+                      answers, domain, data, max_tokens)
         train, test, templates = TASKS[task][0](tokenizer, opt, notes)
     elif isinstance(task, list | tuple) or task.endswith(".jsonl"):  # a list of dicts (from_list), or a file of them
         source = task if not isinstance(task, str) else Path(task)
@@ -581,8 +667,10 @@ def load_task(task: str | list[dict], tokenizer, *, seed: int = 0, fixed_length:
             raise UserError(f"no {name} prompts are left for task {task} with this tokenizer and these options")
     notes.append(f"prompts: {len(train)} train, {len(test)} test")
     # Answers of one token (IOI's, a JSONL file's) are the same token under either rule of `answers`.
-    task_ = Task(task, tokenize(train, tokenizer, answers), tokenize(test, tokenizer, answers), fixed_length,
-                 templates, notes)
+    train_ps, test_ps = tokenize(train, tokenizer, answers), tokenize(test, tokenizer, answers)
+    fixed_length = fixed_length and train_ps.slots is None          # a slot map serves prompts of many lengths
+    task_ = Task(task, train_ps, test_ps, fixed_length, templates, notes,
+                 getattr(TASKS[task][0], "labels", {}) if task in TASKS else {})
     if fixed_length:  # position-tied methods read the same positions in train and test
         assert task_.train.fixed_length and task_.test.fixed_length
         assert task_.train.ids.shape[1] == task_.test.ids.shape[1]
@@ -625,6 +713,10 @@ def main(argv=None) -> None:
                    f"{N_TRAIN})")
     p.add_argument("--n-test", type=int, default=None, help=f"at most this many test prompts (CCC/IOI default: "
                    f"{N_TEST})")
+    p.add_argument("--domain", default="movies", choices=list(sentiment_data.DOMAINS), help="sentiment: whose"
+                   " texts (default: movies)")
+    p.add_argument("--data", help="sentiment: the folder holding the downloaded vaderSentiment-3.3.2.tar.gz"
+                   " (default: data/ at the project root)")
     p.add_argument("--show", type=int, default=3, help="how many prompts of each split to print (default: 3)")
     p.add_argument("--no-model", action="store_true", help="load only the tokenizer: skip the model's preference")
     args = p.parse_args(argv)
@@ -633,11 +725,12 @@ def main(argv=None) -> None:
         tok = get_tokenizer(args.model, revision=args.revision)
         task = load_task(args.task, tok, seed=args.seed, fixed_length=not args.dynamic,
                          unseen_lengths=args.unseen_lengths, template=args.template,
-                         n_train=args.n_train, n_test=args.n_test)
-        shape = "one length, for position-tied methods" if task.fixed_length else "mixed lengths, for dynscalar"
+                         n_train=args.n_train, n_test=args.n_test, domain=args.domain, data=args.data)
+        shape = ("one length, for position-tied methods" if task.fixed_length else "mixed lengths, for dynscalar"
+                 if task.train.slots is None else "many lengths and a slot map, for every method")
         print(f"task {task.name} for {args.model}" + (f"@{args.revision}" if args.revision else "") + f" ({shape})")
         for t in task.templates:
-            print(f"  template: {t}")
+            print(f"  template: {t}".replace("\n", "\\n"))
         for line in task.notes:
             print(f"  {line}")
         for name, ps in (("train", task.train), ("test", task.test)):

@@ -4,6 +4,7 @@ Train an activation-scaling intervention, evaluate it, and show where it acts.
     python train.py --task ccc                      ActivScalar on GPT-2 small, country-capital conflicts
     python train.py --task ccc --model toyworld --knockout  offline, on the toy world, checked
     python train.py --task ioi --method all         every method (ascale.METHODS) side by side
+    python train.py --task sentiment --model smollm2 --target positive --method all    real text, DiffMean too
     python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1 --generate 20
 
 What a run does: load the model and tokenizer -> build the task's train and test prompts ->
@@ -33,19 +34,22 @@ from pathlib import Path
 import torch
 
 import ascale
+import diffmean  # noqa: F401  the DiffMean baseline registers itself in ascale.BASELINES
 import knockout
 import selection
 import tasks
 from figures import report
 from gpt2 import GPT, UserError
+from loading import sentiment_data
 from running import parallel, runfolder
 
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
 DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0, "answers": "first-token"}
+LABEL_TARGETS = ("positive", "negative")  # --target for sentiment, whose answers are these labels
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What a run folder holds (analyze.py adds beta.json and beta.png): a new run replaces all of them.
 RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "locations.png", "stability.png",
-             "knockout.png", "beta.json", "beta.png")
+             "knockout.png", "knockout-mean.png", "beta.json", "beta.png")
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,18 +73,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", help="; ".join(f"{name}: {about}" for name, (_, about) in tasks.TASKS.items())
                    + '; or a .jsonl file with one {"prompt": ..., "correct": ..., "wrong": ...} per line (default: ccc;'
                    " with --eval: the file's task)")
+    p.add_argument("--domain", choices=list(sentiment_data.DOMAINS), help="sentiment: whose texts, sentences"
+                   " from movie reviews, tweets, Amazon product reviews or New York Times editorials (default:"
+                   " movies; with --eval: the file's, so --domain tweets evaluates a movies run on tweets)")
+    p.add_argument("--data", metavar="DIR", help="sentiment: the folder holding the downloaded"
+                   f" {sentiment_data.SDIST} (default: data/ at the project root; `{sentiment_data.DOWNLOAD}`)")
     p.add_argument("--answers", choices=["first-token", "one-token"], help="ccc: compare the two answers by their"
                    " first tokens where these differ, so capitals of several tokens count too (more countries,"
                    " tighter intervals), or keep only the countries whose capital is one token; ioi and .jsonl"
                    " answers are always one token (default: first-token; with --eval: the file's)")
-    p.add_argument("--method", default="activscalar", choices=[*ascale.METHODS, "all"],
-                   help="; ".join(f"{name}: {cls.about}" for name, cls in ascale.METHODS.items())
-                   + "; all: train every one of them, each into its own subfolder, and compare them"
-                   " (default: activscalar)")
+    p.add_argument("--method", default="activscalar", choices=[*ascale.METHODS, *ascale.BASELINES, "all"],
+                   help="; ".join(f"{m}: {cls.about}" for m, cls in {**ascale.METHODS, **ascale.BASELINES}.items())
+                   + "; all: train every one of them (the baselines where --target is one-sided), each into its own"
+                   " subfolder, and compare them (default: activscalar)")
     p.add_argument("--sites", default="attn_out,mlp_out", help="comma-separated sites to intervene on, from"
                    f" {', '.join(report.SITE_NAMES)} (default: attn_out,mlp_out)")
-    p.add_argument("--target", choices=ascale.TARGETS, help="which answer to steer to: flip (whichever of correct and"
-                   " wrong the original model ranks lower), wrong, or correct (default: flip)")
+    p.add_argument("--target", choices=[*ascale.TARGETS, *LABEL_TARGETS], help="which answer to steer to: flip"
+                   " (whichever of correct and wrong the original model ranks lower), wrong, or correct; for sentiment"
+                   " also positive or negative: every review read so, whatever its rating (default: flip)")
     p.add_argument("--lambda-f", type=float, default=1.0, help="weight of faithfulness, the KL divergence of the"
                    " other tokens' distribution (default: 1)")
     p.add_argument("--lambda-m", type=float, default=ascale.LAMBDA_M, help="weight of minimality, the l1 norm of"
@@ -154,6 +164,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    f" a budget of {knockout.KNOCKOUT_FLOPS:.2g} FLOPs affords, which the figure and metrics.json say:"
                    " all of them on the toy world (seconds), 22 of SmolLM2-135M's 125 CCC prompts (minutes on a"
                    " CPU); needs one prompt length (not --method dynscalar)")
+    p.add_argument("--knockout-mode", default="zero", choices=knockout.MODES, help="with --knockout: what a"
+                   " knocked-out activation becomes, zero (switched off, as α = -1) or mean (mean ablation: its mean"
+                   " over the training prompts at that location; writes knockout-mean.png and a knockout_mean entry)"
+                   " (default: zero)")
     p.add_argument("--eval", metavar="FILE", help="evaluate a saved intervention.safetensors instead of training:"
                    " its method and sites are the file's, and so are model, task, target and seed unless given;"
                    " prints the table (and --show, --generate), writes nothing")
@@ -185,15 +199,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def methods_of(method: str) -> list[str]:
-    """--method's methods: every registered one for `all`."""
-    return list(ascale.METHODS) if method == "all" else [method]
+def methods_of(method: str, target: str = "flip") -> list[str]:
+    """--method's methods: for `all`, every registered one, and the baselines (diffmean) where the target
+    is one-sided (under flip no single direction serves every prompt)."""
+    if method != "all":
+        return [method]
+    return [*ascale.METHODS, *(ascale.BASELINES if target != "flip" else ())]
 
 
 def fixed_length(method: str) -> bool:
     """Whether --method needs prompts of one length: a method tied to positions, or `all` with one among
     them (`all` compares the methods on the same prompts)."""
-    return any(ascale.METHODS[m].tied_to_positions for m in methods_of(method))
+    classes = {**ascale.METHODS, **ascale.BASELINES}
+    return any(classes[m].tied_to_positions for m in methods_of(method))
 
 
 def tied(yes: bool = True) -> list[str]:
@@ -306,20 +324,38 @@ def load_mapped(args):
     return model
 
 
-def load_prompts(args, tok, fixed_length: bool, device):
+def load_prompts(args, tok, fixed_length: bool, model):
     """The task's train and test PromptSets, on the model's device. Position-tied methods (and
-    `all`, which compares them all on the same prompts) need one fixed length; the others (DynScalar)
-    get prompts of mixed lengths."""
+    `all`, which compares them all on the same prompts) need one fixed length, or a slot map (sentiment:
+    prompts of many lengths); the others (DynScalar) get prompts of mixed lengths."""
     if args.unseen_lengths and fixed_length:
         raise UserError(f"--unseen-lengths is for --method {' or '.join(tied(False))} (position-tied methods need one"
                         " prompt length)")
+    if (args.domain or args.data) and args.task != "sentiment":
+        raise UserError(f"--domain and --data are for --task sentiment, not {args.task}")
+    device = model.lm_head.weight.device
     task = tasks.load_task(args.task, tok, seed=args.seed, fixed_length=fixed_length,
-                           unseen_lengths=args.unseen_lengths, answers=args.answers)
+                           unseen_lengths=args.unseen_lengths, answers=args.answers, domain=args.domain or "movies",
+                           data=args.data, max_tokens=min(tasks.SENTIMENT_TOKENS, model.config.n_ctx))
     for split in ("train", "test"):
         ps = getattr(task, split)
         setattr(task, split, dataclasses.replace(ps, ids=ps.ids.to(device), answer_pos=ps.answer_pos.to(device),
-                                                 correct=ps.correct.to(device), wrong=ps.wrong.to(device)))
+                                                 correct=ps.correct.to(device), wrong=ps.wrong.to(device),
+                                                 slots=None if ps.slots is None else ps.slots.to(device)))
+    if args.task == "sentiment":
+        task.name = f"sentiment ({args.domain or 'movies'})"   # what the table and the figures name
     return task
+
+
+def target_token(target: str, task, tok):
+    """--target as ascale.prepare takes it: flip, wrong or correct, or a label's token (sentiment's positive:
+    the first token of " positive", the answer every prompt is then steered to)."""
+    if target in ascale.TARGETS:
+        return target
+    if target not in task.labels:
+        raise UserError(f"--target {target} is for tasks whose answers are labels ({', '.join(LABEL_TARGETS)}:"
+                        f" sentiment); task {task.name} takes {', '.join(ascale.TARGETS)}")
+    return tasks.first_token(tok, task.labels[target])
 
 
 def report_preference(model, task, batch_size: int) -> dict:
@@ -342,24 +378,32 @@ def train(args) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     sites = ascale.check_sites(s.strip() for s in args.sites.split(",") if s.strip())
-    methods = methods_of(args.method)
-    out = Path(args.out or f"runs/{Path(args.task).stem}-{Path(args.model).name}-{args.method}")
+    methods = methods_of(args.method, args.target)
+    if args.target == "flip" and args.method in ascale.BASELINES:
+        raise UserError("diffmean adds one direction to every prompt, so it needs a one-sided --target: wrong,"
+                        " correct, or positive/negative for sentiment (flip asks each prompt for its other answer)")
+    task_stem = Path(args.task).stem + (f"-{args.domain or 'movies'}" if args.task == "sentiment" else "")
+    out = Path(args.out or f"runs/{task_stem}-{Path(args.model).name}-{args.method}")
     folders = {method: out / method if args.method == "all" else out for method in methods}
     check_run_folders(out, list(folders.values()))   # before any work: nothing is lost after it
     # Locked before any work; every file is written to writing.staged(folder) and put in place when the block ends.
     with runfolder.RunFolder(out, list(folders.values()), RUN_FILES, args.overwrite) as writing:
-        check_task_file(args.task)
+        check_task_file(args.task, args.data)
         model, tok = load_model(args)
         device = model.lm_head.weight.device
-        task = load_prompts(args, tok, fixed_length(args.method), device)
+        task = load_prompts(args, tok, fixed_length(args.method), model)
         check_generate(args, model, task)
         for note in task.notes:
             print(f"  {note}")
+        if args.method == "all" and args.target == "flip" and ascale.BASELINES:
+            print(f"  {', '.join(ascale.BASELINES)} left out: a baseline needs a one-sided --target (wrong, correct,"
+                  " positive, negative)")
         print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
               f" model {args.model} ({model.config.n_layer} layers) on {device}")
         pref = report_preference(model, task, args.eval_batch_size)
         # What the objective compares against, computed once per prompt set and shared by all methods.
-        batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.eval_batch_size)
+        target = target_token(args.target, task, tok)
+        batches = {split: ascale.prepare(model, getattr(task, split), target, args.eval_batch_size)
                    for split in ("train", "test")}
         results, ivs = {}, {}
         for method in methods:
@@ -367,11 +411,11 @@ def train(args) -> None:
                                                      folders[method], pref)
             if results[method]["interrupted"]:
                 break
-        print_table(results)
+        print_table(results, task.name)
         if args.knockout:
             runs = {m: (ivs[m], writing.staged(folders[m])) for m in results if not results[m]["interrupted"]}
             title = f"{task.name} · {Path(args.model).name}"
-            report.knockout_check(model, batches["train"], task.train.tokens[0], runs, title)
+            report.knockout_check(model, batches["train"], task.train.labels, runs, title, mode=args.knockout_mode)
     print(f"wrote {out}/" + ("{" + ",".join(results) + "}/" if args.method == "all" else ""))
     if args.generate:
         generations(model, tok, ivs, task.test, args.show or 3, args.generate)
@@ -393,8 +437,10 @@ def check_run_folders(out: Path, folders: list[Path]) -> None:
                 raise UserError(f"{folder / name} is not a file and cannot be replaced; choose another --out")
 
 
-def check_task_file(task: str) -> None:
-    """A custom task's file must exist: checked before the model is loaded."""
+def check_task_file(task: str, data=None) -> None:
+    """A custom task's file, and sentiment's download, must exist: checked before the model is loaded."""
+    if task == "sentiment":
+        sentiment_data.archive(data)
     if task.endswith(".jsonl") and not Path(task).is_file():
         what = "is a folder" if Path(task).is_dir() else "does not exist"
         raise UserError(f"task file {task} {what}; pass --task {', '.join(tasks.TASKS)}, or the path of an existing"
@@ -416,19 +462,20 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     """Train one method, evaluate it, write its run folder `out` (staged, see train); return its metrics and
     the intervention."""
     torch.manual_seed(args.seed)
-    positions = task.train.ids.shape[1] if ascale.METHODS[method].tied_to_positions else None
+    positions = task.train.n_slots if {**ascale.METHODS, **ascale.BASELINES}[method].tied_to_positions else None
     start = time.time()
     iv, curve, chosen = fit_and_select(method, sites, positions, model, batches, args)
     seconds = time.time() - start
     if curve["interrupted"]:
         print(f"stopped by {curve['stopped_by']} after {curve['steps']} steps: evaluating and saving what was learned")
     folder = writing.staged(out)
-    tokens = task.train.tokens[0] if positions else ()
+    tokens = task.train.labels if positions else ()
     # The parameters are saved before the evaluation, so that a Ctrl-C there keeps what was learned (RunFolder
     # puts the staged files in place on Ctrl-C and SIGTERM); once stopped, in place at once (a SIGKILL may follow).
     ascale.save(folder / "intervention.safetensors", iv, model=model, tokens=tokens, task=args.task,
                 target=args.target, seed=args.seed, fixed_length=int(fixed_length(args.method)),
-                unseen_lengths=int(args.unseen_lengths), answers=args.answers)
+                unseen_lengths=int(args.unseen_lengths), answers=args.answers,
+                **({"domain": args.domain or "movies", "data": args.data or ""} if args.task == "sentiment" else {}))
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
@@ -460,6 +507,11 @@ def fit_and_select(method, sites, positions, model, batches, args):
     def make():
         return ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
     kw = dict(lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin)
+    if method in ascale.BASELINES:                    # computed, not trained: no l1, no selection, no --runs
+        iv = make()
+        chosen = iv.compute(model, batches["train"], lambda_f=args.lambda_f, margin=args.margin,
+                            batch_size=args.eval_batch_size)
+        return iv, {"steps": 0, "interrupted": False, "stopped_by": None}, {method: chosen}
     locations = None if args.locations in ("auto", "all") else int(args.locations)
     if args.runs > 1:
         iv, runs, _ = selection.stable(model, make, batches, runs=args.runs, steps=args.steps, lr=args.lr,
@@ -499,22 +551,26 @@ def open_saved(args):
     args.target = args.target or meta.get("target") or DEFAULTS["target"]
     args.seed = args.seed if args.seed is not None else int(meta.get("seed") or DEFAULTS["seed"])
     args.unseen_lengths = args.unseen_lengths or meta.get("unseen_lengths") == "1"
+    if args.task == meta.get("task"):                # sentiment: the file's texts, unless --domain / --data say
+        args.domain, args.data = args.domain or meta.get("domain") or None, args.data or meta.get("data") or None
     args.answers = args.answers or meta.get("answers") or "one-token"   # files from before first-token answers
-    check_task_file(args.task)
+    check_task_file(args.task, args.data)
     model, tok = load_model(args)
     iv, meta = ascale.load(args.eval, model)
     if args.model != meta["model"]:
         print(f"note: {args.eval} was trained on {meta['model']}; evaluating it on {args.model} (same shape)")
     # the prompts it was trained on: one length for position-tied methods and for `all`
-    task = load_prompts(args, tok, meta.get("fixed_length", "1") == "1", model.lm_head.weight.device)
-    if iv.positions and task.train.ids.shape[1] != iv.positions:
-        raise UserError(f"{args.eval} is for {iv.positions}-token prompts, but task {args.task} has"
-                        f" {task.train.ids.shape[1]}-token prompts for this tokenizer")
+    task = load_prompts(args, tok, meta.get("fixed_length", "1") == "1", model)
+    if iv.positions and task.train.n_slots != iv.positions:
+        what = "slots" if task.train.slots is not None else "tokens"
+        raise UserError(f"{args.eval} has parameters for {iv.positions} positions, but task {args.task}'s prompts have"
+                        f" {task.train.n_slots} {what} for this tokenizer")
     check_generate(args, model, task)
     print(f"{iv.method} on {','.join(iv.sites)}: task {task.name}, {len(task.train)} train and {len(task.test)}"
           f" test prompts, target {args.target}")
     report_preference(model, task, args.eval_batch_size)
-    batches = {s: ascale.prepare(model, getattr(task, s), args.target, args.eval_batch_size) for s in ("train", "test")}
+    target = target_token(args.target, task, tok)
+    batches = {s: ascale.prepare(model, getattr(task, s), target, args.eval_batch_size) for s in ("train", "test")}
     return model, tok, iv, task, batches
 
 
@@ -523,8 +579,8 @@ def evaluate_saved(args) -> None:
     is written."""
     model, tok, iv, task, batches = open_saved(args)
     iv.beta = args.beta
-    print(f"at beta {args.beta}:")
-    print_table({iv.method: measure(model, iv, batches, args.eval_batch_size)})
+    print(f"{task.name} at beta {args.beta}:")
+    print_table({iv.method: measure(model, iv, batches, args.eval_batch_size)}, task.name)
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
     if args.generate:
@@ -534,8 +590,8 @@ def evaluate_saved(args) -> None:
 # ----------------------------------------------------------------------------- output
 
 
-def print_table(results: dict[str, dict]) -> None:
-    """Methods side by side; cells with two numbers are train / test."""
+def print_table(results: dict[str, dict], task: str = "") -> None:
+    """Methods side by side; cells with two numbers are train / test of `task` (named above the table)."""
     rows = [("flip rate", "flip_rate", "{:.2f}"), ("  95% interval (Wilson)", "flip_rate_ci", "[{:.2f}, {:.2f}]"),
             ("prompts", "n_prompts", "{}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
             ("logit diff after", "logit_diff_after", "{:+.2f}"), ("KL of the other tokens, nats", "kl", "{:.3f}"),
@@ -551,13 +607,15 @@ def print_table(results: dict[str, dict]) -> None:
               (f"active locations (>= {ascale.ACTIVE:.0%} change)",
                *(f"{m['n_active']:.1f}" for m in results.values()))]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    print()
+    print(f"\ntask {task}:" if task else "")
     for row in table:
         print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]))
 
 
 def print_selection(method: str, chosen: dict) -> None:
-    """One or two lines on what the selection kept (selection.py)."""
+    """One or two lines on what the selection kept (selection.py), or the strength DiffMean chose."""
+    if method in chosen:                              # a baseline: what it computed
+        print(f"{method}: {chosen[method]['summary']}")
     if "selection" in chosen:
         sel = chosen["selection"]
         tried = ", ".join(f"K={r['K']}: {r['flip_rate_train']:.2f}" for r in sel["path"])
@@ -576,7 +634,8 @@ def show(model, tok, iv, ps, batch, n: int) -> None:
     """The first n test prompts with their top-5 next tokens before and after the intervention."""
     n = min(n, len(ps))
     before = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n]).softmax(-1)
-    after = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n], intervene=iv).softmax(-1)
+    after = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n],
+                                 intervene=ascale.at_slots(iv, batch[:n].slots)).softmax(-1)
     for i in range(n):
         target = tok.token_str(int(batch.answers[i, 0]))
         print(f"\n{ps.prompts[i]!r}\n  correct {ps.correct_str[i]!r}, wrong {ps.wrong_str[i]!r}, target {target!r}")
@@ -600,7 +659,8 @@ def generations(model, tok, ivs: dict, ps, n: int, n_tokens: int) -> None:
         ids = ps.ids[i:i + 1, :int(ps.answer_pos[i]) + 1]               # (1, T): this prompt, no padding
         print(f"\n{ps.prompts[i]!r}")
         for label, iv in rows.items():
-            new = model.generate(ids, n_tokens, intervene=iv)[0, ids.shape[1]:].tolist()
+            bound = iv if iv is None or ps.slots is None else ascale.at_slots(iv, ps.slots[i:i + 1, :ids.shape[1]])
+            new = model.generate(ids, n_tokens, intervene=bound)[0, ids.shape[1]:].tolist()
             if tok.eot_token in new:
                 new = new[:new.index(tok.eot_token) + 1]
             print(f"  {label.ljust(width)}: {tok.decode(new)!r}")

@@ -62,7 +62,7 @@ def heatmap(model, iv, task, path: Path | None, title: str, metrics: dict):
         T = int(task.test.answer_pos[0]) + 1
         maps, tokens, which = iv.location_map(model, task.test.ids[:1, :T]), task.test.tokens[0], "test prompt 1"
     else:
-        maps, tokens, which = iv.location_map(), task.train.tokens[0], "training prompt 1"
+        maps, tokens, which = iv.location_map(), task.train.labels, "training prompt 1"
     scalar = iv.signed                                               # β·α: signed; ‖β·v‖: a size
     panels = []
     for site, m in maps.items():
@@ -71,7 +71,9 @@ def heatmap(model, iv, task, path: Path | None, title: str, metrics: dict):
             m = m.gather(1, m.abs().argmax(1, keepdim=True))[:, 0]   # (L, nh)
             panels.append((site, m, [str(h) for h in range(m.shape[1])], "head (its value where it is largest)"))
         else:
-            panels.append((site, m, [t.replace("\n", "\\n") for t in tokens], f"position (tokens of {which})"))
+            where = f"position (tokens of {which})" if task.train.slots is None or not iv.tied_to_positions else \
+                "slot (the template's tokens; <text>: all of the text's)"
+            panels.append((site, m, [t.replace("\n", "\\n") for t in tokens], where))
     vmax = max(max(float(m.abs().max()) for _, m, _, _ in panels), 2 * ascale.ACTIVE)
     n_cols = max(m.shape[1] for _, m, _, _ in panels)
     n_layer = iv.n_layer
@@ -129,7 +131,7 @@ def stability(model, iv, task, path: Path | None, runs: dict, title: str):
             f = f.amax(1) if f.dim() == 3 else f
             labels, xname = [str(h) for h in range(f.shape[1])], "head"
         else:
-            labels, xname = [t.replace("\n", "\\n") for t in task.train.tokens[0]], "position"
+            labels, xname = [t.replace("\n", "\\n") for t in task.train.labels], "position"
         panels.append((site, f, labels, xname))
     n_cols = max(f.shape[1] for _, f, _, _ in panels)
     fig, axes = plt.subplots(len(panels), 1, squeeze=False, constrained_layout=True,
@@ -157,21 +159,34 @@ def stability(model, iv, task, path: Path | None, runs: dict, title: str):
 # ----------------------------------------------------------------------------- knockout check
 
 
+KNOCKOUT_NAMES = {"zero": "zero ablation", "mean": "mean ablation"}
+
+
 def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, title: str,
-                   max_prompts: int | None = None) -> dict:
+                   max_prompts: int | None = None, mode: str = "zero") -> dict:
     """Compute the knockout map and the attribution once for the sites of `runs` ({method: (iv, run
     folder)}, interventions on these prompts), compare each intervention with it, and write its
     knockout.png and the "knockout" entry of its metrics.json. Returns {method: agreement numbers}.
     All of it on at most max_prompts of the prompts, evenly spread (None: as many as the knockout map
-    affords within knockout.KNOCKOUT_FLOPS); the figure and the entry (n_prompts) say how many."""
+    affords within knockout.KNOCKOUT_FLOPS); the figure and the entry (n_prompts) say how many.
+    mode "mean": mean ablation (knockout.knockout), each location's mean taken over all of `batch`; its
+    figure is knockout-mean.png, its entry "knockout_mean". With a slot map the locations are slots, and
+    DynScalar, whose map is not one per slot, is left out."""
+    if batch.slots is not None and (left := [m for m, (iv, _) in runs.items() if not iv.tied_to_positions]):
+        print(f"knockout map: {', '.join(left)} left out (its scalars are not one per slot)")
+        runs = {m: r for m, r in runs.items() if m not in left}
+    if not runs:
+        return {}
     sites = list(dict.fromkeys(s for iv, _ in runs.values() for s in iv.sites))
     if max_prompts is None:
         max_prompts = knockout.knockout_prompts(model, batch.ids.shape[1], sites)
-    n_all, batch = len(batch), knockout.spread(batch, max_prompts)
+    n_all, full, batch = len(batch), batch, knockout.spread(batch, max_prompts)
     used = f"{len(batch)} of {n_all} training prompts"
-    print(f"knockout map: {len(sites)} site(s) x {model.config.n_layer} layers x {batch.ids.shape[1]} positions,"
-          f" {used}")
-    effects = knockout.knockout(model, batch, sites, max_prompts=len(batch))
+    means = knockout.location_means(model, full, sites) if mode == "mean" else None    # over all the prompts
+    S = len(tokens)
+    print(f"knockout map ({KNOCKOUT_NAMES[mode]}): {len(sites)} site(s) x {model.config.n_layer} layers x {S}"
+          f" {'positions' if batch.slots is None else 'slots'}, {used}")
+    effects = knockout.knockout(model, batch, sites, max_prompts=len(batch), mode=mode, means=means)
     estimate = {s: -g for s, g in knockout.attribution(model, batch, sites).items()}  # linear estimate of knockout
     out = {}
     for method, (iv, folder) in runs.items():
@@ -181,14 +196,16 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
             agree["sign_agreement"] = float("nan")
         agree["attribution_spearman"] = knockout.agreement(estimate, effects)["spearman"]
         agree = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in agree.items()}  # JSON: null
-        agree["n_prompts"] = len(batch)
+        agree["n_prompts"], agree["mode"] = len(batch), mode
         out[method] = agree
-        plot_knockout(folder / "knockout.png", tokens, effects, estimate, acts, agree,
-                      f"{method} · {title} · knockout over {used}", iv.map_label.split(",")[0])
+        name = "knockout" if mode == "zero" else f"knockout_{mode}"
+        plot_knockout(folder / f"{name.replace('_', '-')}.png", tokens, effects, estimate, acts, agree,
+                      f"{method} · {title} · knockout ({KNOCKOUT_NAMES[mode]}) over {used}",
+                      iv.map_label.split(",")[0])
         metrics_file = folder / "metrics.json"
         if metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())
-            metrics["knockout"] = agree
+            metrics[name] = agree
             write_json(metrics_file, metrics)
         print(f"{method}: {summary(agree)}")
     return out

@@ -1,0 +1,120 @@
+"""
+DiffMean, the baseline that learns nothing: at each site and layer, add the difference of the class means.
+
+    v[site, layer] = s · (μ₊ − μ₋)        h̃ = h + β·v at the answer position (the last token), nothing elsewhere
+
+μ₊ and μ₋ are the mean activations at the answer position over the two classes of training prompts: those on
+which the unchanged model already ranks the target t above the other answer o (ℓ(t) − ℓ(o) > 0 before), and
+those on which it does not. For sentiment with --target positive: the reviews it reads as positive, and those
+it reads as negative; v points from the second toward the first. One strength s, the same for every site and
+layer, is chosen on the training prompts only: the s of STRENGTHS with the lowest L_E + λF·L_F, the objective
+of the learned methods without its ℓ1 term (ties: the smaller s). No gradient, no ℓ1, no selection.
+
+It needs a one-sided target (wrong, correct, or a label such as positive): with flip, t is on each prompt the
+answer the model ranks lower, so the first class is empty and no single direction serves every prompt.
+"""
+
+import torch
+from torch import nn
+
+from ascale import Batch, Intervention, answer_stats, at_slots, with_original
+from gpt2 import UserError
+
+STRENGTHS = tuple(2.0 ** k for k in range(-8, 5))  # s tried: 1/256 ... 16, each twice the last
+
+
+class DiffMean(Intervention):
+    """h̃ = h + β·v at the last position (slot) of a prompt, v one fixed vector per site and layer."""
+    method, about = "diffmean", ("the baseline that learns nothing: the difference of two classes' mean"
+                                 " activations at the answer position, added with one strength (a one-sided --target)")
+    learned, signed, measure = False, False, "||v||"
+    map_label = "‖β·v‖, the norm of the vector added at the answer position (white: nothing added)"
+
+    def __init__(self, cfg, sites, positions: int):
+        super().__init__(cfg, sites, positions)
+        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, *self.site_shape(s)), requires_grad=False)
+                                   for s in self.sites})           # (L, D) or (L, nh, hs) for head: never trained
+
+    def apply(self, site, layer, h, pos=None):
+        if pos is None:                                             # h (B, T, ...) at positions 0 ... T-1
+            pos = torch.arange(h.shape[1], device=h.device)[None]
+        last = (pos.to(h.device) == self.positions - 1).view(*pos.shape, *[1] * (h.dim() - 2))  # (B or 1, T, 1[, 1])
+        return h + (self.beta * last * self.v[site][layer].to(h.device)).to(h.dtype)
+
+    def location_map(self, model=None, ids=None) -> dict[str, torch.Tensor]:
+        """‖β·v‖ per location, (L, T) or (L, T, nh): all of it at the last position (slot)."""
+        maps = {}
+        for s, v in self.v.items():
+            m = torch.zeros(self.n_layer, self.positions, *self.site_shape(s)[:-1], device=v.device)
+            m[:, -1] = (self.beta * v).norm(dim=-1)
+            maps[s] = m
+        return maps
+
+    def effect(self) -> dict[str, torch.Tensor]:
+        return {s: m.abs() for s, m in self.location_map().items()}
+
+    def compute(self, model, batch: Batch, **kw) -> dict:
+        """Set v from the training prompts `batch` (`fit` below); what was chosen, for metrics.json."""
+        return fit(model, self, batch, **kw)
+
+
+@torch.no_grad()
+def class_means(model, batch: Batch, sites, batch_size: int = 64) -> tuple[dict, dict, int, int]:
+    """The mean activation at the answer position of each class, {site: (L, D) or (L, nh, hs)} for μ₊ (prompts
+    with ℓ(t) − ℓ(o) > 0 before) and μ₋ (the others), and the two class sizes."""
+    plus = batch.diff_before > 0                                     # (N,)
+    n_plus, n_minus = int(plus.sum()), int((~plus).sum())
+    sums = {}
+    for i in range(0, len(batch), batch_size):
+        mb, p = batch[i:i + batch_size], plus[i:i + batch_size].float()
+        rows = torch.arange(len(mb), device=mb.ids.device)
+
+        def record(site, layer, h, mb=mb, p=p, rows=rows):
+            if site in sites:
+                a = h[rows, mb.answer_pos].double()                  # (b, D) or (b, nh, hs): the answer position
+                w = p.view(-1, *[1] * (a.dim() - 1)).to(a)
+                plus_sum, all_sum = (w * a).sum(0), a.sum(0)
+                old = sums.get((site, layer), (0, 0))
+                sums[(site, layer)] = (old[0] + plus_sum, old[1] + all_sum)
+            return h
+        model(mb.ids, intervene=record)
+    L = model.config.n_layer
+    mu_plus = {s: torch.stack([sums[(s, l)][0] / max(n_plus, 1) for l in range(L)]).float() for s in sites}
+    mu_minus = {s: torch.stack([(sums[(s, l)][1] - sums[(s, l)][0]) / max(n_minus, 1) for l in range(L)]).float()
+                for s in sites}
+    return mu_plus, mu_minus, n_plus, n_minus
+
+
+@torch.no_grad()
+def loss(model, iv: DiffMean, batch: Batch, lambda_f: float, margin: float, batch_size: int = 64) -> tuple:
+    """L_E + λF·L_F over all of batch at iv's current v (no ℓ1), and the flip rate."""
+    hinge = kl = flips = 0.0
+    for i in range(0, len(batch), batch_size):
+        mb = with_original(model, batch[i:i + batch_size])
+        diff, k = answer_stats(model(mb.ids, intervene=at_slots(iv, mb.slots), at=mb.answer_pos).float(), mb)
+        hinge += (margin - diff).clamp(min=0).sum().item()
+        kl, flips = kl + k.sum().item(), flips + int((diff > 0).sum())
+    return (hinge + lambda_f * kl) / len(batch), flips / len(batch)
+
+
+def fit(model, iv: DiffMean, batch: Batch, *, lambda_f: float = 1.0, margin: float = 4.0, batch_size: int = 64) -> dict:
+    """Set iv.v to s·(μ₊ − μ₋) with the best s of STRENGTHS on `batch` (the training prompts). Returns what
+    was chosen and the loss and flip rate of every s tried."""
+    mu_plus, mu_minus, n_plus, n_minus = class_means(model, batch, iv.sites, batch_size)
+    if n_plus == 0 or n_minus == 0:
+        raise UserError(f"diffmean needs training prompts on which the model already prefers the target and prompts on"
+                        f" which it does not; here {n_plus} and {n_minus}. Use a one-sided --target (wrong, correct,"
+                        " or positive/negative for sentiment), not flip")
+    delta = {s: (mu_plus[s] - mu_minus[s]).to(iv.device) for s in iv.sites}
+    path = []
+    for s in STRENGTHS:
+        for site in iv.sites:
+            iv.v[site].copy_(s * delta[site])
+        value, flip = loss(model, iv, batch, lambda_f, margin, batch_size)
+        path.append({"strength": s, "loss": value, "flip_rate_train": flip})
+    best = min(path, key=lambda r: (r["loss"], r["strength"]))
+    for site in iv.sites:
+        iv.v[site].copy_(best["strength"] * delta[site])
+    rule = "the strength of lowest L_E + λF·L_F on the training prompts"
+    return {"strength": best["strength"], "class_sizes": [n_plus, n_minus], "path": path, "rule": rule,
+            "summary": f"strength {best['strength']:g} ({rule}; classes of {n_plus} and {n_minus} training prompts)"}
