@@ -151,6 +151,8 @@ def parse_floats(text: str, flag: str) -> list[float]:
 
 
 def main(argv=None) -> int:
+    import matplotlib
+    matplotlib.use("Agg")  # a script writes its figures to files (figures/report.py sets no backend)
     p = train.Parser(description=__doc__.split("\n\n")[0].strip(), epilog=__doc__.split("\n\n", 2)[2],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=train.Parser)

@@ -2,7 +2,7 @@
 Activation scaling (Stoehr et al., EMNLP Findings 2024): steer a frozen model by rescaling its
 activation vectors, and read off where a behaviour lives from which scalars moved.
 
-Read top to bottom (SPEC.md defines every term):
+Read top to bottom (docs/method.md defines every term):
     1. interventions   ActivScalar  h̃ = h·(1 + β·α)         one scalar per location
                        SteerVec     h̃ = h + β·v             one vector per location (the baseline)
                        DynScalar    h̃ = h·(1 + β·α(h))      α(h) = w·ĥ + b, one probe per site and layer
@@ -39,6 +39,10 @@ TARGETS = ("flip", "wrong", "correct")
 STEPS, LR, LAMBDA_M, MARGIN = 100, 0.05, 0.02, 4.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
 FULL_BATCH_FLOPS = 1e11  # fit takes full-batch steps while one costs at most this (about a second on a CPU core)
+# fit's default minibatch keeps a step's working memory (train_batch_size's estimate) under this: 1 GiB beside the
+# weights leaves room on an 8 GiB laptop or a small GPU; 32 prompts of SmolLM2's or Gemma 3 270M's tasks fit in it
+STEP_BYTES = 2**30
+LOGIT_COPIES = 7  # (B, V) float32 tensors a step holds per prompt: ℓ̃, its masked copy, p⁻·ℓ̃, their gradients, p⁻
 P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
 
 # ----------------------------------------------------------------------------- 1. interventions
@@ -298,13 +302,22 @@ def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
     """A fresh intervention (all parameters 0: the unchanged model). positions: the prompt length,
     needed by the position-tied methods."""
-    import diffmean  # noqa: F401  the baseline, in its own file (it imports this one), registers itself
-    classes = {**METHODS, **BASELINES}
-    if method not in classes:
-        raise UserError(f"unknown method {method!r}; choose {', '.join(classes)}")
-    if classes[method].tied_to_positions and not positions:
+    cls = METHODS.get(method) or BASELINES.get(method)
+    if cls is None:
+        raise UserError(f"unknown method {method!r}; choose {', '.join([*METHODS, *BASELINES])}")
+    if cls.tied_to_positions and not positions:
         raise UserError(f"{method} needs the prompt length (positions)")
-    return classes[method](cfg, sites, positions)
+    return cls(cfg, sites, positions)
+
+
+def l1(iv: Intervention) -> torch.Tensor:
+    """‖θ‖₁: the sum of absolute values of all intervention parameters (docs/method.md, "The objective": minimality)."""
+    return sum(p.abs().sum() for p in iv.parameters())
+
+
+def n_params(iv: Intervention) -> int:
+    return sum(p.numel() for p in iv.parameters())
+
 
 
 def at_slots(iv: Intervention, slots: torch.Tensor | None):
@@ -328,16 +341,6 @@ def at_slots(iv: Intervention, slots: torch.Tensor | None):
 
     intervene.takes_positions = True
     return intervene
-
-
-def l1(iv: Intervention) -> torch.Tensor:
-    """‖θ‖₁: the sum of absolute values of all intervention parameters (SPEC: minimality)."""
-    return sum(p.abs().sum() for p in iv.parameters())
-
-
-def n_params(iv: Intervention) -> int:
-    return sum(p.numel() for p in iv.parameters())
-
 
 # ----------------------------------------------------------------------------- 2. the objective
 
@@ -407,14 +410,11 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     wrong) and keep what the objective and the metrics compare against, batch_size prompts at a
     time: O(N) numbers, and p⁻ (N, V) only while it fits p_rest_bytes (default P_REST_BYTES).
 
-    target (SPEC): flip -> t is whichever of c, w the original model ranks lower, so every
-    prediction is flipped; wrong -> t = w; correct -> t = c; a token id (one-sided, for tasks whose
-    answers are labels: sentiment's " positive") -> t = that token on every prompt. o is the other one."""
-    if isinstance(target, int):
-        if not ((prompts.correct == target) | (prompts.wrong == target)).all():
-            raise UserError(f"target token {target} is not an answer of every prompt")
-    elif target not in TARGETS:
-        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}")
+    target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower; wrong -> t = w;
+    correct -> t = c; a label's token id (sentiment's " positive") -> t = it on every prompt. o is the other one."""
+    if target not in TARGETS and not (isinstance(target, int) and ((prompts.correct - target) * (prompts.wrong - target)
+                                                                   == 0).all()):   # a label's token: c or w everywhere
+        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}, or a token that answers every prompt")
     device = model.lm_head.weight.device
     ids, pos = prompts.ids.to(device), prompts.answer_pos.to(device)
     c, w = prompts.correct.to(device), prompts.wrong.to(device)
@@ -443,10 +443,12 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
               margin: float = MARGIN) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One step's loss, L = L_E + λF·L_F + λM·L_M (SPEC, "The three-term objective"):
+    """One step's loss, L = L_E + λF·L_F + λM·L_M (docs/method.md, "The objective"):
         L_E = mean over prompts of max(0, m - (ℓ̃(t) - ℓ̃(o)))   effectiveness: hinge with margin m
         L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
         L_M = ‖θ‖₁                                           minimality
+    KL(p⁻ ‖ p̃⁻) = Σ p⁻ log(p⁻ / p̃⁻) is computed as Σ p⁻ log p⁻ − (Σ p⁻ ℓ̃ − logsumexp ℓ̃ over the other tokens)
+    (answer_stats, rest_log_likelihood): the same number, without the log of the removed tokens' zeros.
     Returns the loss and its three terms (unweighted)."""
     batch = with_original(model, batch)                                   # p⁻: kept, or one more forward pass
     logits = model(batch.ids, intervene=at_slots(iv, batch.slots), at=batch.answer_pos).float()  # (B, V) ℓ̃ there
@@ -478,13 +480,35 @@ def cosine_lr(lr: float, step: int, steps: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
 
 
+def step_bytes_per_prompt(config: GPTConfig, n_tokens: int) -> int:
+    """An estimate of the float32 bytes one prompt of n_tokens adds to a training step (forward, backward):
+    LOGIT_COPIES vectors of the vocabulary at its answer position (ℓ̃ and its softmax/KL intermediates, the
+    gradients, p⁻ when it is recomputed), plus what autograd keeps for the backward pass in every layer and at
+    every token: about 10 vectors of the width (norms, residuals, outputs, the intervened sites), 4 of the
+    queries' width (Q, K, V, the heads' results), 2 of the MLP's hidden width (3 for a gated MLP) and 2
+    attention rows per head (scores, probabilities). Measured on CPU (peak resident memory of one step,
+    activscalar at every site), the estimate was 1.03-1.1 times the real cost for Llama- and Gemma-shaped
+    models, 1.2-1.7 times for GPT-NeoX-shaped ones (the toy world's); tests/test_memory.py checks it."""
+    gated = 3 if config.swiglu or config.geglu else 2
+    per_token_layer = (10 * config.n_embd + 4 * config.n_head * config.head_dim + gated * config.n_inner
+                       + 2 * config.n_head * n_tokens)
+    return 4 * (LOGIT_COPIES * config.vocab_size + config.n_layer * n_tokens * per_token_layer)
+
+
 def train_batch_size(model, batch: Batch) -> int:
-    """The default minibatch: all the prompts while a full-batch step costs at most FULL_BATCH_FLOPS (about
-    6 FLOPs per block parameter per token, forward and backward), otherwise 32. Full batches take the
-    minibatch order out of the fit: on the toy world's IOI, 32-prompt minibatches flipped 0.43-0.85 of
-    the test prompts over five seeds, full batches 0.94-0.97 (docs/results-toyworld.md)."""
+    """The default minibatch: all the prompts while a full-batch step costs at most FULL_BATCH_FLOPS (about 6
+    FLOPs per parameter per token, forward and backward: the blocks' at every token, the unembedding's at the
+    answer position), otherwise 32; and never more prompts than keep a step under STEP_BYTES of working memory
+    (step_bytes_per_prompt), so memory grows with the batch, never with the number of prompts (for Qwen's
+    151,936-token vocabulary about 240 prompts). Full batches take the minibatch order out of the fit: on the
+    toy world's IOI, 32-prompt minibatches flipped 0.43-0.85 of the test prompts over five seeds, full batches
+    0.94-0.97 (docs/results-toyworld.md); its CCC and IOI stay well under both limits."""
     per_token = 6 * sum(p.numel() for p in model.h.parameters())
-    return len(batch) if batch.ids.numel() * per_token <= FULL_BATCH_FLOPS else 32
+    per_prompt = 6 * model.lm_head.weight.numel()  # (V, D): the logits are computed at the answer position only
+    flops = batch.ids.numel() * per_token + len(batch) * per_prompt
+    by_flops = len(batch) if flops <= FULL_BATCH_FLOPS else 32
+    by_memory = STEP_BYTES // step_bytes_per_prompt(model.config, batch.ids.shape[1])
+    return max(1, min(by_flops, by_memory))
 
 
 def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float = LR, batch_size: int | None = None,
@@ -543,7 +567,7 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 
 @torch.no_grad()
 def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
-    """SPEC's effectiveness and faithfulness on a prepared prompt set, at iv's current β:
+    """Effectiveness and faithfulness (docs/method.md, "Metrics") on a prepared prompt set, at iv's current β:
     flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
     before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
     diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)
@@ -642,3 +666,6 @@ def load(path, model) -> tuple[Intervention, dict[str, str]]:
     except RuntimeError as e:
         raise UserError(f"{path}: its tensors do not match its metadata ({str(e).splitlines()[0]})") from None
     return iv.to(model.lm_head.weight.device), meta
+
+
+import diffmean  # noqa: E402, F401  the DiffMean baseline (it imports this file) registers itself in BASELINES

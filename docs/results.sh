@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every result docs/results-toyworld.md shows for the toy world, from scratch: offline, CPU, about 10 minutes.
+# Every result docs/results-toyworld.md shows for the toy world, from scratch: offline, CPU, about 10 minutes
+# (step 7, every method with today's defaults, about 10 more).
 # Run from the project's root: bash docs/results.sh   (writes runs/toyworld-results/, copies the figures to docs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ model=models/toyworld
 # margin 2. Every run here passes them, so the toy-world numbers of docs/results-toyworld.md stay reproducible.
 old="--schedule constant --steps 300 --lambda-m 0.01 --margin 2 --locations all --batch-size 32"
 
-# 1. The three methods side by side, each checked against the knockout map (CCC and IOI).
+# 1. Every method side by side, each checked against the knockout map (CCC and IOI; the page's table of the ℓ1 fit
+#    shows the three there were then; ScaleShift's numbers with today's defaults are step 7's).
 for task in ccc ioi; do
   python train.py --model $model --task $task --method all --knockout --generate 8 --out "$out/$task-all" --overwrite $old
 done
@@ -22,7 +24,7 @@ python train.py --model $model --task ccc --method dynscalar --unseen-lengths --
 python train.py --model $model --task ccc --method dynscalar --target correct --out "$out/ccc-dynscalar-correct" --overwrite $old
 # 3. What minimality costs: the λM sweep, the three methods.
 python analyze.py lambda --model $model --task ccc --out "$out/ccc-lambda" --overwrite --schedule constant --steps 300 \
-  --margin 2
+  --margin 2 --methods activscalar,steervec,dynscalar
 # 4. The strength dial of the CCC ActivScalar run.
 python analyze.py beta "$out/ccc-all/activscalar/intervention.safetensors"
 # 5. How the defaults were chosen: learning rate x steps for ActivScalar at margin 2, then the margin
@@ -89,3 +91,57 @@ sets = [{(k, i) for k, v in load_file(f"{sys.argv[1]}/ccc-runs5-seed{s}/interven
 print(f"final sets: {len(sets[0])} and {len(sets[1])} locations, Jaccard {len(sets[0] & sets[1]) / len(sets[0] | sets[1]):.2f}")
 PY
 cp "$out/selected/ccc-runs5-seed1/stability.png" docs/toyworld-ccc-stability.png
+
+# 7. ScaleShift beside the other methods (docs/results-toyworld.md, "ScaleShift beside the other methods"): today's
+#    defaults, selection included, every method on CCC and IOI; one table line per run. Then ScaleShift's kept
+#    locations, how much of their change turns h, and the test flip rate with its shift or its scale part set to 0.
+for task in ccc ioi; do
+  python train.py --task $task --model $model --method all --out "$out/methods/$task-all" --overwrite
+done
+python - "$out/methods" <<'PY'
+import json, sys
+from pathlib import Path
+for f in sorted(Path(sys.argv[1]).glob("*/*/metrics.json")):
+    m = json.loads(f.read_text())
+    tr, te, sel = m["train"], m["test"], m.get("selection", {})
+    ci = lambda s: f"{s['flip_rate']:.2f} [{s['flip_rate_ci'][0]:.2f}, {s['flip_rate_ci'][1]:.2f}]"
+    print(f"{m['config']['task']:4} {m['method']:12} flip {ci(tr)} / {ci(te)}  KL {te['kl']:.2f} [{te['kl_ci'][0]:.2f},"
+          f" {te['kl_ci'][1]:.2f}]  active {m['n_active']:.1f}  parameters {m['n_params']:,}  K {sel.get('K')}"
+          f" of {sel.get('unpruned', {}).get('units')}")
+PY
+for task in ccc ioi; do
+  python - "$out/methods/$task-all/scaleshift/intervention.safetensors" <<'PY'
+import copy, sys
+import torch
+import ascale, train
+model, tok, iv, task, batches = train.open_saved(train.parse_args(["--eval", sys.argv[1]]))
+units = [(s, l, p) for s in iv.sites for l, p in (iv.effect()[s] > 0).nonzero().tolist()]
+rows = {u: [] for u in units}
+def record(site, layer, h):                      # at each kept location: ||h||, ||change||/||h||, its share orthogonal to h
+    for s, l, p in units:
+        if (s, l) == (site, layer):
+            x = h[:, p].float()
+            d = iv.alpha[s][l, p] * x + iv.v[s][l, p]
+            x_hat = x / x.norm(dim=-1, keepdim=True)
+            across = d - (d * x_hat).sum(-1, keepdim=True) * x_hat
+            rows[(s, l, p)].append(torch.stack([x.norm(dim=-1), d.norm(dim=-1) / x.norm(dim=-1),
+                                                across.norm(dim=-1) / d.norm(dim=-1)], 1))
+    return iv(site, layer, h)
+with torch.no_grad():
+    model(batches["train"].ids, intervene=record, at=batches["train"].answer_pos)
+for (s, l, p), r in rows.items():
+    n, change, across = torch.cat(r).mean(0).tolist()
+    print(f"{task.name} {s} layer {l} at {task.train.tokens[0][p]!r}: alpha {iv.alpha[s][l, p].item():+.2f},"
+          f" ||v|| {iv.v[s][l, p].norm().item():.2f}, mean ||h|| {n:.1f}, change {change:.2f} of ||h||,"
+          f" {across:.2f} of it across h")
+for part in ("v", "alpha"):
+    only = copy.deepcopy(iv)
+    with torch.no_grad():
+        for p in getattr(only, part).values():
+            p.zero_()
+    ev = ascale.evaluate(model, only, batches["test"])
+    print(f"{task.name}, {part} = 0: test flip {ev['flip_rate']:.2f} [{ev['flip_rate_ci'][0]:.2f},"
+          f" {ev['flip_rate_ci'][1]:.2f}], KL {ev['kl']:.2f}")
+PY
+done
+cp "$out/methods/ioi-all/scaleshift/heatmap.png" docs/toyworld-ioi-scaleshift-heatmap.png

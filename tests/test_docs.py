@@ -56,3 +56,62 @@ def test_readme_is_a_front_page():
     text = (ROOT / "README.md").read_text()
     assert len(text) <= 16_000, f"README.md has {len(text)} characters, the front page at most 16,000"
     assert "python -m pytest" in text  # the test command it promises
+
+
+# ----------------------------------------------------------------------------- the README's reading path
+
+RANGE = re.compile(r"\[`([\w/]+\.py):(\d+)-(\d+)`\]\(\1#L\2-L\3\) \(((?:`[\w.]+`(?:, )?)+)\)")  # and its link
+
+
+def definitions(path: Path) -> dict[str, tuple[int, int]]:
+    """Top-level functions and classes and their methods ("Class.method") -> (first line, decorators
+    included; last line)."""
+    import ast
+    found = {}
+
+    def add(node, name):
+        found[name] = (min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno)
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            add(node, node.name)
+            for inner in node.body if isinstance(node, ast.ClassDef) else ():
+                if isinstance(inner, ast.FunctionDef):
+                    add(inner, f"{node.name}.{inner.name}")
+    return found
+
+
+def reading_path() -> tuple[str, list]:
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"^## Read the code\n(.*?)(?=^## )", text, flags=re.M | re.S).group(1)
+    return section, RANGE.findall(section)
+
+
+def test_reading_path_ranges_hold_the_functions_they_name():
+    """Each `file:a-b` (names) of the README's "Read the code" spans exactly the functions it names (a few blank
+    lines of slack), so that an edit which moves them fails here instead of leaving the ranges wrong."""
+    section, ranges = reading_path()
+    assert len(ranges) == section.count("](") - section.count("](docs/"), "a range whose link is not FILE#La-Lb"
+    assert len(ranges) >= 10
+    wrong = []
+    for file, a, b, names in ranges:
+        names = re.findall(r"`([\w.]+)`", names)
+        defs = definitions(ROOT / file)
+        missing = [n for n in names if n not in defs]
+        if missing:
+            wrong.append(f"{file}:{a}-{b} names {', '.join(missing)}, which {file} does not define")
+            continue
+        start, end = min(defs[n][0] for n in names), max(defs[n][1] for n in names)
+        if not (start - 3 <= int(a) <= start and end <= int(b) <= end + 3):
+            wrong.append(f"{file}:{a}-{b} ({', '.join(names)}): they are now at {file}:{start}-{end}")
+    assert not wrong, "README.md, Read the code: " + "; ".join(wrong)
+
+
+def test_reading_path_to_the_first_training_step_is_short():
+    section, _ = reading_path()
+    first = section.split("\nThen:")[0]
+    lines = sum(int(b) - int(a) + 1 for _, a, b, _ in RANGE.findall(first))
+    assert lines <= 300, f"the reading path to the first training step is {lines} lines, at most 300"
+    stated = re.search(r"in (\d+) lines", first)
+    assert stated and int(stated.group(1)) == lines, \
+        f"the README says {stated and stated.group(1)} lines, its ranges add up to {lines}"
+    assert "Σ p⁻ log(p⁻ / p̃⁻)" in section and "logsumexp" in section   # the KL in its plain and its stable form

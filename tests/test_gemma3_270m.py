@@ -59,6 +59,7 @@ def test_the_file_is_the_checked_one(gemma3):
     assert os.path.basename(path) == "gemma-3-270m-q4_k_m.gguf" and checkpoints.resolve("gemma3-270m") == path
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_on_the_same_file(gemma3, theirs):
     model, tok, _ = gemma3
     idx = torch.tensor([[tok.bos_token] + tok.encode(TEXTS[1])[:11], [tok.bos_token] + tok.encode(TEXTS[2])[:11]])
@@ -66,6 +67,7 @@ def test_logits_match_transformers_on_the_same_file(gemma3, theirs):
         torch.testing.assert_close(model(idx), theirs[0](idx).logits, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_tokenizer_gives_transformers_ids(gemma3, theirs):
     _, tok, _ = gemma3
     for text in TEXTS:

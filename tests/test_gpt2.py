@@ -165,7 +165,7 @@ def test_unknown_model_offline_names_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="not in the Hugging Face cache .*empty-cache.*run once with network"
-                                        ".*offline: --model smollm2.*--model models/toyworld"):
+                                        ".*offline: --model smollm2.*--model toyworld"):
         GPT.from_pretrained("EleutherAI/pythia-70m", revision="step1000")
 
 

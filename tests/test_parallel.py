@@ -59,6 +59,7 @@ def runs(tmp_path_factory, toy_task):
     return tmp / "one", tmp / "two", proc
 
 
+@pytest.mark.slow
 def test_two_processes_give_one_process_numbers(runs):
     from safetensors.torch import load_file
     one, two, _ = runs
@@ -77,6 +78,7 @@ def test_two_processes_give_one_process_numbers(runs):
         assert value == pytest.approx(m2["knockout"][key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_one_run_folder_written_once(runs):
     one, two, proc = runs
     files = sorted(p.name for p in two.iterdir())
@@ -161,6 +163,7 @@ def test_a_failing_process_stops_the_others(worker):
     assert not out.exists()   # nothing written: rank 0 stopped before training
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_stops_both_and_saves(tmp_path, toy_task):
     """A scheduler's SIGTERM to torchrun, which passes it on: both processes stop after the same step, rank 0
     evaluates and saves what was learned, as one process does."""

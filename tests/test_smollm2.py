@@ -41,6 +41,7 @@ def test_config_from_the_metadata(smollm2):
     assert cfg.rotary_base == 100000.0 and cfg.tie_embeddings and cfg.vocab_size == 49152 and not cfg.attn_bias
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_on_the_same_file(smollm2):
     import transformers
     model, tok, path = smollm2
@@ -84,6 +85,7 @@ def test_it_prefers_the_indirect_object(smollm2):
     assert above >= 0.9
 
 
+@pytest.mark.slow
 def test_ccc_is_a_real_conflict(smollm2):
     """CCC: the in-context city wins on most prompts, but not all (the model knows some capitals)."""
     model, tok, _ = smollm2

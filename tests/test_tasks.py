@@ -155,7 +155,7 @@ def test_first_token_answers_drop_the_same_first_token_with_a_note(gpt2_tok, mon
     assert dropped_somewhere
 
 
-def test_ccc_first_template_is_the_issues(gpt2_tok):
+def test_ccc_first_template_is_the_definitions(gpt2_tok):
     task = tasks.load_task("ccc", gpt2_tok, fixed_length=True, template=0)
     prompts = task.train.prompts + task.test.prompts
     p = next(p for p in prompts if country_of(p) == "Germany")
@@ -282,6 +282,32 @@ def test_jsonl_errors_name_the_line(tok, tmp_path, rows, message):
     with pytest.raises(UserError, match=message) as e:
         tasks.load_task(write_jsonl(tmp_path, rows), tok)
     assert "task.jsonl" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_list_is_a_task_as_its_jsonl_file_is(tok, tmp_path):
+    """from_list: the same items, checks and seeded split as the same rows written as a JSONL file."""
+    rows = capital_rows(10)
+    listed = tasks.from_list(rows, tok, name="capitals", seed=3)
+    filed = tasks.load_task(write_jsonl(tmp_path, rows), tok, seed=3)
+    assert listed.name == "capitals"
+    for split in ("train", "test"):
+        a, b = getattr(listed, split), getattr(filed, split)
+        assert a.prompts == b.prompts and torch.equal(a.ids, b.ids) and torch.equal(a.correct, b.correct)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([row(), '["a", "b"]'], r"^item 2: expected an object"),
+    ([row(), {"prompt": "x", "correct": " Paris"}], r'^item 2: missing field "wrong"'),
+    ([row(), row(wrong=" Buenos Aires")], r"^item 2: \"wrong\" ' Buenos Aires' is 2 tokens"),
+    ([row(), row(prompt="other"), row()], r"^item 3: duplicate of item 1"),
+    ([], r"non-empty list"),
+    ("not a list", r"non-empty list"),
+])
+def test_list_errors_name_the_item(gpt2_tok, rows, message):
+    rows = [json.loads(r) if isinstance(r, str) else r for r in rows] if isinstance(rows, list) else rows
+    with pytest.raises(UserError, match=message) as e:
+        tasks.from_list(rows, gpt2_tok)
+    assert "\n" not in str(e.value)
 
 
 def test_jsonl_lengths(gpt2_tok, tmp_path):

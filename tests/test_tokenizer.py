@@ -9,7 +9,6 @@ import unicodedata
 import pytest
 import tiktoken
 import torch
-from conftest import SHARED_DATA, need
 from tokenizers import Tokenizer as HFTokenizer
 
 import gpt2
@@ -69,9 +68,9 @@ def fuzz_strings(n=300, seed=0):
 
 
 @pytest.fixture(scope="module")
-def pythia():
+def pythia(pythia_tokenizer_json):
     """(ours, the `tokenizers` library's) for Pythia's tokenizer.json, built once for this file."""
-    path = need(SHARED_DATA / "pythia-tokenizer.json")
+    path = pythia_tokenizer_json
     return Tokenizer.from_tokenizer_json(path), HFTokenizer.from_file(str(path))
 
 

@@ -90,11 +90,13 @@ def ccc_run(tmp_path_factory):
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_train_py_steers_ccc(ccc_run):
     m = ccc_run
     assert m["train"]["flip_rate"] >= 0.9 and m["test"]["flip_rate"] >= 0.9, (m["train"], m["test"])
 
 
+@pytest.mark.slow
 def test_the_heatmap_agrees_with_the_knockout_map(ccc_run):
     """The selected map is a handful of locations (selection.py), so a rank correlation over all 144 is mostly
     ties at 0; what it can be asked: its scalars push the way the knockout says (sign agreement), on
@@ -105,6 +107,7 @@ def test_the_heatmap_agrees_with_the_knockout_map(ccc_run):
     assert k["attribution_spearman"] >= 0.8, k
 
 
+@pytest.mark.slow
 def test_train_py_steers_ioi(tmp_path):
     out = tmp_path / "ioi"
     assert train.main(["--model", str(TOYWORLD), "--task", "ioi", "--out", str(out)]) == 0
@@ -126,6 +129,7 @@ def test_a_small_jsonl_task_converges_with_the_defaults(world, tmp_path):
     assert m["train"]["n_prompts"] == 18 and m["train"]["flip_rate"] >= 0.9, m["train"]
 
 
+@pytest.mark.slow
 def test_larger_lambda_m_fewer_active_locations(tmp_path):
     active = []
     for lm in ("0.001", "0.1"):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, save_checkpoint, tiny_hf_model
+from conftest import ROOT, gpt2_files, missing, save_checkpoint, tiny_hf_model
 
 import ascale
 import train
@@ -38,7 +38,7 @@ def ccc_rows(extra=()):
 def setup(tmp_path_factory, tiktoken_cache):
     """(checkpoint folder, task file) shared by the tests of this module."""
     if tiktoken_cache is None:
-        pytest.skip("GPT-2's BPE files (../shared/data/tiktoken-cache) are absent")
+        missing(gpt2_files()[1])
     tmp = tmp_path_factory.mktemp("train")
     folder = save_checkpoint(tiny_hf_model("gpt2"), tmp / "tiny-gpt2")
     return str(folder), write_task(tmp / "caps.jsonl", ccc_rows())
@@ -91,6 +91,7 @@ def test_one_method_end_to_end(one_run):
     assert "L_E=" in proc.stderr  # the progress bar shows the three terms
 
 
+@pytest.mark.slow
 def test_all_methods_end_to_end(setup, tmp_path):
     model, task = setup
     argv = ("--model", model, "--task", task, "--method", "all", "--steps", "2", "--out", str(tmp_path))
@@ -112,6 +113,7 @@ def test_all_methods_end_to_end(setup, tmp_path):
     assert before == {m: (tmp_path / m / "metrics.json").read_bytes() for m in ascale.METHODS}
 
 
+@pytest.mark.slow
 def test_runs_writes_its_frequency_map_and_the_first_fits_path(setup, tmp_path):
     """--runs 2: stability.png, locations.png (the path of the first fit, which chose K) and metrics.json's runs,
     with both agreement indices."""
@@ -280,6 +282,7 @@ def test_sigterm_during_training_saves_what_was_learned(setup, tmp_path, monkeyp
     assert signal.getsignal(signal.SIGTERM) == before   # the handler is put back
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_folder_refuses_and_sigterm_stops_the_first(setup, tmp_path, capsys):
     """Two terminals, one command: the second refuses in one line naming the first, which a SIGTERM
     then stops; it saves what it learned, and leaves neither its lock nor its staging folder."""
@@ -368,6 +371,7 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_is_one_line_and_keeps_the_earlier_run(setup, tmp_path):
     """A quota or file-size limit, for real: RLIMIT_FSIZE lets the run write its small files but not its
     heatmap (the write fails with EFBIG; SIGXFSZ is ignored)."""
@@ -467,6 +471,7 @@ def test_a_nan_loss(setup, tmp_path, capsys):
 # ----------------------------------------------------------------------------- odd inputs, as a new user makes them
 
 
+@pytest.mark.slow
 def test_out_naming_a_file_is_refused_before_any_work(setup, tmp_path):
     _, task = setup
     notes = tmp_path / "notes.txt"
