@@ -302,13 +302,22 @@ def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
     """A fresh intervention (all parameters 0: the unchanged model). positions: the prompt length,
     needed by the position-tied methods."""
-    import diffmean  # noqa: F401  the baseline, in its own file (it imports this one), registers itself
-    classes = {**METHODS, **BASELINES}
-    if method not in classes:
-        raise UserError(f"unknown method {method!r}; choose {', '.join(classes)}")
-    if classes[method].tied_to_positions and not positions:
+    cls = METHODS.get(method) or BASELINES.get(method)
+    if cls is None:
+        raise UserError(f"unknown method {method!r}; choose {', '.join([*METHODS, *BASELINES])}")
+    if cls.tied_to_positions and not positions:
         raise UserError(f"{method} needs the prompt length (positions)")
-    return classes[method](cfg, sites, positions)
+    return cls(cfg, sites, positions)
+
+
+def l1(iv: Intervention) -> torch.Tensor:
+    """‖θ‖₁: the sum of absolute values of all intervention parameters (docs/method.md, "The objective": minimality)."""
+    return sum(p.abs().sum() for p in iv.parameters())
+
+
+def n_params(iv: Intervention) -> int:
+    return sum(p.numel() for p in iv.parameters())
+
 
 
 def at_slots(iv: Intervention, slots: torch.Tensor | None):
@@ -332,16 +341,6 @@ def at_slots(iv: Intervention, slots: torch.Tensor | None):
 
     intervene.takes_positions = True
     return intervene
-
-
-def l1(iv: Intervention) -> torch.Tensor:
-    """‖θ‖₁: the sum of absolute values of all intervention parameters (docs/method.md, "The objective": minimality)."""
-    return sum(p.abs().sum() for p in iv.parameters())
-
-
-def n_params(iv: Intervention) -> int:
-    return sum(p.numel() for p in iv.parameters())
-
 
 # ----------------------------------------------------------------------------- 2. the objective
 
@@ -670,3 +669,6 @@ def load(path, model) -> tuple[Intervention, dict[str, str]]:
     except RuntimeError as e:
         raise UserError(f"{path}: its tensors do not match its metadata ({str(e).splitlines()[0]})") from None
     return iv.to(model.lm_head.weight.device), meta
+
+
+import diffmean  # noqa: E402, F401  the DiffMean baseline (it imports this file) registers itself in BASELINES
