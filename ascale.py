@@ -670,5 +670,3 @@ def load(path, model) -> tuple[Intervention, dict[str, str]]:
         raise UserError(f"{path}: its tensors do not match its metadata ({str(e).splitlines()[0]})") from None
     return iv.to(model.lm_head.weight.device), meta
 
-
-import diffmean  # noqa: E402, F401  the DiffMean baseline (it imports this file) registers itself in BASELINES

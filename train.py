@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import ascale
+import diffmean  # noqa: F401  the DiffMean baseline registers itself in ascale.BASELINES
 import knockout
 import selection
 import tasks
