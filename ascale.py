@@ -489,9 +489,9 @@ def step_bytes_per_prompt(config: GPTConfig, n_tokens: int) -> int:
     gradients, p⁻ when it is recomputed), plus what autograd keeps for the backward pass in every layer and at
     every token: about 10 vectors of the width (norms, residuals, outputs, the intervened sites), 4 of the
     queries' width (Q, K, V, the heads' results), 2 of the MLP's hidden width (3 for a gated MLP) and 2
-    attention rows per head (scores, probabilities). Measured on CPU (peak resident memory of one step,
-    activscalar at every site), the estimate was 1.03-1.1 times the real cost for Llama- and Gemma-shaped
-    models, 1.2-1.7 times for GPT-NeoX-shaped ones (the toy world's); tests/test_memory.py checks it."""
+    attention rows per head (scores, probabilities). Against one step's measured peak (resident memory on
+    CPU, activscalar at every site) the estimate was 1.05 times it for a Llama-shaped model, 1.03-1.4 for a
+    Gemma-shaped one, 1.2-1.7 for GPT-NeoX-shaped ones (the toy world's); tests/test_memory.py checks it."""
     gated = 3 if config.swiglu or config.geglu else 2
     per_token_layer = (10 * config.n_embd + 4 * config.n_head * config.head_dim + gated * config.n_inner
                        + 2 * config.n_head * n_tokens)
