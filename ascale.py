@@ -420,36 +420,43 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
     batch_size = batch_size or train_batch_size(model, batch)
     draws = minibatches(len(batch), batch_size, torch.Generator().manual_seed(seed))
+    dp = parallel.DataParallel(iv.parameters())   # torchrun: each process takes its share of a minibatch
     curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}
     bar = tqdm(total=steps, disable=not progress or not parallel.is_main(), desc=f"{iv.method}", unit="step")
+
+    def loss_fn(mb):
+        return objective(model, iv, mb, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
+
+    stopped_by = None
     try:
-        for step in parallel.steps(steps):  # data parallel: Ctrl-C / SIGTERM stop all after the same step
+        for step in dp.steps(steps):              # Ctrl-C / SIGTERM: every process stops after the same step
             idx = next(draws)
             mb = batch if idx is None else batch[idx.to(batch.ids.device)]
-            loss, terms = objective(model, iv, parallel.shard(mb), lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
-            values = parallel.mean(torch.stack([loss, *terms.values()]).detach(), len(mb)).tolist()
-            if not math.isfinite(values[0]):
-                bad = next((k for k, v in zip(terms, values[1:], strict=True) if not math.isfinite(v)), "loss")
-                raise UserError(f"the loss became {values[0]} at step {step} ({bad} is not finite);"
-                                f" lower --lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            parallel.mean_gradients(iv.parameters(), len(mb))  # data parallel: the whole minibatch's gradient
+            values = dp.backward(loss_fn, mb)       # forward, loss, backward: {"loss", "L_E", "L_F", "L_M"}
+            check_finite(values, step, lr)
             iv.zero_outside_keep(grads=True)        # a restricted intervention (restrict): dropped units stay 0
             opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps) if schedule == "cosine" else lr
             opt.step()
             iv.zero_outside_keep()
-            for k, v in zip(curve, values, strict=True):
-                curve[k].append(v)
+            for k in curve:
+                curve[k].append(values[k])
             bar.update()
-            bar.set_postfix(L_E=f"{values[1]:.3f}", L_F=f"{values[2]:.4f}", L_M=f"{values[3]:.2f}")
-        stopped_by = None
+            bar.set_postfix(L_E=f"{values['L_E']:.3f}", L_F=f"{values['L_F']:.4f}", L_M=f"{values['L_M']:.2f}")
     except KeyboardInterrupt as e:
         stopped_by = str(e) or "Ctrl-C"
     finally:
         bar.close()
     return {**curve, "steps": len(curve["loss"]), "batch_size": batch_size, "interrupted": stopped_by is not None,
             "stopped_by": stopped_by}
+
+
+def check_finite(values: dict[str, float], step: int, lr: float) -> None:
+    """UserError once the loss is not finite, naming the first term that is not."""
+    if not math.isfinite(values["loss"]):
+        bad = next((k for k, v in values.items() if k != "loss" and not math.isfinite(v)), "loss")
+        raise UserError(f"the loss became {values['loss']} at step {step} ({bad} is not finite);"
+                        f" lower --lr (now {lr:g})")
 
 
 # ----------------------------------------------------------------------------- 4. metrics

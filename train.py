@@ -23,6 +23,7 @@ splits one model that fits no single device over several.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -309,6 +310,33 @@ def report_preference(model, task, batch_size: int) -> dict:
 # ----------------------------------------------------------------------------- training
 
 
+class Phases:
+    """Seconds per phase of a run, wall clock and CPU (user + system, all threads of this process), for
+    metrics.json's "timings": `with phases("fit"): ...`; a phase entered twice adds up."""
+
+    def __init__(self):
+        self.seconds: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            t = self.seconds.setdefault(name, {"wall": 0.0, "cpu": 0.0})
+            t["wall"] += time.perf_counter() - wall
+            t["cpu"] += time.process_time() - cpu
+
+    def only(self, *names: str) -> "Phases":
+        """A new Phases holding these phases' seconds so far."""
+        new = Phases()
+        new.seconds = {name: dict(t) for name, t in self.seconds.items() if name in names}
+        return new
+
+    def table(self) -> dict[str, dict[str, float]]:
+        return {name: {k: round(v, 2) for k, v in t.items()} for name, t in self.seconds.items()}
+
+
 def train(args) -> None:
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
@@ -321,22 +349,25 @@ def train(args) -> None:
     # Locked before any work; every file is written to writing.staged(folder) and put in place when the block ends.
     with runfolder.RunFolder(out, list(folders.values()), RUN_FILES, args.overwrite) as writing:
         check_task_file(args.task)
-        model, tok = load_model(args)
-        device = model.lm_head.weight.device
-        task = load_prompts(args, tok, args.method != "dynscalar", device)
+        phases = Phases()
+        with phases("load"):
+            model, tok = load_model(args)
+            device = model.lm_head.weight.device
+            task = load_prompts(args, tok, args.method != "dynscalar", device)
         check_generate(args, model, task)
         for note in task.notes:
             print(f"  {note}")
         print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
               f" model {args.model} ({model.config.n_layer} layers) on {device}")
-        pref = report_preference(model, task, args.eval_batch_size)
-        # What the objective compares against, computed once per prompt set and shared by all methods.
-        batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.eval_batch_size)
-                   for split in ("train", "test")}
+        with phases("prepare"):
+            pref = report_preference(model, task, args.eval_batch_size)
+            # What the objective compares against, computed once per prompt set and shared by all methods.
+            batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.eval_batch_size)
+                       for split in ("train", "test")}
         results, ivs = {}, {}
         for method in methods:
             results[method], ivs[method] = train_one(method, sites, model, tok, task, batches, args, writing,
-                                                     folders[method], pref)
+                                                     folders[method], pref, phases)
             if results[method]["interrupted"]:
                 break
         print_table(results)
@@ -383,13 +414,16 @@ def check_generate(args, model, task) -> None:
                         f" {max(model.config.n_ctx - T, 0)} or fewer")
 
 
-def train_one(method, sites, model, tok, task, batches, args, writing: runfolder.RunFolder, out: Path, pref: dict):
+def train_one(method, sites, model, tok, task, batches, args, writing: runfolder.RunFolder, out: Path, pref: dict,
+              phases: Phases):
     """Train one method, evaluate it, write its run folder `out` (staged, see train); return its metrics and
-    the intervention."""
+    the intervention. metrics.json's "timings" has the seconds of each phase: load and prepare (shared by
+    the methods of --method all), and this method's fit, selection, evaluation and figures."""
     torch.manual_seed(args.seed)
     positions = None if method == "dynscalar" else task.train.ids.shape[1]
+    phases = phases.only("load", "prepare")          # this method's own phases are added to a copy
     start = time.time()
-    iv, curve, chosen = fit_and_select(method, sites, positions, model, batches, args)
+    iv, curve, chosen = fit_and_select(method, sites, positions, model, batches, args, phases)
     seconds = time.time() - start
     if curve["interrupted"]:
         print(f"stopped by {curve['stopped_by']} after {curve['steps']} steps: evaluating and saving what was learned")
@@ -403,49 +437,58 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
-    metrics = {"method": method, **measure(model, iv, batches, args.eval_batch_size),
+    with phases("evaluation"):
+        measured = measure(model, iv, batches, args.eval_batch_size)
+    metrics = {"method": method, **measured,
                "world_size": parallel.world_size(), "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "train_batch_size": curve.pop("batch_size", None),
                "interrupted": curve.pop("interrupted"), "stopped_by": curve.pop("stopped_by"),
                "seconds": round(seconds, 2), "loss_curve": curve, **chosen,
                "config": {**vars(args), "method": method}}
-    report.write_json(folder / "metrics.json", metrics)
     title = f"{method} · {task.name} · {Path(args.model).name}"
-    report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
-    sel = chosen.get("selection") or (chosen.get("runs") or {}).get("first_fit_selection")  # --runs: fit 0's K
-    if sel and sel.get("path"):
-        report.plot_locations(folder / "locations.png", sel, f"{title} · locations kept"
-                              + (" (the first fit's path)" if "runs" in chosen else ""))
-    if "runs" in chosen and chosen["runs"].get("frequencies"):
-        report.stability(model, iv, task, folder / "stability.png", chosen["runs"], f"{title} · selection frequency")
+    with phases("figures"):
+        report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
+        sel = chosen.get("selection") or (chosen.get("runs") or {}).get("first_fit_selection")  # --runs: fit 0's K
+        if sel and sel.get("path"):
+            report.plot_locations(folder / "locations.png", sel, f"{title} · locations kept"
+                                  + (" (the first fit's path)" if "runs" in chosen else ""))
+        if "runs" in chosen and chosen["runs"].get("frequencies"):
+            report.stability(model, iv, task, folder / "stability.png", chosen["runs"],
+                             f"{title} · selection frequency")
+    metrics["timings"] = phases.table()             # seconds: {"load": {"wall", "cpu"}, "prepare", "fit", ...}
+    report.write_json(folder / "metrics.json", metrics)
     print_selection(method, chosen)
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
     return metrics, iv
 
 
-def fit_and_select(method, sites, positions, model, batches, args):
+def fit_and_select(method, sites, positions, model, batches, args, phases: Phases):
     """The ℓ1 fit (ascale.fit), then the selection of selection.py: prune to --locations and refit, or, with
-    --runs N, stability selection over N bootstrap fits. Returns (intervention, curve, {"selection": ...} or
-    {"runs": ...}); Ctrl-C or SIGTERM stops it with what was learned (curve["interrupted"])."""
+    --runs N, stability selection over N bootstrap fits (timed as one phase, "runs": fits and selection
+    alternate). Returns (intervention, curve, {"selection": ...} or {"runs": ...}); Ctrl-C or SIGTERM stops it
+    with what was learned (curve["interrupted"])."""
     def make():
         return ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
     kw = dict(lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin)
     locations = None if args.locations in ("auto", "all") else int(args.locations)
     if args.runs > 1:
-        iv, runs, _ = selection.stable(model, make, batches, runs=args.runs, steps=args.steps, lr=args.lr,
-                                       batch_size=args.batch_size, schedule=args.schedule, locations=locations,
-                                       refit_steps=args.refit_steps, seed=args.seed, **kw)
+        with phases("runs"):
+            iv, runs, _ = selection.stable(model, make, batches, runs=args.runs, steps=args.steps, lr=args.lr,
+                                           batch_size=args.batch_size, schedule=args.schedule, locations=locations,
+                                           refit_steps=args.refit_steps, seed=args.seed, **kw)
         stopped = runs["stopped_by"]
         curve = {"steps": args.steps * len(runs["fits"]), "interrupted": stopped is not None, "stopped_by": stopped}
         return iv, curve, {"runs": runs}
     iv = make()
-    curve = ascale.fit(model, iv, batches["train"], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                       seed=args.seed, schedule=args.schedule, **kw)
+    with phases("fit"):
+        curve = ascale.fit(model, iv, batches["train"], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                           seed=args.seed, schedule=args.schedule, **kw)
     if curve["interrupted"] or args.locations == "all":
         return iv, curve, {}
-    iv, chosen = selection.choose(model, iv, batches, locations=locations, refit_steps=args.refit_steps,
-                                  seed=args.seed, **kw)
+    with phases("selection"):
+        iv, chosen = selection.choose(model, iv, batches, locations=locations, refit_steps=args.refit_steps,
+                                      seed=args.seed, **kw)
     if chosen["stopped_by"]:
         curve.update(interrupted=True, stopped_by=chosen["stopped_by"])
     return iv, curve, {"selection": chosen}
