@@ -98,12 +98,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " dynscalar, probes), set the rest to exactly 0 and refit them without l1: a number K; auto, the"
                    " smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps the training flip rate within"
                    f" {selection.TOLERANCE:g} of the better of the unpruned fit and the refit of all its active"
-                   " locations (a bisection: a few refits of"
-                   f" {selection.REFIT_STEPS // 2} steps, then {selection.REFIT_STEPS} for the chosen K; the path goes"
-                   " into metrics.json and locations.png); or all, no selection: the l1 fit as it is (default: auto)")
+                   " locations (a bisection: a few trial refits of"
+                   f" {selection.REFIT_STEPS // selection.TRIAL_SHARE} steps, each read on the same"
+                   f" {selection.SELECTION_PROMPTS} training prompts, then {selection.REFIT_STEPS} steps for the"
+                   " chosen K; the path goes into metrics.json and locations.png); or all, no selection: the l1 fit"
+                   " as it is (default: auto)")
     p.add_argument("--refit-steps", type=int, default=selection.REFIT_STEPS, help="Adam steps of the refit of the"
                    f" kept locations, at a constant lr of {selection.REFIT_LR:g} and without l1; the path's trial"
-                   f" refits take half of it; 0 prunes without refitting (default: {selection.REFIT_STEPS})")
+                   f" refits take 1/{selection.TRIAL_SHARE} of it; 0 prunes without refitting (default:"
+                   f" {selection.REFIT_STEPS})")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection: N l1 fits, each on a"
                    " bootstrap resample of the training prompts with its own minibatch order, each pruned to the K"
                    " the first one chooses (or --locations); the final intervention is the refit of the locations"
@@ -116,7 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise recomputed for"
                    " each batch, one more forward pass without gradients per step (default: training takes all the"
                    f" prompts at once while such a step costs at most {ascale.FULL_BATCH_FLOPS:.0e} FLOPs, as on the"
-                   " toy world, which takes the minibatch order out of the fit, otherwise 32; evaluation 32)")
+                   " toy world, which takes the minibatch order out of the fit, otherwise"
+                   f" {ascale.MINIBATCH}; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
     p.add_argument("--unseen-lengths", action="store_true", help="dynscalar only: test prompts have token lengths"
@@ -294,13 +298,16 @@ def load_prompts(args, tok, fixed_length: bool, device):
     return task
 
 
-def report_preference(model, task, batch_size: int) -> dict:
-    """How often the original model ranks c above w, and c first of all tokens, per split."""
-    from tasks import preference
+def report_preference(task, batches) -> dict:
+    """How often the original model ranks c above w, and c first of all tokens, per split: read off what
+    ascale.prepare kept of its pass (the target t, ℓ(t) - ℓ(o), the top token), not a pass of its own."""
     pref = {}
     for split in ("train", "test"):
-        above, top1 = preference(model, getattr(task, split), batch_size)
-        pref[split] = {"correct_over_wrong": above, "correct_top1": top1}
+        b, c = batches[split], getattr(task, split).correct.to(batches[split].ids.device)
+        t_is_c = b.answers[:, 0] == c
+        above = (t_is_c & (b.diff_before > 0)) | (~t_is_c & (b.diff_before < 0))       # ℓ(c) > ℓ(w)
+        pref[split] = {"correct_over_wrong": int(above.sum()) / len(b),
+                       "correct_top1": int((b.top == c).sum()) / len(b)}
     print(f"original model: prefers the correct answer over the wrong one on {pref['train']['correct_over_wrong']:.0%}"
           f" of train and {pref['test']['correct_over_wrong']:.0%} of test prompts (correct is the top token on"
           f" {pref['train']['correct_top1']:.0%} / {pref['test']['correct_top1']:.0%})")
@@ -360,10 +367,10 @@ def train(args) -> None:
         print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
               f" model {args.model} ({model.config.n_layer} layers) on {device}")
         with phases("prepare"):
-            pref = report_preference(model, task, args.eval_batch_size)
             # What the objective compares against, computed once per prompt set and shared by all methods.
             batches = {split: ascale.prepare(model, getattr(task, split), args.target, args.eval_batch_size)
                        for split in ("train", "test")}
+            pref = report_preference(task, batches)
         results, ivs = {}, {}
         for method in methods:
             results[method], ivs[method] = train_one(method, sites, model, tok, task, batches, args, writing,
@@ -527,8 +534,8 @@ def open_saved(args):
     check_generate(args, model, task)
     print(f"{iv.method} on {','.join(iv.sites)}: task {task.name}, {len(task.train)} train and {len(task.test)}"
           f" test prompts, target {args.target}")
-    report_preference(model, task, args.eval_batch_size)
     batches = {s: ascale.prepare(model, getattr(task, s), args.target, args.eval_batch_size) for s in ("train", "test")}
+    report_preference(task, batches)
     return model, tok, iv, task, batches
 
 
@@ -574,10 +581,11 @@ def print_selection(method: str, chosen: dict) -> None:
     """One or two lines on what the selection kept (selection.py)."""
     if "selection" in chosen:
         sel = chosen["selection"]
-        tried = ", ".join(f"K={r['K']}: {r['flip_rate_train']:.2f}" for r in sel["path"])
+        tried = ", ".join(f"K={r['K']}: {r.get('flip_rate_select', r.get('flip_rate_train')):.2f}"
+                          for r in sel["path"])
         print(f"{method}: kept {sel['K']} of the {sel['unpruned']['units']} active units by {sel['measure']}"
-              f" ({sel['rule']}; unpruned train flip {sel['unpruned']['train_flip_rate']:.2f}); path, train flip"
-              f" after refit: {tried}")
+              f" ({sel['rule']}; unpruned flip {sel['unpruned']['select_flip_rate']:.2f}); path, flip on the"
+              f" selection prompts after a trial refit (the final refit: on all training prompts): {tried}")
     if "runs" in chosen and chosen["runs"]["fits"]:
         r = chosen["runs"]
         m, sd = r["mean_sd"]["test_flip_rate"]

@@ -63,8 +63,10 @@ def test_choose_finds_k_on_the_path_and_records_it(model):
     assert nonzero_units(out) <= K
     final = [r for r in rec["path"] if r["K"] == K and r["steps"] == 20]
     assert len(final) == 1 and final[0]["flip_rate_train"] == ascale.evaluate(model, out, batches["train"])["flip_rate"]
-    trials = [r for r in rec["path"] if r["steps"] == 10]
-    good = [r["K"] for r in trials if r["flip_rate_train"] >= unpruned - rec["tolerance"]]
+    assert rec["selection_prompts"] == 8 and rec["unpruned"]["select_flip_rate"] == unpruned  # 8 prompts: all
+    trials = [r for r in rec["path"] if r["steps"] == rec["trial_steps"] == 3]
+    assert trials and all("flip_rate_test" not in r for r in trials)      # the test set is not read for a trial
+    good = [r["K"] for r in trials if r["flip_rate_select"] >= unpruned - rec["tolerance"]]
     assert all(k >= K for k in good)                          # no smaller tried K was good enough
     fixed, rec5 = selection.choose(model, iv, batches, locations=5, refit_steps=4, progress=False, **OBJECTIVE)
     assert rec5["K"] == 5 and nonzero_units(fixed) <= 5 and [r["K"] for r in rec5["path"]] == [5]
@@ -94,6 +96,14 @@ def test_runs_give_frequencies_and_keep_those_above_the_threshold(model):
     assert rec2["frequencies"] == rec["frequencies"]          # the same seed, the same fits
     for a, b in zip(iv.parameters(), again.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_selection_prompts_spread_over_the_training_set(model):
+    ps = prompts(N=25, swap=True)
+    batch = ascale.prepare(model, ps)
+    assert torch.equal(selection.selection_prompts(batch, 10).ids, batch.ids[::3])       # 9 of 25: every third
+    assert torch.equal(selection.selection_prompts(batch, 25).ids, batch.ids)            # no more than n: all
+    assert len(selection.selection_prompts(batch, 5)) == 5
 
 
 def test_jaccard():
