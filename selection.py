@@ -34,6 +34,7 @@ FREQUENCY = 0.5      # --runs: the final set is the locations kept by at least t
 REFIT_STEPS = 30     # the refit of the chosen locations
 TRIAL_SHARE = 6      # the path's trial refits take refit_steps // TRIAL_SHARE steps (5)
 REFIT_LR = 0.02      # a constant rate: the refit starts from the ℓ1 fit's values, near where it ends
+TRIAL_LR = 0.06      # a trial's rate: its 5 Adam steps move a scalar as far as 15 at REFIT_LR could
 SELECTION_PROMPTS = 100  # the path reads its flip rates on this many training prompts (selection_prompts)
 
 
@@ -84,31 +85,33 @@ def selection_prompts(train: ascale.Batch, n: int = SELECTION_PROMPTS) -> ascale
 def choose(model, iv, batches, *, locations: int | None = None, tolerance: float = TOLERANCE,
            refit_steps: int = REFIT_STEPS, seed: int = 0, progress: bool = True, **objective):
     """Prune the ℓ1 fit iv to K units and refit them (steps 1-4 above). K = `locations`, or the smallest
-    K on PATH whose trial refit (refit_steps // TRIAL_SHARE steps, from the ℓ1 fit's values) reaches the
+    K on PATH whose trial refit (refit_steps // TRIAL_SHARE steps at TRIAL_LR, from the ℓ1 fit's values) reaches the
     reference training flip rate minus `tolerance`, found by bisection (the flip rate grows with K, near
     enough). The path reads its flip rates on `selection_prompts` (training prompts only), and the
     chosen K is refit for refit_steps on all of them. batches: {"train", "test"}.
     Returns (the refit intervention, record): record["path"] lists each K tried with its flip rate and KL
     on the selection prompts ("select"), and the final refit's on train and test; the test numbers are
-    reported, never used to choose."""
+    reported, never used to choose. record["evaluation"]: the final refit's ascale.evaluate of train and test
+    (train.py reports it rather than evaluate again)."""
     train = batches["train"]
     select = selection_prompts(train)
     before = ascale.evaluate(model, iv, select)
     most = n_units(iv)
     trial_steps = min(refit_steps, max(1, refit_steps // TRIAL_SHARE))  # 0 with --refit-steps 0: prune only
-    path = []
+    path, evaluated = [], {}
 
-    def trial(K: int, steps: int, splits=("select",)):
-        out, curve = refit(model, iv, train, top_k(iv.effect(), K), steps=steps, seed=seed, progress=progress,
+    def trial(K: int, steps: int, lr: float = TRIAL_LR, splits=("select",)):
+        out, curve = refit(model, iv, train, top_k(iv.effect(), K), steps=steps, lr=lr, seed=seed, progress=progress,
                            **objective)
         if curve["interrupted"]:
             raise KeyboardInterrupt(curve["stopped_by"])
         ev = {s: ascale.evaluate(model, out, {"select": select, **batches}[s]) for s in splits}
         path.append({"K": K, "steps": steps, **{f"{k}_{s}": ev[s][k] for s in ev for k in ("flip_rate", "kl")}})
+        evaluated.update(ev)
         return out, ev[splits[0]]["flip_rate"]
 
     record = {"measure": MEASURES[iv.method], "tolerance": tolerance, "refit_steps": refit_steps,
-              "trial_steps": trial_steps, "refit_lr": REFIT_LR, "selection_prompts": len(select),
+              "trial_steps": trial_steps, "trial_lr": TRIAL_LR, "refit_lr": REFIT_LR, "selection_prompts": len(select),
               "unpruned": {"units": most, "select_flip_rate": before["flip_rate"]}, "path": path, "stopped_by": None}
     try:
         if locations is not None:
@@ -129,12 +132,12 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
                 else:
                     lo = mid + 1
             K = Ks[hi]
-        final, _ = trial(K, refit_steps, ("train", "test"))
+        final, _ = trial(K, refit_steps, REFIT_LR, ("train", "test"))
     except KeyboardInterrupt as e:                    # Ctrl-C or SIGTERM: what was learned is the unpruned fit
         record.update(K=None, stopped_by=str(e) or "Ctrl-C")
         return iv, record
     path.sort(key=lambda r: (r["K"], r["steps"]))
-    record["K"] = K
+    record.update(K=K, evaluation={s: evaluated[s] for s in ("train", "test")})  # the final refit's, at β = 1
     return final, record
 
 
@@ -176,6 +179,7 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
             _, path0 = choose(model, iv, {"train": sample, "test": batches["test"]}, refit_steps=refit_steps,
                               seed=seed, progress=progress, **objective)
             K, stopped_by = path0["K"], path0["stopped_by"]
+            path0.pop("evaluation", None)                # that fit's refit is not the final intervention
         if curve["interrupted"] or stopped_by:
             stopped_by = stopped_by or curve["stopped_by"]
             if not fits:

@@ -444,8 +444,10 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
+    # The selection has evaluated its final refit on train and test (at β = 1): not done twice.
+    done = (chosen.get("selection") or {}).pop("evaluation", None) if args.beta == 1 else None
     with phases("evaluation"):
-        measured = measure(model, iv, batches, args.eval_batch_size)
+        measured = measure(model, iv, batches, args.eval_batch_size, done)
     metrics = {"method": method, **measured,
                "world_size": parallel.world_size(), "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "train_batch_size": curve.pop("batch_size", None),
@@ -501,10 +503,11 @@ def fit_and_select(method, sites, positions, model, batches, args, phases: Phase
     return iv, curve, {"selection": chosen}
 
 
-def measure(model, iv, batches, batch_size: int = 64) -> dict:
-    """All metrics of SPEC: effectiveness and faithfulness per split, minimality once (the active
-    locations counted on the training prompts); batch_size prompts at a time."""
-    splits = {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
+def measure(model, iv, batches, batch_size: int = 64, evaluated: dict | None = None) -> dict:
+    """All metrics of SPEC: effectiveness and faithfulness per split (`evaluated`: ascale.evaluate's of both
+    splits, already done), minimality once (the active locations counted on the training prompts);
+    batch_size prompts at a time."""
+    splits = evaluated or {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
     return {**splits, **ascale.minimality(iv), "active_threshold": ascale.ACTIVE,
             "n_active": ascale.active_locations(model, iv, batches["train"], batch_size=batch_size)}
 
