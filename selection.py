@@ -11,9 +11,9 @@ active locations. So after the ℓ1 fit (ascale.fit) comes a selection:
     3. refit     train the K survivors again, without ℓ1 (it has done its job: choosing), from their values
     4. choose K  `--locations K`, or the smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps
                  the training flip rate within TOLERANCE of the reference: the better of the unpruned fit and
-                 the refit of all its active units (bisection along the path: a few short trial refits, not one
-                 per K, each read on the same SELECTION_PROMPTS training prompts; the test prompts are never
-                 looked at), then the full refit of that K
+                 the refit of all its active units (bisection along the path: a few refits, not one per K,
+                 each read on the same SELECTION_PROMPTS training prompts; the test prompts are never looked
+                 at). The chosen K's refit, made on the way, is the result: nothing is trained twice
 
 and, with `--runs N`, stability selection (Meinshausen and Bühlmann, 2010): N fits, each on a bootstrap
 resample of the training prompts with its own minibatch order, each pruned to the K the first fit chose;
@@ -31,10 +31,8 @@ import ascale
 PATH = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 TOLERANCE = 0.03     # the chosen K's training flip rate may be this far below the unpruned fit's
 FREQUENCY = 0.5      # --runs: the final set is the locations kept by at least this share of the fits
-REFIT_STEPS = 30     # the refit of the chosen locations
-TRIAL_SHARE = 6      # the path's trial refits take refit_steps // TRIAL_SHARE steps (5)
-REFIT_LR = 0.02      # a constant rate: the refit starts from the ℓ1 fit's values, near where it ends
-TRIAL_LR = 0.06      # a trial's rate: its 5 Adam steps move a scalar as far as 15 at REFIT_LR could
+REFIT_STEPS = 5      # a refit: short, from the ℓ1 fit's values (near where it ends), at a constant rate
+REFIT_LR = 0.06      # of 0.06: 5 Adam steps move a scalar by up to 0.3
 SELECTION_PROMPTS = 100  # the path reads its flip rates on this many training prompts (selection_prompts)
 
 
@@ -85,34 +83,31 @@ def selection_prompts(train: ascale.Batch, n: int = SELECTION_PROMPTS) -> ascale
 def choose(model, iv, batches, *, locations: int | None = None, tolerance: float = TOLERANCE,
            refit_steps: int = REFIT_STEPS, seed: int = 0, progress: bool = True, **objective):
     """Prune the ℓ1 fit iv to K units and refit them (steps 1-4 above). K = `locations`, or the smallest
-    K on PATH whose trial refit (refit_steps // TRIAL_SHARE steps at TRIAL_LR, from the ℓ1 fit's values) reaches the
+    K on PATH whose refit (`refit`: refit_steps steps at REFIT_LR, from the ℓ1 fit's values) reaches the
     reference training flip rate minus `tolerance`, found by bisection (the flip rate grows with K, near
-    enough). The path reads its flip rates on `selection_prompts` (training prompts only), and the
-    chosen K is refit for refit_steps on all of them. batches: {"train", "test"}.
-    Returns (the refit intervention, record): record["path"] lists each K tried with its flip rate and KL
-    on the selection prompts ("select"), and the final refit's on train and test; the test numbers are
-    reported, never used to choose. record["evaluation"]: the final refit's ascale.evaluate of train and test
-    (train.py reports it rather than evaluate again)."""
+    enough). Flip rates are read on `selection_prompts` (training prompts only); the refits train on all
+    the training prompts. batches: {"train", "test"} (the test set is not read here).
+    Returns (the chosen K's refit, record): record["path"] lists each K tried with its flip rate and KL
+    on the selection prompts."""
     train = batches["train"]
     select = selection_prompts(train)
     before = ascale.evaluate(model, iv, select)
     most = n_units(iv)
-    trial_steps = min(refit_steps, max(1, refit_steps // TRIAL_SHARE))  # 0 with --refit-steps 0: prune only
-    path, evaluated = [], {}
+    path, made = [], {}
 
-    def trial(K: int, steps: int, lr: float = TRIAL_LR, splits=("select",)):
-        out, curve = refit(model, iv, train, top_k(iv.effect(), K), steps=steps, lr=lr, seed=seed, progress=progress,
+    def trial(K: int):
+        out, curve = refit(model, iv, train, top_k(iv.effect(), K), steps=refit_steps, seed=seed, progress=progress,
                            **objective)
         if curve["interrupted"]:
             raise KeyboardInterrupt(curve["stopped_by"])
-        ev = {s: ascale.evaluate(model, out, {"select": select, **batches}[s]) for s in splits}
-        path.append({"K": K, "steps": steps, **{f"{k}_{s}": ev[s][k] for s in ev for k in ("flip_rate", "kl")}})
-        evaluated.update(ev)
-        return out, ev[splits[0]]["flip_rate"]
+        ev = ascale.evaluate(model, out, select)
+        path.append({"K": K, "steps": refit_steps, "flip_rate_select": ev["flip_rate"], "kl_select": ev["kl"]})
+        made[K] = out
+        return ev["flip_rate"]
 
-    record = {"measure": MEASURES[iv.method], "tolerance": tolerance, "refit_steps": refit_steps,
-              "trial_steps": trial_steps, "trial_lr": TRIAL_LR, "refit_lr": REFIT_LR, "selection_prompts": len(select),
-              "unpruned": {"units": most, "select_flip_rate": before["flip_rate"]}, "path": path, "stopped_by": None}
+    record = {"measure": MEASURES[iv.method], "tolerance": tolerance, "refit_steps": refit_steps, "refit_lr": REFIT_LR,
+              "selection_prompts": len(select), "unpruned": {"units": most, "select_flip_rate": before["flip_rate"]},
+              "path": path, "stopped_by": None}
     try:
         if locations is not None:
             K, record["rule"] = max(1, min(locations, most or locations)), f"--locations {locations}"
@@ -122,23 +117,24 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
             Ks = [k for k in PATH if k < most] + [max(most, 1)]
             # The reference: the ℓ1 fit, or the refit of all its active units where that does better (an ℓ1 fit
             # that has not converged is no yardstick).
-            reference = max(before["flip_rate"], trial(Ks[-1], trial_steps)[1] if len(Ks) > 1 else 0.0)
+            reference = max(before["flip_rate"], trial(Ks[-1]) if len(Ks) > 1 else 0.0)
             record["unpruned"]["reference_flip_rate"] = reference
             lo, hi = 0, len(Ks) - 1                   # invariant: Ks[hi] is good enough
             while lo < hi:
                 mid = (lo + hi) // 2
-                if trial(Ks[mid], trial_steps)[1] >= reference - tolerance:
+                if trial(Ks[mid]) >= reference - tolerance:
                     hi = mid
                 else:
                     lo = mid + 1
             K = Ks[hi]
-        final, _ = trial(K, refit_steps, REFIT_LR, ("train", "test"))
+        if K not in made:                             # --locations K, or a fit with one unit: not refit yet
+            trial(K)
     except KeyboardInterrupt as e:                    # Ctrl-C or SIGTERM: what was learned is the unpruned fit
         record.update(K=None, stopped_by=str(e) or "Ctrl-C")
         return iv, record
-    path.sort(key=lambda r: (r["K"], r["steps"]))
-    record.update(K=K, evaluation={s: evaluated[s] for s in ("train", "test")})  # the final refit's, at β = 1
-    return final, record
+    path.sort(key=lambda r: r["K"])
+    record["K"] = K
+    return made[K], record
 
 
 MEASURES = {"activscalar": "|alpha|", "steervec": "||v||", "dynscalar": "||w|| + |b| per probe"}
@@ -179,7 +175,6 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
             _, path0 = choose(model, iv, {"train": sample, "test": batches["test"]}, refit_steps=refit_steps,
                               seed=seed, progress=progress, **objective)
             K, stopped_by = path0["K"], path0["stopped_by"]
-            path0.pop("evaluation", None)                # that fit's refit is not the final intervention
         if curve["interrupted"] or stopped_by:
             stopped_by = stopped_by or curve["stopped_by"]
             if not fits:

@@ -98,14 +98,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " dynscalar, probes), set the rest to exactly 0 and refit them without l1: a number K; auto, the"
                    " smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps the training flip rate within"
                    f" {selection.TOLERANCE:g} of the better of the unpruned fit and the refit of all its active"
-                   " locations (a bisection: a few trial refits of"
-                   f" {selection.REFIT_STEPS // selection.TRIAL_SHARE} steps, each read on the same"
-                   f" {selection.SELECTION_PROMPTS} training prompts, then {selection.REFIT_STEPS} steps for the"
-                   " chosen K; the path goes into metrics.json and locations.png); or all, no selection: the l1 fit"
-                   " as it is (default: auto)")
+                   " locations (a bisection: a few refits, each read on the same"
+                   f" {selection.SELECTION_PROMPTS} training prompts; the chosen K's refit is the result; the path"
+                   " goes into metrics.json and locations.png); or all, no selection: the l1 fit as it is"
+                   " (default: auto)")
     p.add_argument("--refit-steps", type=int, default=selection.REFIT_STEPS, help="Adam steps of the refit of the"
-                   f" kept locations, at a constant lr of {selection.REFIT_LR:g} and without l1; the path's trial"
-                   f" refits take 1/{selection.TRIAL_SHARE} of it; 0 prunes without refitting (default:"
+                   f" kept locations (each K on the path, and --runs' final set), at a constant lr of"
+                   f" {selection.REFIT_LR:g} and without l1; 0 prunes without refitting (default:"
                    f" {selection.REFIT_STEPS})")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection: N l1 fits, each on a"
                    " bootstrap resample of the training prompts with its own minibatch order, each pruned to the K"
@@ -444,10 +443,8 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
-    # The selection has evaluated its final refit on train and test (at β = 1): not done twice.
-    done = (chosen.get("selection") or {}).pop("evaluation", None) if args.beta == 1 else None
     with phases("evaluation"):
-        measured = measure(model, iv, batches, args.eval_batch_size, done)
+        measured = measure(model, iv, batches, args.eval_batch_size)
     metrics = {"method": method, **measured,
                "world_size": parallel.world_size(), "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "train_batch_size": curve.pop("batch_size", None),
@@ -503,11 +500,10 @@ def fit_and_select(method, sites, positions, model, batches, args, phases: Phase
     return iv, curve, {"selection": chosen}
 
 
-def measure(model, iv, batches, batch_size: int = 64, evaluated: dict | None = None) -> dict:
-    """All metrics of SPEC: effectiveness and faithfulness per split (`evaluated`: ascale.evaluate's of both
-    splits, already done), minimality once (the active locations counted on the training prompts);
-    batch_size prompts at a time."""
-    splits = evaluated or {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
+def measure(model, iv, batches, batch_size: int = 64) -> dict:
+    """All metrics of SPEC: effectiveness and faithfulness per split, minimality once (the active
+    locations counted on the training prompts); batch_size prompts at a time."""
+    splits = {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
     return {**splits, **ascale.minimality(iv), "active_threshold": ascale.ACTIVE,
             "n_active": ascale.active_locations(model, iv, batches["train"], batch_size=batch_size)}
 
@@ -584,11 +580,10 @@ def print_selection(method: str, chosen: dict) -> None:
     """One or two lines on what the selection kept (selection.py)."""
     if "selection" in chosen:
         sel = chosen["selection"]
-        tried = ", ".join(f"K={r['K']}: {r.get('flip_rate_select', r.get('flip_rate_train')):.2f}"
-                          for r in sel["path"])
+        tried = ", ".join(f"K={r['K']}: {r['flip_rate_select']:.2f}" for r in sel["path"])
         print(f"{method}: kept {sel['K']} of the {sel['unpruned']['units']} active units by {sel['measure']}"
               f" ({sel['rule']}; unpruned flip {sel['unpruned']['select_flip_rate']:.2f}); path, flip on the"
-              f" selection prompts after a trial refit (the final refit: on all training prompts): {tried}")
+              f" selection prompts after refit: {tried}")
     if "runs" in chosen and chosen["runs"]["fits"]:
         r = chosen["runs"]
         m, sd = r["mean_sd"]["test_flip_rate"]

@@ -102,12 +102,11 @@ def heatmap(model, iv, task, path: Path, title: str, metrics: dict) -> None:
 
 def plot_locations(path: Path, sel: dict, title: str) -> None:
     """The locations path of selection.choose: flip rate and KL after the refit against K, the number of
-    locations kept (trial refits and the final one, by their steps). The trials' "train" is the path's
-    selection prompts; they have no test point (the test set is evaluated for the final refit alone)."""
+    locations kept, on the path's selection prompts (training prompts: drawn as "train"; the path reads no
+    test prompt, so there is no test line)."""
     nan = float("nan")
-    rows = [{"flip_rate_test": nan, "kl_test": nan, **r, "method": f"refit of {r['steps']} steps",
-             **{f"{k}_train": r[f"{k}_select"] for k in ("flip_rate", "kl") if f"{k}_select" in r}}
-            for r in sel["path"]]
+    rows = [{"flip_rate_test": nan, "kl_test": nan, "flip_rate_train": r["flip_rate_select"],
+             "kl_train": r["kl_select"], "K": r["K"], "method": f"refit of {r['steps']} steps"} for r in sel["path"]]
     plot_curves(path, rows, "K", "K, locations kept (log scale)", None,
                 f"{title}: K = {sel['K']}\n(ℓ1 fit: {sel['unpruned']['units']} active units, flip"
                 f" {sel['unpruned']['select_flip_rate']:.2f} on the {sel['selection_prompts']} selection prompts)",
