@@ -43,6 +43,7 @@ FULL_BATCH_FLOPS = 1e11  # fit takes full-batch steps while one costs at most th
 # weights leaves room on an 8 GiB laptop or a small GPU; 32 prompts of SmolLM2's or Gemma 3 270M's tasks fit in it
 STEP_BYTES = 2**30
 LOGIT_COPIES = 7  # (B, V) float32 tensors a step holds per prompt: ℓ̃, its masked copy, p⁻·ℓ̃, their gradients, p⁻
+MINIBATCH = 16  # fit's prompts per step beyond it: 100 steps of 16 on SmolLM2 match 100 of 32 at half the time
 P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
 
 # ----------------------------------------------------------------------------- 1. interventions
@@ -357,6 +358,7 @@ class Batch:
     p_rest: torch.Tensor | None = None       # (N, V) original p⁻: next-token distribution without c and w
     neg_entropy: torch.Tensor | None = None  # (N,) Σ p⁻ log p⁻, the constant part of KL(p⁻ ‖ p̃⁻)
     slots: torch.Tensor | None = None        # (N, T) each token's slot (tasks.tokenize); None: slot = position
+    top: torch.Tensor | None = None          # (N,) the original model's top token (for train.py's report)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -410,11 +412,14 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     wrong) and keep what the objective and the metrics compare against, batch_size prompts at a
     time: O(N) numbers, and p⁻ (N, V) only while it fits p_rest_bytes (default P_REST_BYTES).
 
-    target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower; wrong -> t = w;
-    correct -> t = c; a label's token id (sentiment's " positive") -> t = it on every prompt. o is the other one."""
-    if target not in TARGETS and not (isinstance(target, int) and ((prompts.correct - target) * (prompts.wrong - target)
-                                                                   == 0).all()):   # a label's token: c or w everywhere
-        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}, or a token that answers every prompt")
+    target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower, so every
+    prediction is flipped; wrong -> t = w; correct -> t = c; a token id (one-sided, for tasks whose
+    answers are labels: sentiment's " positive") -> t = that token on every prompt. o is the other one."""
+    if isinstance(target, int):
+        if not ((prompts.correct == target) | (prompts.wrong == target)).all():
+            raise UserError(f"target token {target} is not an answer of every prompt")
+    elif target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}")
     device = model.lm_head.weight.device
     ids, pos = prompts.ids.to(device), prompts.answer_pos.to(device)
     c, w = prompts.correct.to(device), prompts.wrong.to(device)
@@ -424,8 +429,9 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     keep = N * V * 4 <= (P_REST_BYTES if p_rest_bytes is None else p_rest_bytes)
     # Filled in place, chunk by chunk: small tensors kept between large ones would fragment the heap.
     out = Batch(ids, pos, torch.zeros(N, 2, dtype=c.dtype, device=device), torch.zeros(N, device=device),
-                *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else ()),
-                slots=None if getattr(prompts, "slots", None) is None else prompts.slots.to(device))
+                *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else (None, None)),
+                slots=None if getattr(prompts, "slots", None) is None else prompts.slots.to(device),
+                top=torch.zeros(N, dtype=c.dtype, device=device))
     for i in parallel.chunks(N, batch_size):                          # data parallel: this process's chunks
         logits = model(ids[i:i + batch_size], at=pos[i:i + batch_size]).float()   # (B, V) ℓ
         ci, wi = c[i:i + batch_size], w[i:i + batch_size]
@@ -436,9 +442,10 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
         answers.copy_(torch.stack([t, ci + wi - t], 1))              # (B, 2): o is the one t is not
         lt, lo = logits.gather(1, answers).unbind(1)
         out.diff_before[i:i + batch_size] = lt - lo
+        out.top[i:i + batch_size] = logits.argmax(1)
         if keep:
             out.p_rest[i:i + batch_size], out.neg_entropy[i:i + batch_size] = rest_distribution(logits, answers)
-    return parallel.summed(out, "answers", "diff_before", "p_rest", "neg_entropy")  # every process's chunks
+    return parallel.summed(out, "answers", "diff_before", "p_rest", "neg_entropy", "top")  # every process's chunks
 
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
@@ -486,9 +493,9 @@ def step_bytes_per_prompt(config: GPTConfig, n_tokens: int) -> int:
     gradients, p⁻ when it is recomputed), plus what autograd keeps for the backward pass in every layer and at
     every token: about 10 vectors of the width (norms, residuals, outputs, the intervened sites), 4 of the
     queries' width (Q, K, V, the heads' results), 2 of the MLP's hidden width (3 for a gated MLP) and 2
-    attention rows per head (scores, probabilities). Measured on CPU (peak resident memory of one step,
-    activscalar at every site), the estimate was 1.03-1.1 times the real cost for Llama- and Gemma-shaped
-    models, 1.2-1.7 times for GPT-NeoX-shaped ones (the toy world's); tests/test_memory.py checks it."""
+    attention rows per head (scores, probabilities). Against one step's measured peak (resident memory on
+    CPU, activscalar at every site) the estimate was 1.05 times it for a Llama-shaped model, 1.03-1.4 for a
+    Gemma-shaped one, 1.2-1.7 for GPT-NeoX-shaped ones (the toy world's); tests/test_memory.py checks it."""
     gated = 3 if config.swiglu or config.geglu else 2
     per_token_layer = (10 * config.n_embd + 4 * config.n_head * config.head_dim + gated * config.n_inner
                        + 2 * config.n_head * n_tokens)
@@ -498,7 +505,7 @@ def step_bytes_per_prompt(config: GPTConfig, n_tokens: int) -> int:
 def train_batch_size(model, batch: Batch) -> int:
     """The default minibatch: all the prompts while a full-batch step costs at most FULL_BATCH_FLOPS (about 6
     FLOPs per parameter per token, forward and backward: the blocks' at every token, the unembedding's at the
-    answer position), otherwise 32; and never more prompts than keep a step under STEP_BYTES of working memory
+    answer position), otherwise MINIBATCH; and never more prompts than keep a step under STEP_BYTES of working memory
     (step_bytes_per_prompt), so memory grows with the batch, never with the number of prompts (for Qwen's
     151,936-token vocabulary about 240 prompts). Full batches take the minibatch order out of the fit: on the
     toy world's IOI, 32-prompt minibatches flipped 0.43-0.85 of the test prompts over five seeds, full batches
@@ -506,7 +513,7 @@ def train_batch_size(model, batch: Batch) -> int:
     per_token = 6 * sum(p.numel() for p in model.h.parameters())
     per_prompt = 6 * model.lm_head.weight.numel()  # (V, D): the logits are computed at the answer position only
     flops = batch.ids.numel() * per_token + len(batch) * per_prompt
-    by_flops = len(batch) if flops <= FULL_BATCH_FLOPS else 32
+    by_flops = len(batch) if flops <= FULL_BATCH_FLOPS else MINIBATCH
     by_memory = STEP_BYTES // step_bytes_per_prompt(model.config, batch.ids.shape[1])
     return max(1, min(by_flops, by_memory))
 
@@ -530,36 +537,43 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
     batch_size = batch_size or train_batch_size(model, batch)
     draws = minibatches(len(batch), batch_size, torch.Generator().manual_seed(seed))
+    dp = parallel.DataParallel(iv.parameters())   # torchrun: each process takes its share of a minibatch
     curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}
     bar = tqdm(total=steps, disable=not progress or not parallel.is_main(), desc=f"{iv.method}", unit="step")
+
+    def loss_fn(mb):
+        return objective(model, iv, mb, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
+
+    stopped_by = None
     try:
-        for step in parallel.steps(steps):  # data parallel: Ctrl-C / SIGTERM stop all after the same step
+        for step in dp.steps(steps):              # Ctrl-C / SIGTERM: every process stops after the same step
             idx = next(draws)
             mb = batch if idx is None else batch[idx.to(batch.ids.device)]
-            loss, terms = objective(model, iv, parallel.shard(mb), lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
-            values = parallel.mean(torch.stack([loss, *terms.values()]).detach(), len(mb)).tolist()
-            if not math.isfinite(values[0]):
-                bad = next((k for k, v in zip(terms, values[1:], strict=True) if not math.isfinite(v)), "loss")
-                raise UserError(f"the loss became {values[0]} at step {step} ({bad} is not finite);"
-                                f" lower --lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            parallel.mean_gradients(iv.parameters(), len(mb))  # data parallel: the whole minibatch's gradient
+            values = dp.backward(loss_fn, mb)       # forward, loss, backward: {"loss", "L_E", "L_F", "L_M"}
+            check_finite(values, step, lr)
             iv.zero_outside_keep(grads=True)        # a restricted intervention (restrict): dropped units stay 0
             opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps) if schedule == "cosine" else lr
             opt.step()
             iv.zero_outside_keep()
-            for k, v in zip(curve, values, strict=True):
-                curve[k].append(v)
+            for k in curve:
+                curve[k].append(values[k])
             bar.update()
-            bar.set_postfix(L_E=f"{values[1]:.3f}", L_F=f"{values[2]:.4f}", L_M=f"{values[3]:.2f}")
-        stopped_by = None
+            bar.set_postfix(L_E=f"{values['L_E']:.3f}", L_F=f"{values['L_F']:.4f}", L_M=f"{values['L_M']:.2f}")
     except KeyboardInterrupt as e:
         stopped_by = str(e) or "Ctrl-C"
     finally:
         bar.close()
     return {**curve, "steps": len(curve["loss"]), "batch_size": batch_size, "interrupted": stopped_by is not None,
             "stopped_by": stopped_by}
+
+
+def check_finite(values: dict[str, float], step: int, lr: float) -> None:
+    """UserError once the loss is not finite, naming the first term that is not."""
+    if not math.isfinite(values["loss"]):
+        bad = next((k for k, v in values.items() if k != "loss" and not math.isfinite(v)), "loss")
+        raise UserError(f"the loss became {values['loss']} at step {step} ({bad} is not finite);"
+                        f" lower --lr (now {lr:g})")
 
 
 # ----------------------------------------------------------------------------- 4. metrics
@@ -667,5 +681,3 @@ def load(path, model) -> tuple[Intervention, dict[str, str]]:
         raise UserError(f"{path}: its tensors do not match its metadata ({str(e).splitlines()[0]})") from None
     return iv.to(model.lm_head.weight.device), meta
 
-
-import diffmean  # noqa: E402, F401  the DiffMean baseline (it imports this file) registers itself in BASELINES

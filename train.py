@@ -24,6 +24,7 @@ splits one model that fits no single device over several.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 
 import ascale
+import diffmean  # noqa: F401  the DiffMean baseline registers itself in ascale.BASELINES
 import knockout
 import selection
 import tasks
@@ -108,12 +110,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " dynscalar, probes), set the rest to exactly 0 and refit them without l1: a number K; auto, the"
                    " smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps the training flip rate within"
                    f" {selection.TOLERANCE:g} of the better of the unpruned fit and the refit of all its active"
-                   " locations (a bisection: a few refits of"
-                   f" {selection.REFIT_STEPS // 2} steps, then {selection.REFIT_STEPS} for the chosen K; the path goes"
-                   " into metrics.json and locations.png); or all, no selection: the l1 fit as it is (default: auto)")
+                   " locations (a bisection: a few refits, each read on the same"
+                   f" {selection.SELECTION_PROMPTS} training prompts; the chosen K's refit is the result; the path"
+                   " goes into metrics.json and locations.png); or all, no selection: the l1 fit as it is"
+                   " (default: auto)")
     p.add_argument("--refit-steps", type=int, default=selection.REFIT_STEPS, help="Adam steps of the refit of the"
-                   f" kept locations, at a constant lr of {selection.REFIT_LR:g} and without l1; the path's trial"
-                   f" refits take half of it; 0 prunes without refitting (default: {selection.REFIT_STEPS})")
+                   f" kept locations (each K on the path, and --runs' final set), at a constant lr of"
+                   f" {selection.REFIT_LR:g} and without l1; 0 prunes without refitting (default:"
+                   f" {selection.REFIT_STEPS})")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection: N l1 fits, each on a"
                    " bootstrap resample of the training prompts with its own minibatch order, each pruned to the K"
                    " the first one chooses (or --locations); the final intervention is the refit of the locations"
@@ -126,8 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise recomputed for"
                    " each batch, one more forward pass without gradients per step (default: training takes all the"
                    f" prompts at once while such a step costs at most {ascale.FULL_BATCH_FLOPS:.0e} FLOPs, as on the"
-                   " toy world, which takes the minibatch order out of the fit, otherwise 32; in either case no more"
-                   f" than keep a step's estimated memory under {ascale.STEP_BYTES / 2**30:g} GiB; evaluation 32)")
+                   " toy world, which takes the minibatch order out of the fit, otherwise"
+                   f" {ascale.MINIBATCH}; in either case no more than keep a step's estimated memory under"
+                   f" {ascale.STEP_BYTES / 2**30:g} GiB; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
     p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts have"
@@ -227,7 +232,7 @@ def main(argv=None) -> int:
 
 def run(command, args) -> int:
     """command(args) as a script's main: a UserError (a failed write among them: runfolder.WriteError) is
-    one line on stderr and exit code 2, and so are running out of GPU memory and any other OSError.
+    one line on stderr and exit code 2, and so are running out of GPU or CPU memory and any other OSError.
     SIGTERM acts as Ctrl-C does (runfolder.signals_interrupt). Under torchrun (parallel.start) rank 0
     prints what every process meets; an error of one other process is printed by it, with its rank, and
     the others stop (torchrun ends them, or their next exchange with it fails: one line from rank 0)."""
@@ -237,19 +242,16 @@ def run(command, args) -> int:
             command(args)
     except UserError as e:
         return fail(f"error: {e}", 2, everyone=True)
-    except (torch.OutOfMemoryError, RuntimeError) as e:  # a GPU's, or the CPU allocator's "can't allocate memory"
-        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
-            raise
-        where = "GPU" if isinstance(e, torch.OutOfMemoryError) else "CPU"
-        now = f"now {args.batch_size}" if getattr(args, "batch_size", None) else "unset: chosen for the task"
-        return fail(f"error: out of {where} memory ({str(e).splitlines()[0][:240]}); lower --batch-size ({now}),"
-                    " or use --dtype bfloat16", 2)
+    except torch.OutOfMemoryError as e:
+        return fail(out_of_memory("GPU", e, args), 2)
     except OSError as e:
         return fail(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", 2)
     except KeyboardInterrupt as e:
         return fail(f"interrupted by {e}" if str(e) else "interrupted", 143 if str(e) == "SIGTERM" else 130,
                     everyone=True)
     except Exception as e:
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):  # the CPU allocator's
+            return fail(out_of_memory("CPU", e, args), 2)
         if not parallel.failed_elsewhere(e):
             raise
         return fail("error: another process of this torchrun failed (its error is above); stopped", 2, everyone=True)
@@ -257,6 +259,13 @@ def run(command, args) -> int:
         if started:
             parallel.stop()
     return 0
+
+
+def out_of_memory(where: str, e: Exception, args) -> str:
+    """The one line for running out of GPU or CPU memory, naming --batch-size."""
+    now = f"now {args.batch_size}" if getattr(args, "batch_size", None) else "unset: chosen for the task"
+    return (f"error: out of {where} memory ({str(e).splitlines()[0][:240]}); lower --batch-size ({now}),"
+            " or use --dtype bfloat16")
 
 
 def fail(line: str, code: int, everyone: bool = False) -> int:
@@ -353,12 +362,16 @@ def target_token(target: str, task, tok):
     return tasks.first_token(tok, task.labels[target])
 
 
-def report_preference(model, task, batch_size: int) -> dict:
-    """How often the original model ranks c above w, and c first of all tokens, per split."""
+def report_preference(task, batches) -> dict:
+    """How often the original model ranks c above w, and c first of all tokens, per split: read off what
+    ascale.prepare kept of its pass (the target t, ℓ(t) - ℓ(o), the top token), not a pass of its own."""
     pref = {}
     for split in ("train", "test"):
-        above, top1 = tasks.preference(model, getattr(task, split), batch_size)
-        pref[split] = {"correct_over_wrong": above, "correct_top1": top1}
+        b, c = batches[split], getattr(task, split).correct.to(batches[split].ids.device)
+        t_is_c = b.answers[:, 0] == c
+        above = (t_is_c & (b.diff_before > 0)) | (~t_is_c & (b.diff_before < 0))       # ℓ(c) > ℓ(w)
+        pref[split] = {"correct_over_wrong": int(above.sum()) / len(b),
+                       "correct_top1": int((b.top == c).sum()) / len(b)}
     print(f"original model: prefers the correct answer over the wrong one on {pref['train']['correct_over_wrong']:.0%}"
           f" of train and {pref['test']['correct_over_wrong']:.0%} of test prompts (correct is the top token on"
           f" {pref['train']['correct_top1']:.0%} / {pref['test']['correct_top1']:.0%})")
@@ -366,6 +379,33 @@ def report_preference(model, task, batch_size: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- training
+
+
+class Phases:
+    """Seconds per phase of a run, wall clock and CPU (user + system, all threads of this process), for
+    metrics.json's "timings": `with phases("fit"): ...`; a phase entered twice adds up."""
+
+    def __init__(self):
+        self.seconds: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            t = self.seconds.setdefault(name, {"wall": 0.0, "cpu": 0.0})
+            t["wall"] += time.perf_counter() - wall
+            t["cpu"] += time.process_time() - cpu
+
+    def only(self, *names: str) -> "Phases":
+        """A new Phases holding these phases' seconds so far."""
+        new = Phases()
+        new.seconds = {name: dict(t) for name, t in self.seconds.items() if name in names}
+        return new
+
+    def table(self) -> dict[str, dict[str, float]]:
+        return {name: {k: round(v, 2) for k, v in t.items()} for name, t in self.seconds.items()}
 
 
 def train(args) -> None:
@@ -384,9 +424,11 @@ def train(args) -> None:
     # Locked before any work; every file is written to writing.staged(folder) and put in place when the block ends.
     with runfolder.RunFolder(out, list(folders.values()), RUN_FILES, args.overwrite) as writing:
         check_task_file(args.task, args.data)
-        model, tok = load_model(args)
-        device = model.lm_head.weight.device
-        task = load_prompts(args, tok, fixed_length(args.method), model)
+        phases = Phases()
+        with phases("load"):
+            model, tok = load_model(args)
+            device = model.lm_head.weight.device
+            task = load_prompts(args, tok, fixed_length(args.method), model)
         check_generate(args, model, task)
         for note in task.notes:
             print(f"  {note}")
@@ -395,15 +437,16 @@ def train(args) -> None:
                   " positive, negative)")
         print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
               f" model {args.model} ({model.config.n_layer} layers) on {device}")
-        pref = report_preference(model, task, args.eval_batch_size)
-        # What the objective compares against, computed once per prompt set and shared by all methods.
-        target = target_token(args.target, task, tok)
-        batches = {split: ascale.prepare(model, getattr(task, split), target, args.eval_batch_size)
-                   for split in ("train", "test")}
+        with phases("prepare"):
+            # What the objective compares against, computed once per prompt set and shared by all methods.
+            target = target_token(args.target, task, tok)
+            batches = {split: ascale.prepare(model, getattr(task, split), target, args.eval_batch_size)
+                       for split in ("train", "test")}
+            pref = report_preference(task, batches)
         results, ivs = {}, {}
         for method in methods:
             results[method], ivs[method] = train_one(method, sites, model, tok, task, batches, args, writing,
-                                                     folders[method], pref)
+                                                     folders[method], pref, phases)
             if results[method]["interrupted"]:
                 break
         print_table(results, task.name)
@@ -453,13 +496,16 @@ def check_generate(args, model, task) -> None:
                         f" {max(model.config.n_ctx - T, 0)} or fewer")
 
 
-def train_one(method, sites, model, tok, task, batches, args, writing: runfolder.RunFolder, out: Path, pref: dict):
+def train_one(method, sites, model, tok, task, batches, args, writing: runfolder.RunFolder, out: Path, pref: dict,
+              phases: Phases):
     """Train one method, evaluate it, write its run folder `out` (staged, see train); return its metrics and
-    the intervention."""
+    the intervention. metrics.json's "timings" has the seconds of each phase: load and prepare (shared by
+    the methods of --method all), and this method's fit, selection, evaluation and figures."""
     torch.manual_seed(args.seed)
     positions = task.train.n_slots if {**ascale.METHODS, **ascale.BASELINES}[method].tied_to_positions else None
+    phases = phases.only("load", "prepare")          # this method's own phases are added to a copy
     start = time.time()
-    iv, curve, chosen = fit_and_select(method, sites, positions, model, batches, args)
+    iv, curve, chosen = fit_and_select(method, sites, positions, model, batches, args, phases)
     seconds = time.time() - start
     if curve["interrupted"]:
         print(f"stopped by {curve['stopped_by']} after {curve['steps']} steps: evaluating and saving what was learned")
@@ -474,31 +520,37 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
     if curve["interrupted"]:
         writing.publish()
     iv.beta = args.beta
-    metrics = {"method": method, **measure(model, iv, batches, args.eval_batch_size),
+    with phases("evaluation"):
+        measured = measure(model, iv, batches, args.eval_batch_size)
+    metrics = {"method": method, **measured,
                "world_size": parallel.world_size(), "original": pref, "beta": args.beta, "steps": curve.pop("steps"),
                "train_batch_size": curve.pop("batch_size", None),
                "interrupted": curve.pop("interrupted"), "stopped_by": curve.pop("stopped_by"),
                "seconds": round(seconds, 2), "loss_curve": curve, **chosen,
                "config": {**vars(args), "method": method}}
-    report.write_json(folder / "metrics.json", metrics)
     title = f"{method} · {task.name} · {Path(args.model).name}"
-    report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
-    sel = chosen.get("selection") or (chosen.get("runs") or {}).get("first_fit_selection")  # --runs: fit 0's K
-    if sel and sel.get("path"):
-        report.plot_locations(folder / "locations.png", sel, f"{title} · locations kept"
-                              + (" (the first fit's path)" if "runs" in chosen else ""))
-    if "runs" in chosen and chosen["runs"].get("frequencies"):
-        report.stability(model, iv, task, folder / "stability.png", chosen["runs"], f"{title} · selection frequency")
+    with phases("figures"):
+        report.heatmap(model, iv, task, folder / "heatmap.png", title, metrics)
+        sel = chosen.get("selection") or (chosen.get("runs") or {}).get("first_fit_selection")  # --runs: fit 0's K
+        if sel and sel.get("path"):
+            report.plot_locations(folder / "locations.png", sel, f"{title} · locations kept"
+                                  + (" (the first fit's path)" if "runs" in chosen else ""))
+        if "runs" in chosen and chosen["runs"].get("frequencies"):
+            report.stability(model, iv, task, folder / "stability.png", chosen["runs"],
+                             f"{title} · selection frequency")
+    metrics["timings"] = phases.table()             # seconds: {"load": {"wall", "cpu"}, "prepare", "fit", ...}
+    report.write_json(folder / "metrics.json", metrics)
     print_selection(method, chosen)
     if args.show:
         show(model, tok, iv, task.test, batches["test"], args.show)
     return metrics, iv
 
 
-def fit_and_select(method, sites, positions, model, batches, args):
+def fit_and_select(method, sites, positions, model, batches, args, phases: Phases):
     """The ℓ1 fit (ascale.fit), then the selection of selection.py: prune to --locations and refit, or, with
-    --runs N, stability selection over N bootstrap fits. Returns (intervention, curve, {"selection": ...} or
-    {"runs": ...}); Ctrl-C or SIGTERM stops it with what was learned (curve["interrupted"])."""
+    --runs N, stability selection over N bootstrap fits (timed as one phase, "runs": fits and selection
+    alternate). Returns (intervention, curve, {"selection": ...} or {"runs": ...}); Ctrl-C or SIGTERM stops it
+    with what was learned (curve["interrupted"])."""
     def make():
         return ascale.make(method, model.config, sites, positions).to(model.lm_head.weight.device)
     kw = dict(lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin)
@@ -509,19 +561,22 @@ def fit_and_select(method, sites, positions, model, batches, args):
         return iv, {"steps": 0, "interrupted": False, "stopped_by": None}, {method: chosen}
     locations = None if args.locations in ("auto", "all") else int(args.locations)
     if args.runs > 1:
-        iv, runs, _ = selection.stable(model, make, batches, runs=args.runs, steps=args.steps, lr=args.lr,
-                                       batch_size=args.batch_size, schedule=args.schedule, locations=locations,
-                                       refit_steps=args.refit_steps, seed=args.seed, **kw)
+        with phases("runs"):
+            iv, runs, _ = selection.stable(model, make, batches, runs=args.runs, steps=args.steps, lr=args.lr,
+                                           batch_size=args.batch_size, schedule=args.schedule, locations=locations,
+                                           refit_steps=args.refit_steps, seed=args.seed, **kw)
         stopped = runs["stopped_by"]
         curve = {"steps": args.steps * len(runs["fits"]), "interrupted": stopped is not None, "stopped_by": stopped}
         return iv, curve, {"runs": runs}
     iv = make()
-    curve = ascale.fit(model, iv, batches["train"], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                       seed=args.seed, schedule=args.schedule, **kw)
+    with phases("fit"):
+        curve = ascale.fit(model, iv, batches["train"], steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                           seed=args.seed, schedule=args.schedule, **kw)
     if curve["interrupted"] or args.locations == "all":
         return iv, curve, {}
-    iv, chosen = selection.choose(model, iv, batches, locations=locations, refit_steps=args.refit_steps,
-                                  seed=args.seed, **kw)
+    with phases("selection"):
+        iv, chosen = selection.choose(model, iv, batches, locations=locations, refit_steps=args.refit_steps,
+                                      seed=args.seed, **kw)
     if chosen["stopped_by"]:
         curve.update(interrupted=True, stopped_by=chosen["stopped_by"])
     return iv, curve, {"selection": chosen}
@@ -563,9 +618,9 @@ def open_saved(args):
     check_generate(args, model, task)
     print(f"{iv.method} on {','.join(iv.sites)}: task {task.name}, {len(task.train)} train and {len(task.test)}"
           f" test prompts, target {args.target}")
-    report_preference(model, task, args.eval_batch_size)
     target = target_token(args.target, task, tok)
     batches = {s: ascale.prepare(model, getattr(task, s), target, args.eval_batch_size) for s in ("train", "test")}
+    report_preference(task, batches)
     return model, tok, iv, task, batches
 
 
@@ -613,10 +668,10 @@ def print_selection(method: str, chosen: dict) -> None:
         print(f"{method}: {chosen[method]['summary']}")
     if "selection" in chosen:
         sel = chosen["selection"]
-        tried = ", ".join(f"K={r['K']}: {r['flip_rate_train']:.2f}" for r in sel["path"])
+        tried = ", ".join(f"K={r['K']}: {r['flip_rate_select']:.2f}" for r in sel["path"])
         print(f"{method}: kept {sel['K']} of the {sel['unpruned']['units']} active units by {sel['measure']}"
-              f" ({sel['rule']}; unpruned train flip {sel['unpruned']['train_flip_rate']:.2f}); path, train flip"
-              f" after refit: {tried}")
+              f" ({sel['rule']}; unpruned flip {sel['unpruned']['select_flip_rate']:.2f}); path, flip on the"
+              f" selection prompts after refit: {tried}")
     if "runs" in chosen and chosen["runs"]["fits"]:
         r = chosen["runs"]
         m, sd = r["mean_sd"]["test_flip_rate"]

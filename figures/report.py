@@ -109,11 +109,15 @@ def heatmap(model, iv, task, path: Path | None, title: str, metrics: dict):
 
 def plot_locations(path: Path | None, sel: dict, title: str):
     """The locations path of selection.choose: flip rate and KL after the refit against K, the number of
-    locations kept (trial refits and the final one, by their steps). Returns the Figure."""
-    rows = [{**r, "method": f"refit of {r['steps']} steps"} for r in sel["path"]]
+    locations kept, on the path's selection prompts (training prompts: drawn as "train"; the path reads no
+    test prompt, so there is no test line). Returns the Figure."""
+    nan = float("nan")
+    rows = [{"flip_rate_test": nan, "kl_test": nan, "flip_rate_train": r["flip_rate_select"],
+             "kl_train": r["kl_select"], "K": r["K"], "method": f"refit of {r['steps']} steps"} for r in sel["path"]]
     return plot_curves(path, rows, "K", "K, locations kept (log scale)", None,
-                f"{title}: K = {sel['K']}\n(ℓ1 fit: {sel['unpruned']['units']} active units,"
-                f" train flip {sel['unpruned']['train_flip_rate']:.2f})", log_x=True)
+                f"{title}: K = {sel['K']}\n(ℓ1 fit: {sel['unpruned']['units']} active units, flip"
+                f" {sel['unpruned']['select_flip_rate']:.2f} on the {sel['selection_prompts']} selection prompts)",
+                log_x=True)
 
 
 def stability(model, iv, task, path: Path | None, runs: dict, title: str):

@@ -6,8 +6,8 @@ Many devices, on engines that exist (torch.distributed and accelerate); docs/dis
                    processes (mean, mean_gradients) so that all take the same Adam step; prepare, the evaluation
                    and the counts take chunks round-robin (chunks), the knockout map its jobs (deal), and the
                    parts are summed (total, summed). Rank 0 alone locks, prints and writes (is_main); Ctrl-C and
-                   SIGTERM stop every process after the same training step (steps). gloo on CPU, NCCL on GPUs,
-                   each process its own GPU (LOCAL_RANK).
+                   SIGTERM stop every process after the same training step (steps). A training loop meets these
+                   through one object, DataParallel. gloo on CPU, NCCL on GPUs, each process its own GPU (LOCAL_RANK).
     device map     `--device-map auto | balanced | FILE`: one model's layers over several devices (dispatch),
                    by accelerate's infer_auto_device_map and dispatch_model. Layers run one device after another:
                    a model that fits no single device fits, it does not get faster.
@@ -148,6 +148,33 @@ def mean_gradients(params, n: int) -> None:
 
 
 NAMES = ("Ctrl-C", "SIGTERM")
+
+
+class DataParallel:
+    """What a training loop (ascale.fit) does differently under torchrun, behind one object, so that the loop
+    reads as it would alone:
+
+        dp = parallel.DataParallel(params)
+        for step in dp.steps(n):                     # all processes stop after the same step (Ctrl-C, SIGTERM)
+            values = dp.backward(loss_fn, minibatch)  # this process's share; gradients of the whole minibatch
+
+    Alone both are the plain thing: range(1, n + 1), and loss_fn(minibatch) then backward."""
+
+    def __init__(self, params):
+        self.params = list(params)
+
+    def steps(self, n: int):
+        return steps(n)
+
+    def backward(self, loss_fn, batch) -> dict[str, float]:
+        """loss_fn(this process's share of batch) -> (loss, {name: term}); backward; the gradients and the values
+        made the whole minibatch's means (mean_gradients, mean). Returns {"loss": ..., name: ...} as floats, the
+        same in every process."""
+        loss, terms = loss_fn(shard(batch))
+        loss.backward()
+        mean_gradients(self.params, len(batch))
+        values = mean(torch.stack([loss, *terms.values()]).detach(), len(batch))
+        return dict(zip(["loss", *terms], values.tolist(), strict=True))
 
 
 def steps(n: int):

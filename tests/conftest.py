@@ -33,10 +33,6 @@ def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run the tests marked slow (the full suite)")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a long test, run only with --slow (python -m pytest --slow)")
-
-
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--slow"):
         return

@@ -264,6 +264,21 @@ def test_prepare_picks_the_flip_target_per_prompt(model):
         ascale.prepare(model, ps, "right")
 
 
+@pytest.mark.parametrize("target", ascale.TARGETS)
+def test_the_preference_report_reads_prepare_as_its_own_pass_would(model, target):
+    """train.py reports the original model's preference from what prepare kept (no second pass): the same
+    shares as tasks.preference's pass, whatever the target."""
+    from types import SimpleNamespace
+
+    import tasks
+    import train
+    ps = prompts(N=12, swap=True)
+    batch = ascale.prepare(model, ps, target, batch_size=5)
+    pref = train.report_preference(SimpleNamespace(train=ps, test=ps), {"train": batch, "test": batch})
+    above, top1 = tasks.preference(model, ps)
+    assert pref["train"] == {"correct_over_wrong": above, "correct_top1": top1} and 0 < above < 1
+
+
 def test_objective_terms_match_their_definitions(model):
     ps = prompts(swap=True)
     batch = ascale.prepare(model, ps, "flip")

@@ -56,3 +56,13 @@ def test_flop_count_grouped_query_swiglu():
     f = bench.step_flops(cfg, B=1, T=2, read=2)
     linear = 2 * 2 * (4 * (6 + 2 * 3) + 6 * 4 + 3 * 4 * 5)    # q,k,v + output projection + gate, up, down
     assert f["forward"] == linear + 4 * 2 * 2 * 6 + 2 * 2 * 4 * 10
+
+
+def test_the_whole_run_row_times_each_phase(tmp_path, capsys):
+    """--run: train.py end to end (here the toy world, few steps), its phases from metrics.json in a table."""
+    out = tmp_path / "run.json"
+    [r] = bench.main(["--run", "--run-args", "--model models/toyworld --steps 3 --refit-steps 2", "--json", str(out)])
+    assert {"load", "prepare", "fit", "selection", "evaluation", "figures"} <= set(r["timings"])
+    assert sum(t["wall"] for t in r["timings"].values()) <= r["wall_s"] and r["cpu_s"] > 0
+    assert 0 <= r["test_flip_rate"] <= 1 and r["n_test"] == 100
+    assert "| fit |" in capsys.readouterr().out and json.loads(out.read_text())["command"].endswith("--refit-steps 2")

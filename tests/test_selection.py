@@ -57,15 +57,20 @@ def test_choose_finds_k_on_the_path_and_records_it(model):
     iv = ascale.make("activscalar", model.config, ("attn_out", "mlp_out"), ps.ids.shape[1])
     ascale.fit(model, iv, batches["train"], **{**FAST, "margin": 1.0})
     unpruned = ascale.evaluate(model, iv, batches["train"])["flip_rate"]
-    out, rec = selection.choose(model, iv, batches, refit_steps=20, progress=False, **OBJECTIVE)
+    out, rec = selection.choose(model, iv, batches, refit_steps=3, progress=False, **OBJECTIVE)
     K = rec["K"]
     assert K in selection.PATH or K == rec["unpruned"]["units"]
     assert nonzero_units(out) <= K
-    final = [r for r in rec["path"] if r["K"] == K and r["steps"] == 20]
-    assert len(final) == 1 and final[0]["flip_rate_train"] == ascale.evaluate(model, out, batches["train"])["flip_rate"]
-    trials = [r for r in rec["path"] if r["steps"] == 10]
-    good = [r["K"] for r in trials if r["flip_rate_train"] >= unpruned - rec["tolerance"]]
+    assert rec["selection_prompts"] == 8 and rec["unpruned"]["select_flip_rate"] == unpruned  # 8 prompts: all
+    assert [r["K"] for r in rec["path"]] == sorted({r["K"] for r in rec["path"]})              # each K refit once
+    chosen = [r for r in rec["path"] if r["K"] == K]                                          # the result: its refit
+    assert len(chosen) == 1
+    assert chosen[0]["flip_rate_select"] == ascale.evaluate(model, out, batches["train"])["flip_rate"]
+    reference = rec["unpruned"]["reference_flip_rate"]
+    assert reference >= unpruned and chosen[0]["flip_rate_select"] >= reference - rec["tolerance"]
+    good = [r["K"] for r in rec["path"] if r["flip_rate_select"] >= reference - rec["tolerance"]]
     assert all(k >= K for k in good)                          # no smaller tried K was good enough
+    assert all(set(r) == {"K", "steps", "flip_rate_select", "kl_select"} for r in rec["path"])  # no test number
     fixed, rec5 = selection.choose(model, iv, batches, locations=5, refit_steps=4, progress=False, **OBJECTIVE)
     assert rec5["K"] == 5 and nonzero_units(fixed) <= 5 and [r["K"] for r in rec5["path"]] == [5]
 
@@ -94,6 +99,14 @@ def test_runs_give_frequencies_and_keep_those_above_the_threshold(model):
     assert rec2["frequencies"] == rec["frequencies"]          # the same seed, the same fits
     for a, b in zip(iv.parameters(), again.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_selection_prompts_spread_over_the_training_set(model):
+    ps = prompts(N=25, swap=True)
+    batch = ascale.prepare(model, ps)
+    assert torch.equal(selection.selection_prompts(batch, 10).ids, batch.ids[::3])       # 9 of 25: every third
+    assert torch.equal(selection.selection_prompts(batch, 25).ids, batch.ids)            # no more than n: all
+    assert len(selection.selection_prompts(batch, 5)) == 5
 
 
 def test_jaccard():
