@@ -412,14 +412,11 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     wrong) and keep what the objective and the metrics compare against, batch_size prompts at a
     time: O(N) numbers, and p⁻ (N, V) only while it fits p_rest_bytes (default P_REST_BYTES).
 
-    target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower, so every
-    prediction is flipped; wrong -> t = w; correct -> t = c; a token id (one-sided, for tasks whose
-    answers are labels: sentiment's " positive") -> t = that token on every prompt. o is the other one."""
-    if isinstance(target, int):
-        if not ((prompts.correct == target) | (prompts.wrong == target)).all():
-            raise UserError(f"target token {target} is not an answer of every prompt")
-    elif target not in TARGETS:
-        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}")
+    target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower; wrong -> t = w;
+    correct -> t = c; a label's token id (sentiment's " positive") -> t = it on every prompt. o is the other one."""
+    if target not in TARGETS and not (isinstance(target, int) and ((prompts.correct - target) * (prompts.wrong - target)
+                                                                   == 0).all()):   # a label's token: c or w everywhere
+        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}, or a token that answers every prompt")
     device = model.lm_head.weight.device
     ids, pos = prompts.ids.to(device), prompts.answer_pos.to(device)
     c, w = prompts.correct.to(device), prompts.wrong.to(device)
