@@ -111,13 +111,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps the training flip rate within"
                    f" {selection.TOLERANCE:g} of the better of the unpruned fit and the refit of all its active"
                    " locations (a bisection: a few refits, each read on the same"
-                   f" {selection.SELECTION_PROMPTS} training prompts; the chosen K's refit is the result; the path"
+                   f" {selection.SELECTION_PROMPTS} training prompts; the chosen K's refit, trained"
+                   f" {selection.FINISH_STEPS} steps more, is the result; the path"
                    " goes into metrics.json and locations.png); or all, no selection: the l1 fit as it is"
                    " (default: auto)")
     p.add_argument("--refit-steps", type=int, default=selection.REFIT_STEPS, help="Adam steps of the refit of the"
-                   f" kept locations (each K on the path, and --runs' final set), at a constant lr of"
-                   f" {selection.REFIT_LR:g} and without l1; 0 prunes without refitting (default:"
-                   f" {selection.REFIT_STEPS})")
+                   f" kept locations of each K on the path, at a constant lr of {selection.REFIT_LR:g} and without"
+                   f" l1; the chosen one (and --runs' final set) gets {selection.FINISH_STEPS} more; 0 prunes without"
+                   f" refitting (default: {selection.REFIT_STEPS})")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection: N l1 fits, each on a"
                    " bootstrap resample of the training prompts with its own minibatch order, each pruned to the K"
                    " the first one chooses (or --locations); the final intervention is the refit of the locations"
