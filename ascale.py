@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from gpt2 import SITES, GPTConfig, UserError
-from running import parallel, stats
+from running import budget, parallel, stats
 from running.runfolder import write_atomically
 
 METHODS: dict[str, type] = {}  # every intervention class by its name (--method), filled as each is defined
@@ -38,12 +38,6 @@ TARGETS = ("flip", "wrong", "correct")
 # Training defaults, tuned on SmolLM2 and the toy world, CCC and IOI (the README says how; lr falls along a cosine).
 STEPS, LR, LAMBDA_M, MARGIN = 100, 0.05, 0.02, 4.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
-FULL_BATCH_FLOPS = 1e11  # fit takes full-batch steps while one costs at most this (about a second on a CPU core)
-# fit's default minibatch keeps a step's working memory (train_batch_size's estimate) under this: 1 GiB beside the
-# weights leaves room on an 8 GiB laptop or a small GPU; 32 prompts of SmolLM2's or Gemma 3 270M's tasks fit in it
-STEP_BYTES = 2**30
-LOGIT_COPIES = 7  # (B, V) float32 tensors a step holds per prompt: ℓ̃, its masked copy, p⁻·ℓ̃, their gradients, p⁻
-MINIBATCH = 16  # fit's prompts per step beyond it: 100 steps of 16 on SmolLM2 match 100 of 32 at half the time
 P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
 
 # ----------------------------------------------------------------------------- 1. interventions
@@ -406,17 +400,25 @@ def answer_logits(model, ids, answer_pos, intervene=None, batch_size: int = 64) 
                       for i in range(0, len(ids), batch_size)])
 
 
+def check_target(target, prompts) -> None:
+    """A target prepare can take: flip, wrong, correct, or a token that is c or w of every prompt."""
+    if isinstance(target, int):
+        if not ((prompts.correct == target) | (prompts.wrong == target)).all():
+            raise UserError(f"target token {target} is not an answer of every prompt")
+    elif target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}")
+
+
 @torch.no_grad()
 def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_bytes: int | None = None) -> Batch:
     """Run the original model once on a prompt set (tasks.PromptSet: ids, answer_pos, correct,
     wrong) and keep what the objective and the metrics compare against, batch_size prompts at a
     time: O(N) numbers, and p⁻ (N, V) only while it fits p_rest_bytes (default P_REST_BYTES).
 
-    target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower; wrong -> t = w;
-    correct -> t = c; a label's token id (sentiment's " positive") -> t = it on every prompt. o is the other one."""
-    if target not in TARGETS and not (isinstance(target, int) and ((prompts.correct - target) * (prompts.wrong - target)
-                                                                   == 0).all()):   # a label's token: c or w everywhere
-        raise UserError(f"unknown target {target!r}; choose {', '.join(TARGETS)}, or a token that answers every prompt")
+    target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower, so every
+    prediction is flipped; wrong -> t = w; correct -> t = c; a token id (one-sided, for tasks whose
+    answers are labels: sentiment's " positive") -> t = that token on every prompt. o is the other one."""
+    check_target(target, prompts)
     device = model.lm_head.weight.device
     ids, pos = prompts.ids.to(device), prompts.answer_pos.to(device)
     c, w = prompts.correct.to(device), prompts.wrong.to(device)
@@ -484,37 +486,6 @@ def cosine_lr(lr: float, step: int, steps: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
 
 
-def step_bytes_per_prompt(config: GPTConfig, n_tokens: int) -> int:
-    """An estimate of the float32 bytes one prompt of n_tokens adds to a training step (forward, backward):
-    LOGIT_COPIES vectors of the vocabulary at its answer position (ℓ̃ and its softmax/KL intermediates, the
-    gradients, p⁻ when it is recomputed), plus what autograd keeps for the backward pass in every layer and at
-    every token: about 10 vectors of the width (norms, residuals, outputs, the intervened sites), 4 of the
-    queries' width (Q, K, V, the heads' results), 2 of the MLP's hidden width (3 for a gated MLP) and 2
-    attention rows per head (scores, probabilities). Against one step's measured peak (resident memory on
-    CPU, activscalar at every site) the estimate was 1.05 times it for a Llama-shaped model, 1.03-1.4 for a
-    Gemma-shaped one, 1.2-1.7 for GPT-NeoX-shaped ones (the toy world's); tests/test_memory.py checks it."""
-    gated = 3 if config.swiglu or config.geglu else 2
-    per_token_layer = (10 * config.n_embd + 4 * config.n_head * config.head_dim + gated * config.n_inner
-                       + 2 * config.n_head * n_tokens)
-    return 4 * (LOGIT_COPIES * config.vocab_size + config.n_layer * n_tokens * per_token_layer)
-
-
-def train_batch_size(model, batch: Batch) -> int:
-    """The default minibatch: all the prompts while a full-batch step costs at most FULL_BATCH_FLOPS (about 6
-    FLOPs per parameter per token, forward and backward: the blocks' at every token, the unembedding's at the
-    answer position), otherwise MINIBATCH; and never more prompts than keep a step under STEP_BYTES of working memory
-    (step_bytes_per_prompt), so memory grows with the batch, never with the number of prompts (for Qwen's
-    151,936-token vocabulary about 240 prompts). Full batches take the minibatch order out of the fit: on the
-    toy world's IOI, 32-prompt minibatches flipped 0.43-0.85 of the test prompts over five seeds, full batches
-    0.94-0.97 (docs/results-toyworld.md); its CCC and IOI stay well under both limits."""
-    per_token = 6 * sum(p.numel() for p in model.h.parameters())
-    per_prompt = 6 * model.lm_head.weight.numel()  # (V, D): the logits are computed at the answer position only
-    flops = batch.ids.numel() * per_token + len(batch) * per_prompt
-    by_flops = len(batch) if flops <= FULL_BATCH_FLOPS else MINIBATCH
-    by_memory = STEP_BYTES // step_bytes_per_prompt(model.config, batch.ids.shape[1])
-    return max(1, min(by_flops, by_memory))
-
-
 def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float = LR, batch_size: int | None = None,
         lambda_f: float = 1.0, lambda_m: float = LAMBDA_M, margin: float = MARGIN, seed: int = 0,
         schedule: str = "cosine", progress: bool = True) -> dict:
@@ -524,7 +495,7 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     along a half cosine over the steps (`cosine_lr`; our choice, see the README): large moves first,
     then the parameters settle; "constant" keeps it at `lr` (the defaults before it). Minibatches are
     drawn by a torch.Generator seeded with `seed` (the same numbers on CPU for the same seed);
-    batch_size None: `train_batch_size`.
+    batch_size None: `running/budget.train_batch_size`.
 
     Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "batch_size", "interrupted", "stopped_by"}.
     Ctrl-C (or a KeyboardInterrupt raised for a signal, runfolder.signals_interrupt: its message names
@@ -532,7 +503,7 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     from tqdm import tqdm
 
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
-    batch_size = batch_size or train_batch_size(model, batch)
+    batch_size = batch_size or budget.train_batch_size(model, batch)
     draws = minibatches(len(batch), batch_size, torch.Generator().manual_seed(seed))
     dp = parallel.DataParallel(iv.parameters())   # torchrun: each process takes its share of a minibatch
     curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}

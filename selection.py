@@ -13,7 +13,7 @@ active locations. So after the ℓ1 fit (ascale.fit) comes a selection:
                  the training flip rate within TOLERANCE of the reference: the better of the unpruned fit and
                  the refit of all its active units (bisection along the path: a few refits, not one per K,
                  each read on the same SELECTION_PROMPTS training prompts; the test prompts are never looked
-                 at). The chosen K's refit, made on the way, is the result: nothing is trained twice
+                 at). The chosen K's refit, made on the way, goes on for FINISH_STEPS more: the result
 
 and, with `--runs N`, stability selection (Meinshausen and Bühlmann, 2010): N fits, each on a bootstrap
 resample of the training prompts with its own minibatch order, each pruned to the K the first fit chose;
@@ -33,6 +33,7 @@ TOLERANCE = 0.03     # the chosen K's training flip rate may be this far below t
 FREQUENCY = 0.5      # --runs: the final set is the locations kept by at least this share of the fits
 REFIT_STEPS = 5      # a refit: short, from the ℓ1 fit's values (near where it ends), at a constant rate
 REFIT_LR = 0.06      # of 0.06: 5 Adam steps move a scalar by up to 0.3
+FINISH_STEPS = 10    # the chosen K's refit then goes on for this many steps more (the result's, alone)
 SELECTION_PROMPTS = 100  # the path reads its flip rates on this many training prompts (selection_prompts)
 
 
@@ -87,8 +88,8 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     reference training flip rate minus `tolerance`, found by bisection (the flip rate grows with K, near
     enough). Flip rates are read on `selection_prompts` (training prompts only); the refits train on all
     the training prompts. batches: {"train", "test"} (the test set is not read here).
-    Returns (the chosen K's refit, record): record["path"] lists each K tried with its flip rate and KL
-    on the selection prompts."""
+    Returns (the chosen K's refit, trained FINISH_STEPS more, record): record["path"] lists each K tried
+    with its flip rate and KL on the selection prompts (after its refit_steps, what the rule compares)."""
     train = batches["train"]
     select = selection_prompts(train)
     before = ascale.evaluate(model, iv, select)
@@ -106,6 +107,7 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
         return ev["flip_rate"]
 
     record = {"measure": iv.measure, "tolerance": tolerance, "refit_steps": refit_steps, "refit_lr": REFIT_LR,
+              "finish_steps": FINISH_STEPS if refit_steps else 0,
               "selection_prompts": len(select), "unpruned": {"units": most, "select_flip_rate": before["flip_rate"]},
               "path": path, "stopped_by": None}
     try:
@@ -129,6 +131,11 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
             K = Ks[hi]
         if K not in made:                             # --locations K, or a fit with one unit: not refit yet
             trial(K)
+        if refit_steps:                               # the chosen refit, on from where it is
+            made[K], curve = refit(model, made[K], train, made[K].keep, steps=FINISH_STEPS, seed=seed,
+                                   progress=progress, **objective)
+            if curve["interrupted"]:
+                raise KeyboardInterrupt(curve["stopped_by"])
     except KeyboardInterrupt as e:                    # Ctrl-C or SIGTERM: what was learned is the unpruned fit
         record.update(K=None, stopped_by=str(e) or "Ctrl-C")
         return iv, record
@@ -192,7 +199,8 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
     start.load_state_dict({k: torch.stack([st[k] for st in states]).sum(0)
                            / ascale.per_parameter(kept_by[k.split(".")[1]], states[0][k]).to(states[0][k].device)
                            for k in states[0]})
-    final, curve = refit(model, start, train, keep, steps=refit_steps, seed=seed, progress=progress, **objective)
+    final, curve = refit(model, start, train, keep, steps=refit_steps + FINISH_STEPS if refit_steps else 0, seed=seed,
+                         progress=progress, **objective)
     stopped_by = stopped_by or curve["stopped_by"]
     halves, pairs = agreement(selections, threshold)
     record = {"runs": len(fits), "runs_asked": runs, "K": K, "threshold": threshold, "selected": count(keep),

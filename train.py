@@ -24,7 +24,6 @@ splits one model that fits no single device over several.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import os
@@ -39,10 +38,11 @@ import diffmean  # noqa: F401  the DiffMean baseline registers itself in ascale.
 import knockout
 import selection
 import tasks
-from figures import report
+from figures import console, report
 from gpt2 import GPT, UserError
 from loading import sentiment_data
-from running import parallel, runfolder
+from running import budget, parallel, runfolder
+from running.phases import Phases
 
 # Flags whose default depends on the mode: training uses these; --eval takes them from the file.
 DEFAULTS = {"model": "gpt2", "task": "ccc", "target": "flip", "seed": 0, "answers": "first-token"}
@@ -111,13 +111,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps the training flip rate within"
                    f" {selection.TOLERANCE:g} of the better of the unpruned fit and the refit of all its active"
                    " locations (a bisection: a few refits, each read on the same"
-                   f" {selection.SELECTION_PROMPTS} training prompts; the chosen K's refit is the result; the path"
+                   f" {selection.SELECTION_PROMPTS} training prompts; the chosen K's refit, trained"
+                   f" {selection.FINISH_STEPS} steps more, is the result; the path"
                    " goes into metrics.json and locations.png); or all, no selection: the l1 fit as it is"
                    " (default: auto)")
     p.add_argument("--refit-steps", type=int, default=selection.REFIT_STEPS, help="Adam steps of the refit of the"
-                   f" kept locations (each K on the path, and --runs' final set), at a constant lr of"
-                   f" {selection.REFIT_LR:g} and without l1; 0 prunes without refitting (default:"
-                   f" {selection.REFIT_STEPS})")
+                   f" kept locations of each K on the path, at a constant lr of {selection.REFIT_LR:g} and without"
+                   f" l1; the chosen one (and --runs' final set) gets {selection.FINISH_STEPS} more; 0 prunes without"
+                   f" refitting (default: {selection.REFIT_STEPS})")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection: N l1 fits, each on a"
                    " bootstrap resample of the training prompts with its own minibatch order, each pruned to the K"
                    " the first one chooses (or --locations); the final intervention is the refit of the locations"
@@ -129,10 +130,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " grows with it, not with the number of prompts: the original model's distribution of the other"
                    " tokens (prompts x vocabulary floats) is kept while it fits 256 MiB and otherwise recomputed for"
                    " each batch, one more forward pass without gradients per step (default: training takes all the"
-                   f" prompts at once while such a step costs at most {ascale.FULL_BATCH_FLOPS:.0e} FLOPs, as on the"
+                   f" prompts at once while such a step costs at most {budget.FULL_BATCH_FLOPS:.0e} FLOPs, as on the"
                    " toy world, which takes the minibatch order out of the fit, otherwise"
-                   f" {ascale.MINIBATCH}; in either case no more than keep a step's estimated memory under"
-                   f" {ascale.STEP_BYTES / 2**30:g} GiB; evaluation 32)")
+                   f" {budget.MINIBATCH}; in either case no more than keep a step's estimated memory under"
+                   f" {budget.STEP_BYTES / 2**30:g} GiB; evaluation 32)")
     p.add_argument("--seed", type=int, help="seed of the train/test split and of the minibatch order; the same"
                    " seed on CPU gives the same numbers (default: 0; with --eval: the file's)")
     p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts have"
@@ -381,33 +382,6 @@ def report_preference(task, batches) -> dict:
 # ----------------------------------------------------------------------------- training
 
 
-class Phases:
-    """Seconds per phase of a run, wall clock and CPU (user + system, all threads of this process), for
-    metrics.json's "timings": `with phases("fit"): ...`; a phase entered twice adds up."""
-
-    def __init__(self):
-        self.seconds: dict[str, dict[str, float]] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            t = self.seconds.setdefault(name, {"wall": 0.0, "cpu": 0.0})
-            t["wall"] += time.perf_counter() - wall
-            t["cpu"] += time.process_time() - cpu
-
-    def only(self, *names: str) -> "Phases":
-        """A new Phases holding these phases' seconds so far."""
-        new = Phases()
-        new.seconds = {name: dict(t) for name, t in self.seconds.items() if name in names}
-        return new
-
-    def table(self) -> dict[str, dict[str, float]]:
-        return {name: {k: round(v, 2) for k, v in t.items()} for name, t in self.seconds.items()}
-
-
 def train(args) -> None:
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
@@ -449,14 +423,14 @@ def train(args) -> None:
                                                      folders[method], pref, phases)
             if results[method]["interrupted"]:
                 break
-        print_table(results, task.name)
+        console.print_table(results, task.name)
         if args.knockout:
             runs = {m: (ivs[m], writing.staged(folders[m])) for m in results if not results[m]["interrupted"]}
             title = f"{task.name} · {Path(args.model).name}"
             report.knockout_check(model, batches["train"], task.train.labels, runs, title, mode=args.knockout_mode)
     print(f"wrote {out}/" + ("{" + ",".join(results) + "}/" if args.method == "all" else ""))
     if args.generate:
-        generations(model, tok, ivs, task.test, args.show or 3, args.generate)
+        console.generations(model, tok, ivs, task.test, args.show or 3, args.generate)
 
 
 def check_run_folders(out: Path, folders: list[Path]) -> None:
@@ -540,9 +514,9 @@ def train_one(method, sites, model, tok, task, batches, args, writing: runfolder
                              f"{title} · selection frequency")
     metrics["timings"] = phases.table()             # seconds: {"load": {"wall", "cpu"}, "prepare", "fit", ...}
     report.write_json(folder / "metrics.json", metrics)
-    print_selection(method, chosen)
+    console.print_selection(method, chosen)
     if args.show:
-        show(model, tok, iv, task.test, batches["test"], args.show)
+        console.show(model, tok, iv, task.test, batches["test"], args.show)
     return metrics, iv
 
 
@@ -630,90 +604,11 @@ def evaluate_saved(args) -> None:
     model, tok, iv, task, batches = open_saved(args)
     iv.beta = args.beta
     print(f"{task.name} at beta {args.beta}:")
-    print_table({iv.method: measure(model, iv, batches, args.eval_batch_size)}, task.name)
+    console.print_table({iv.method: measure(model, iv, batches, args.eval_batch_size)}, task.name)
     if args.show:
-        show(model, tok, iv, task.test, batches["test"], args.show)
+        console.show(model, tok, iv, task.test, batches["test"], args.show)
     if args.generate:
-        generations(model, tok, {iv.method: iv}, task.test, args.show or 3, args.generate)
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def print_table(results: dict[str, dict], task: str = "") -> None:
-    """Methods side by side; cells with two numbers are train / test of `task` (named above the table)."""
-    rows = [("flip rate", "flip_rate", "{:.2f}"), ("  95% interval (Wilson)", "flip_rate_ci", "[{:.2f}, {:.2f}]"),
-            ("prompts", "n_prompts", "{}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
-            ("logit diff after", "logit_diff_after", "{:+.2f}"), ("KL of the other tokens, nats", "kl", "{:.3f}"),
-            ("  95% interval (bootstrap)", "kl_ci", "[{:.3f}, {:.3f}]")]
-
-    def cell(value, fmt):
-        return fmt.format(*value) if isinstance(value, list) else fmt.format(value)
-    table = [("(train / test)", *results)]
-    table += [(name, *(f"{cell(m['train'][key], fmt)} / {cell(m['test'][key], fmt)}"
-                       for m in results.values())) for name, key, fmt in rows]
-    table += [("parameters", *(f"{m['n_params']:,}" for m in results.values())),
-              ("l1 of parameters", *(f"{m['l1']:.2f}" for m in results.values())),
-              (f"active locations (>= {ascale.ACTIVE:.0%} change)",
-               *(f"{m['n_active']:.1f}" for m in results.values()))]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    print(f"\ntask {task}:" if task else "")
-    for row in table:
-        print("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]))
-
-
-def print_selection(method: str, chosen: dict) -> None:
-    """One or two lines on what the selection kept (selection.py), or the strength DiffMean chose."""
-    if method in chosen:                              # a baseline: what it computed
-        print(f"{method}: {chosen[method]['summary']}")
-    if "selection" in chosen:
-        sel = chosen["selection"]
-        tried = ", ".join(f"K={r['K']}: {r['flip_rate_select']:.2f}" for r in sel["path"])
-        print(f"{method}: kept {sel['K']} of the {sel['unpruned']['units']} active units by {sel['measure']}"
-              f" ({sel['rule']}; unpruned flip {sel['unpruned']['select_flip_rate']:.2f}); path, flip on the"
-              f" selection prompts after refit: {tried}")
-    if "runs" in chosen and chosen["runs"]["fits"]:
-        r = chosen["runs"]
-        m, sd = r["mean_sd"]["test_flip_rate"]
-        print(f"{method}: {r['runs']} bootstrap fits, each pruned to K={r['K']}; {r['selected']} locations kept by"
-              f" >= {r['threshold']:.0%} of them; test flip of the fits {m:.2f} ± {sd:.2f} (mean ± sd);"
-              f" {selection.describe_agreement(r)}")
-
-
-def show(model, tok, iv, ps, batch, n: int) -> None:
-    """The first n test prompts with their top-5 next tokens before and after the intervention."""
-    n = min(n, len(ps))
-    before = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n]).softmax(-1)
-    after = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n],
-                                 intervene=ascale.at_slots(iv, batch[:n].slots)).softmax(-1)
-    for i in range(n):
-        target = tok.token_str(int(batch.answers[i, 0]))
-        print(f"\n{ps.prompts[i]!r}\n  correct {ps.correct_str[i]!r}, wrong {ps.wrong_str[i]!r}, target {target!r}")
-        for name, p in (("before", before[i]), ("after ", after[i])):
-            top = p.topk(5)
-            print(f"  {name}: " + "  ".join(f"{tok.token_str(int(t))!r} {float(q):.1%}"
-                                           for q, t in zip(top.values, top.indices, strict=True)))
-
-
-def generations(model, tok, ivs: dict, ps, n: int, n_tokens: int) -> None:
-    """--generate: the first n test prompts, each continued greedily by n_tokens tokens without the
-    intervention and with each of `ivs` (method -> intervention), one under the other. Each prompt
-    is generated on its own, so the padding of shorter prompts never enters a continuation; the
-    text stops at an end-of-text token."""
-    n = min(n, len(ps))
-    beta = next(iter(ivs.values())).beta
-    print(f"\ngreedy continuations of {n_tokens} tokens, without and with the intervention (beta {beta:g}):")
-    rows = {"without": None, **{f"with {method}": iv for method, iv in ivs.items()}}
-    width = max(map(len, rows))
-    for i in range(n):
-        ids = ps.ids[i:i + 1, :int(ps.answer_pos[i]) + 1]               # (1, T): this prompt, no padding
-        print(f"\n{ps.prompts[i]!r}")
-        for label, iv in rows.items():
-            bound = iv if iv is None or ps.slots is None else ascale.at_slots(iv, ps.slots[i:i + 1, :ids.shape[1]])
-            new = model.generate(ids, n_tokens, intervene=bound)[0, ids.shape[1]:].tolist()
-            if tok.eot_token in new:
-                new = new[:new.index(tok.eot_token) + 1]
-            print(f"  {label.ljust(width)}: {tok.decode(new)!r}")
+        console.generations(model, tok, {iv.method: iv}, task.test, args.show or 3, args.generate)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ with Qwen's vocabulary of 151,936 tokens, in a temporary folder, trained by trai
 The model is random (its answers mean nothing; the run is about memory): the toy world's tokenizer
 (models/toyworld/tokenizer.json) and architecture, --layers layers of --width (default 2 and 32: blocks so
 small that their FLOPs alone would allow one step on all 15,000 training prompts, some 20 GiB of logits and
-their gradients; ascale.train_batch_size counts the unembedding too, and caps the batch by memory, for
+their gradients; running.budget.train_batch_size counts the unembedding too, and caps the batch by memory, for
 --prompts 2000 at about 240), with an unembedding of --vocab rows, so the tokens the prompts use are in
 its vocabulary. The prompts are conflicts of
 one token length (`The capital of X is Y, says Z. Q: What is the capital of X? A:`). The peak is

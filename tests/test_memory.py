@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import memory
 from loading.tokenizer import get_tokenizer
+from running import budget
 
 
 def test_the_task_has_20000_distinct_prompts_of_one_length(tmp_path):
@@ -45,12 +46,12 @@ def test_the_default_batch_keeps_a_step_under_the_memory_budget():
     of logits and their gradients), the memory budget cuts the batch to what fits STEP_BYTES, and fit uses it."""
     import ascale
     model, batch = big_vocab_task(600)
-    per_prompt = ascale.step_bytes_per_prompt(model.config, batch.ids.shape[1])
-    assert 600 * per_prompt > ascale.STEP_BYTES  # the full batch would not fit
+    per_prompt = budget.step_bytes_per_prompt(model.config, batch.ids.shape[1])
+    assert 600 * per_prompt > budget.STEP_BYTES  # the full batch would not fit
     flops = 6 * sum(p.numel() for p in model.h.parameters()) * batch.ids.numel() + 600 * 6 * 151936 * 32
-    assert flops <= ascale.FULL_BATCH_FLOPS  # so the FLOPs rule alone says: all 600 (blocks, and the unembedding)
-    size = ascale.train_batch_size(model, batch)
-    assert size == ascale.STEP_BYTES // per_prompt and 200 < size < 300 and size * per_prompt <= ascale.STEP_BYTES
+    assert flops <= budget.FULL_BATCH_FLOPS  # so the FLOPs rule alone says: all 600 (blocks, and the unembedding)
+    size = budget.train_batch_size(model, batch)
+    assert size == budget.STEP_BYTES // per_prompt and 200 < size < 300 and size * per_prompt <= budget.STEP_BYTES
     iv = ascale.make("activscalar", model.config, ["mlp_out"], batch.ids.shape[1])
     curve = ascale.fit(model, iv, batch, steps=1, progress=False)
     assert curve["batch_size"] == size
@@ -64,7 +65,7 @@ def test_the_toy_worlds_ccc_and_ioi_keep_full_batches():
     model, tok = GPT.from_pretrained(str(memory.TOYWORLD)), get_tokenizer(str(memory.TOYWORLD))
     for name in ("ccc", "ioi"):
         train = ascale.prepare(model, tasks.load_task(name, tok).train)
-        assert ascale.train_batch_size(model, train) == len(train) == 300, name
+        assert budget.train_batch_size(model, train) == len(train) == 300, name
 
 
 STEP_PEAK = """
@@ -73,6 +74,7 @@ sys.path.insert(0, {root!r})
 import torch
 import ascale
 from gpt2 import GPT, SITES, GPTConfig
+from running import budget
 B, V, T, arch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
 if arch == "llama":
@@ -91,7 +93,7 @@ before = peak()
 loss, _ = ascale.objective(model, iv, batch)       # p⁻ recomputed (not kept), as for large tasks
 loss.backward()
 after = peak()
-print((after - before) / B, ascale.step_bytes_per_prompt(cfg, T))
+print((after - before) / B, budget.step_bytes_per_prompt(cfg, T))
 """
 
 

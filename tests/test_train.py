@@ -11,6 +11,7 @@ from conftest import ROOT, gpt2_files, missing, save_checkpoint, tiny_hf_model
 
 import ascale
 import train
+from figures import console
 
 CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
             ("Russia", "Moscow"), ("Egypt", "Cairo"), ("Greece", "Athens"), ("Poland", "Warsaw"),
@@ -162,7 +163,7 @@ def test_generation_does_not_read_the_padding(setup, capsys):
     ps = tasks.tokenize([tasks.Item(r["prompt"], r["correct"], r["wrong"]) for r in ccc_rows([longer])[-3:]], tok)
     assert ps.lengths.tolist() == [18, 18, 22]  # the first two padded by 4
     iv = ascale.make("dynscalar", model.config, ["mlp_out"])
-    train.generations(model, tok, {"dynscalar": iv}, ps, len(ps), 5)
+    console.generations(model, tok, {"dynscalar": iv}, ps, len(ps), 5)
     shown = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("  with ")]
     alone = [repr(tok.decode(model.generate(torch.tensor([tok.encode(p)]), 5)[0, -5:].tolist())) for p in ps.prompts]
     assert shown == alone
