@@ -85,7 +85,7 @@ def test_one_run_folder_written_once(runs):
     assert files == sorted(p.name for p in one.iterdir()) and "knockout.png" in files   # no .lock, no .staging
     assert sorted(p.name for p in two.parent.iterdir()) == ["one", "two"]
     # rank 0 alone prints: every line of the run once
-    for line in ("original model: prefers", "flip rate", "knockout map:", f"wrote {two}/"):
+    for line in ("original model: prefers", "flip rate", "knockout map (zero ablation):", f"wrote {two}/"):
         assert proc.stdout.count(line) == 1, line
 
 
