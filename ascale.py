@@ -358,7 +358,19 @@ class Batch:
         return len(self.ids)
 
     def __getitem__(self, index) -> "Batch":
-        return Batch(*(None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)))
+        """Some of the prompts, cut after the longest one's answer: the padding past it changes nothing read at
+        the answer positions (attention is causal), and a set of many lengths would pay for it at every step."""
+        mb = Batch(*(None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)))
+        T = int(mb.answer_pos.max()) + 1 if len(mb) else mb.ids.shape[1]
+        return mb if T == mb.ids.shape[1] else replace(mb, ids=mb.ids[:, :T], slots=None if mb.slots is None
+                                                       else mb.slots[:, :T])
+
+    def by_length(self, batch_size: int):
+        """Index tensors of up to batch_size prompts of about one length, shortest first (under torchrun this
+        process's share): for passes over the whole set that put their results back by index."""
+        order = self.answer_pos.argsort(stable=True)
+        for i in parallel.chunks(len(self), batch_size):
+            yield order[i:i + batch_size]
 
 
 def rest_log_likelihood(p_rest: torch.Tensor, logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -431,19 +443,19 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
                 *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else (None, None)),
                 slots=None if getattr(prompts, "slots", None) is None else prompts.slots.to(device),
                 top=torch.zeros(N, dtype=c.dtype, device=device))
-    for i in parallel.chunks(N, batch_size):                          # data parallel: this process's chunks
-        logits = model(ids[i:i + batch_size], at=pos[i:i + batch_size]).float()   # (B, V) ℓ
-        ci, wi = c[i:i + batch_size], w[i:i + batch_size]
+    for rows in out.by_length(batch_size):                           # data parallel: this process's chunks
+        logits = model(ids[rows, :int(pos[rows].max()) + 1], at=pos[rows]).float()   # (B, V) ℓ, padding cut
+        ci, wi = c[rows], w[rows]
         lc, lw = logits.gather(1, ci[:, None])[:, 0], logits.gather(1, wi[:, None])[:, 0]
         t = torch.full_like(ci, target) if isinstance(target, int) else \
             {"flip": torch.where(lc > lw, wi, ci), "wrong": wi, "correct": ci}[target]
-        answers = out.answers[i:i + batch_size]
-        answers.copy_(torch.stack([t, ci + wi - t], 1))              # (B, 2): o is the one t is not
+        answers = torch.stack([t, ci + wi - t], 1)                    # (B, 2): o is the one t is not
+        out.answers[rows] = answers
         lt, lo = logits.gather(1, answers).unbind(1)
-        out.diff_before[i:i + batch_size] = lt - lo
-        out.top[i:i + batch_size] = logits.argmax(1)
+        out.diff_before[rows] = lt - lo
+        out.top[rows] = logits.argmax(1)
         if keep:
-            out.p_rest[i:i + batch_size], out.neg_entropy[i:i + batch_size] = rest_distribution(logits, answers)
+            out.p_rest[rows], out.neg_entropy[rows] = rest_distribution(logits, answers)
     return parallel.summed(out, "answers", "diff_before", "p_rest", "neg_entropy", "top")  # every process's chunks
 
 
@@ -553,10 +565,10 @@ def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dic
     flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
     before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
     diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)
-    for i in parallel.chunks(len(batch), batch_size):                # data parallel: this process's chunks
-        mb = with_original(model, batch[i:i + batch_size])
+    for rows in batch.by_length(batch_size):                         # data parallel: this process's chunks
+        mb = with_original(model, batch[rows])
         logits = model(mb.ids, intervene=at_slots(iv, mb.slots), at=mb.answer_pos).float()  # (B, V)
-        diff[i:i + batch_size], kl[i:i + batch_size] = answer_stats(logits, mb)
+        diff[rows], kl[rows] = answer_stats(logits, mb)
     diff, kl = parallel.total(diff), parallel.total(kl)              # every process's chunks
     flips = int((diff > 0).sum())
     return {"flip_rate": flips / len(batch), "flip_rate_ci": stats.wilson(flips, len(batch)), "kl": kl.mean().item(),
@@ -569,10 +581,11 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
                      batch_size: int = 64) -> float:
     """Number of active locations, averaged over the prompts: locations (site, layer, position
     up to the answer, [head]) where ‖h̃ - h‖ >= threshold·‖h‖. For ActivScalar this is exactly the
-    number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt."""
+    number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt.
+    With a slot map (batch.slots) a location is (site, layer, slot[, head]), active where any of its tokens is."""
     count = torch.zeros((), dtype=torch.long, device=batch.ids.device)   # added to in place (see prepare)
-    for i in parallel.chunks(len(batch), batch_size):                # data parallel: this process's chunks
-        mb = batch[i:i + batch_size]
+    for rows in batch.by_length(batch_size):                         # data parallel: this process's chunks
+        mb = batch[rows]
         real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
         bound = at_slots(iv, mb.slots)                               # iv itself where there is no slot map
 
@@ -580,7 +593,12 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
             out = bound(site, layer, h)
             if site in iv.sites:
                 active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
-                count.add_((active.view(*real.shape, -1) & real[..., None].to(h.device)).sum().to(count.device))
+                active = (active.view(*real.shape, -1) & real[..., None].to(h.device)).byte()   # (B, T, 1 or nh)
+                if mb.slots is not None:                             # (B, S, 1 or nh): any token of the slot
+                    slot = mb.slots[..., None].expand_as(active).to(h.device)
+                    active = active.new_zeros(len(slot), int(slot.max()) + 1, active.shape[-1]).scatter_reduce(
+                        1, slot, active, "amax")
+                count.add_(active.sum().to(count.device))
             return out
 
         model(mb.ids, intervene=record, at=mb.answer_pos)

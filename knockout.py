@@ -74,11 +74,12 @@ def location_means(model, batch: Batch, sites, batch_size: int = 64) -> dict[str
     """Each location's mean activation over the prompts (mean ablation's replacement): {site: (L, S, D), or
     (L, S, nh, hs) for head}, S the positions (or the slots, averaging all of a slot's tokens); padding
     after the answer is left out."""
-    sites, T = check_sites(sites), batch.ids.shape[1]
-    S = T if batch.slots is None else int(batch.slots.max()) + 1
+    sites = check_sites(sites)
+    S = batch.ids.shape[1] if batch.slots is None else int(batch.slots.max()) + 1
     sums, count = {}, torch.zeros(S, dtype=torch.float64)
     for i in range(0, len(batch), batch_size):
         mb = batch[i:i + batch_size]
+        T = mb.ids.shape[1]                                          # its padding cut (Batch.__getitem__)
         slot = torch.arange(T, device=mb.ids.device).expand(len(mb), T) if mb.slots is None else mb.slots
         real = (torch.arange(T, device=mb.ids.device) <= mb.answer_pos[:, None]).flatten()   # (b·T,)
         index = slot.flatten()[real].cpu()
@@ -133,7 +134,7 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     if mode == "mean" and means is None:
         means = location_means(model, batch, sites)
     batch = spread(batch, knockout_prompts(model, T, sites) if max_prompts is None else max_prompts)
-    n, device = len(batch), batch.ids.device
+    n, device, T = len(batch), batch.ids.device, batch.ids.shape[1]      # spread cut the padding past the longest
     # Slot s's tokens start at position first[s] at the earliest: positions before it see no change.
     slots = batch.slots
     S = T if slots is None else int(slots.max()) + 1

@@ -434,6 +434,22 @@ def test_dynscalar_on_right_padded_prompts_of_mixed_lengths(model):
                                ascale.answer_logits(model, batch.ids[1:2], batch.answer_pos[1:2], iv))
 
 
+def test_minibatches_cut_their_padding_and_whole_set_passes_go_by_length(model):
+    """A minibatch is cut after its longest prompt's answer, and passes over the set (prepare, evaluate) take
+    prompts of about one length together: the numbers stay those of the padded prompts, row for row."""
+    ps = prompts(N=6, T=12, swap=True)
+    ps.answer_pos = torch.tensor([11, 3, 7, 4, 11, 5])
+    iv, batch, _ = trained(model, "dynscalar", "flip", ps=ps, steps=5)
+    assert batch.ids.shape == (6, 12) and batch[[1, 3, 5]].ids.shape == (3, 6) and batch[[0, 1]].ids.shape[1] == 12
+    assert [r.tolist() for r in batch.by_length(2)] == [[1, 3], [5, 2], [0, 4]]
+    padded = ascale.answer_logits(model, ps.ids, ps.answer_pos)      # one pass of the whole padded set
+    lt, lo = padded.gather(1, batch.answers).unbind(1)
+    torch.testing.assert_close(batch.diff_before, lt - lo)
+    m = ascale.evaluate(model, iv, batch, batch_size=2)
+    after = ascale.answer_logits(model, ps.ids, ps.answer_pos, iv).gather(1, batch.answers)
+    assert m["logit_diff_after"] == pytest.approx((after[:, 0] - after[:, 1]).mean().item(), abs=1e-5)
+
+
 def test_larger_lambda_m_gives_fewer_active_locations(model):
     counts = []
     for lambda_m in (0.0, 0.3):

@@ -93,6 +93,19 @@ def test_position_tied_methods_train_on_three_lengths(model, method):
     torch.testing.assert_close(short, full, atol=1e-4, rtol=1e-4)
 
 
+def test_active_locations_count_a_slot_once_however_many_tokens_it_has(model):
+    """With a slot map a location is (site, layer, slot): one scalar on the text slot is one active location on
+    every prompt, whether its text has 1 token or 6; one on a suffix slot, one more."""
+    ps = slot_prompts()
+    batch = ascale.prepare(model, ps, "flip")
+    iv = ascale.make("activscalar", model.config, SITES, ps.n_slots)
+    with torch.no_grad():
+        iv.alpha["attn_out"][1, 2] = 0.5                            # the text slot (P = 2)
+        assert ascale.active_locations(model, iv, batch) == 1
+        iv.alpha["mlp_out"][0, 4] = -0.3                            # a suffix slot
+        assert ascale.active_locations(model, iv, batch) == 2
+
+
 def test_a_slot_map_of_positions_gives_the_same_numbers_bit_for_bit(model):
     """Fixed length: slot = position. The slot map arange(T) gives exactly the numbers of no slot map."""
     ps = prompts(swap=True)
