@@ -589,13 +589,13 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
         real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
         bound = at_slots(iv, mb.slots)                               # iv itself where there is no slot map
 
-        def record(site, layer, h, real=real, bound=bound):
+        def record(site, layer, h, real=real, bound=bound, slots=mb.slots):
             out = bound(site, layer, h)
             if site in iv.sites:
                 active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
                 active = (active.view(*real.shape, -1) & real[..., None].to(h.device)).byte()   # (B, T, 1 or nh)
-                if mb.slots is not None:                             # (B, S, 1 or nh): any token of the slot
-                    slot = mb.slots[..., None].expand_as(active).to(h.device)
+                if slots is not None:                             # (B, S, 1 or nh): any token of the slot
+                    slot = slots[..., None].expand_as(active).to(h.device)
                     active = active.new_zeros(len(slot), int(slot.max()) + 1, active.shape[-1]).scatter_reduce(
                         1, slot, active, "amax")
                 count.add_(active.sum().to(count.device))
