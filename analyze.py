@@ -5,6 +5,7 @@ does minimality cost, and what does the strength dial do?
     python analyze.py knockout runs/ccc-toyworld-activscalar/intervention.safetensors
     python analyze.py lambda --model models/toyworld --task ccc
     python analyze.py beta runs/ccc-toyworld-activscalar/intervention.safetensors
+    python analyze.py parts runs/ccc-toyworld-scaleshift/intervention.safetensors
 
 knockout  A reference map that does not depend on the objective: every location (site, layer,
           position[, head]) is switched off in turn (α = -1 there, nothing else) over the training
@@ -21,13 +22,19 @@ lambda    The paper's trade-off: each method trained at several λM, flip rate a
 beta      The strength dial: a saved intervention evaluated at several β (0 is the original model,
           1 as trained, -1 reversed), flip rate and KL against β. Writes beta.json and beta.png
           beside the intervention file.
+parts     For a ScaleShift, h·(1 + α) + v: does it scale or turn? At each kept location, the mean ‖h‖
+          over the training prompts, the change's size as a share of ‖h‖ and the share of the change
+          that is orthogonal to h; then the test flip rate with v set to 0 and with α set to 0.
 """
 
 import argparse
+import copy
 import json
 import math
 import sys
 from pathlib import Path
+
+import torch
 
 import ascale
 import tasks
@@ -122,6 +129,57 @@ def run_beta(args) -> None:
     print(f"wrote {folder}/beta.json and {folder}/beta.png")
 
 
+# ----------------------------------------------------------------------------- the parts of a ScaleShift
+
+
+@torch.no_grad()
+def part_shares(model, iv, batch) -> dict[tuple, list[float]]:
+    """{(site, layer, position): [mean ‖h‖, mean ‖Δ‖/‖h‖, mean ‖Δ⊥‖/‖Δ‖]} over the prompts' tokens at each kept
+    location of a ScaleShift iv, Δ = β·(α·h + v) its change and Δ⊥ the part of Δ orthogonal to h."""
+    units = [(s, l, p) for s in iv.sites for l, p in (iv.effect()[s] > 0).nonzero().tolist()]
+    rows = {u: [] for u in units}
+    for i in range(0, len(batch), 64):
+        mb = batch[i:i + 64]
+        T = mb.ids.shape[1]
+        where = mb.slots if mb.slots is not None else torch.arange(T, device=mb.ids.device).expand(len(mb), T)
+        real = torch.arange(T, device=mb.ids.device) <= mb.answer_pos[:, None]          # (B, T): not padding
+        bound = ascale.at_slots(iv, mb.slots)
+
+        def record(site, layer, h, where=where, real=real, bound=bound):
+            for s, l, p in units:
+                if (s, l) == (site, layer):
+                    x = h[(where == p) & real].float()                                   # (tokens, D)
+                    d = iv.beta * (iv.alpha[s][l, p] * x + iv.v[s][l, p])
+                    x_hat = x / x.norm(dim=-1, keepdim=True)
+                    across = d - (d * x_hat).sum(-1, keepdim=True) * x_hat
+                    rows[(s, l, p)].append(torch.stack([x.norm(dim=-1), d.norm(dim=-1) / x.norm(dim=-1),
+                                                        across.norm(dim=-1) / d.norm(dim=-1)], 1))
+            return bound(site, layer, h)
+        model(mb.ids, intervene=record, at=mb.answer_pos)
+    return {u: torch.cat(r).mean(0).tolist() for u, r in rows.items()}
+
+
+def run_parts(args) -> None:
+    targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
+    model, _, iv, task, batches = train.open_saved(targs)
+    if not hasattr(iv, "v") or not hasattr(iv, "alpha"):
+        raise UserError(f"{args.file} is a {iv.method}; parts reads an intervention with a scale and a shift"
+                        " (scaleshift)")
+    for (s, l, p), (n, change, across) in part_shares(model, iv, batches["train"]).items():
+        print(f"{s} layer {l} at {task.train.labels[p]!r}: alpha {iv.alpha[s][l, p].item():+.2f}, ||v||"
+              f" {iv.v[s][l, p].norm().item():.2f}, mean ||h|| {n:.1f}, change {change:.2f} of ||h||, {across:.2f}"
+              " of it across h")
+    for part in ("v", "alpha"):
+        only = copy.deepcopy(iv)
+        with torch.no_grad():
+            for t in getattr(only, part).values():
+                t.zero_()
+        ev = ascale.evaluate(model, only, batches["test"], targs.eval_batch_size)
+        low, high = ev["flip_rate_ci"]
+        print(f"{part} = 0: test flip {ev['flip_rate']:.2f} [{low:.2f}, {high:.2f}] of {ev['n_prompts']}, KL"
+              f" {ev['kl']:.2f}")
+
+
 # ----------------------------------------------------------------------------- shared output
 
 
@@ -167,6 +225,10 @@ def main(argv=None) -> int:
     b.add_argument("--betas", default="-1,-0.5,0,0.25,0.5,0.75,1,1.5,2", help="comma-separated β values"
                    " (default: -1,-0.5,0,0.25,0.5,0.75,1,1.5,2)")
     b.add_argument("--model", help="model to load instead of the file's (same shape)")
+    t = sub.add_parser("parts", help="a saved ScaleShift: how much it scales and how much it turns, and each part's"
+                       " share of the effect")
+    t.add_argument("file", help="a run's intervention.safetensors (scaleshift)")
+    t.add_argument("--model", help="model to load instead of the file's (same shape)")
     s = sub.add_parser("lambda", help="train each method at several λM: flip rate and KL against active locations",
                        epilog="Any other flag is passed on to train.py (e.g. --steps 300 --sites head).")
     s.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, smollm2 or gemma3-270m"
@@ -183,7 +245,8 @@ def main(argv=None) -> int:
     if rest and args.command != "lambda":
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     args.train_args = rest
-    return train.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta}[args.command], args)
+    return train.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta,
+                               "parts": run_parts}[args.command], args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Read top to bottom (docs/method.md defines every term):
     1. interventions   ActivScalar  h̃ = h·(1 + β·α)         one scalar per location
                        SteerVec     h̃ = h + β·v             one vector per location (the baseline)
                        DynScalar    h̃ = h·(1 + β·α(h))      α(h) = w·ĥ + b, one probe per site and layer
-                       ScaleShift   h̃ = h·(1 + β·α) + β·v   a scalar and a vector per location
     2. the objective   L = L_E + λF·L_F + λM·L_M            effectiveness, faithfulness, minimality
     3. training        Adam on the intervention's parameters only; the model stays frozen
     4. metrics         flip rate, logit difference before/after, KL, parameters, ℓ1, active locations
@@ -16,7 +15,8 @@ The checks of where an intervention acts (knockout map, attribution, agreement) 
 A location is (site, layer, position), and also head for the `head` site. An intervention is an
 nn.Module called as `intervene(site, layer, h)` by gpt2.GPT's forward pass; sites it was not given
 pass through untouched. Each class says what the rest of the code asks of it in its class attributes
-(Intervention's list them), so a new method is one class here: defining it registers it in METHODS.
+(Intervention's list them), so a new method is one class: defining it registers it in METHODS, here or in a
+module of its own (scaleshift.py, diffmean.py: imported by train.py, and by a Python user before loading one).
 """
 
 import json
@@ -264,31 +264,6 @@ class DynScalar(Scaling):
         return maps
 
 
-class ScaleShift(ActivScalar):
-    """h̃ = h·(1 + β·α) + β·v: a scalar α and a vector v per location, so that a location may change its
-    activation's magnitude and its direction (the paper's open question: is scaling enough, or does
-    steering need both?). Selection ranks a location by |α| + ‖v‖/max ‖v‖: both terms without units (a
-    share of the activation, a share of the intervention's largest shift). The map draws β·α alone."""
-    method, about = "scaleshift", "a scalar and a vector per location, h*(1+a)+v"
-    measure = "|alpha| + ||v|| / max ||v||"
-    map_label = "β·α, the scale part: the activation is scaled by 1 + β·α (the shift β·v is not drawn)"
-
-    def __init__(self, cfg: GPTConfig, sites, positions: int):
-        super().__init__(cfg, sites, positions)                     # alpha: (L, T) or (L, T, nh) for head
-        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)))
-                                   for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
-
-    def apply(self, site, layer, h, pos=None):
-        v = self.v[site][layer].to(h.device)                        # (T, ...), or each row's position's
-        return super().apply(site, layer, h, pos) + (self.beta * (v if pos is None else v[pos])).to(h.dtype)
-
-    def effect(self) -> dict[str, torch.Tensor]:
-        """|α| + ‖v‖/max ‖v‖ per location (the largest shift counts as much as doubling the activation)."""
-        top = max(float(v.detach().norm(dim=-1).max()) for v in self.v.values())
-        return {s: self.alpha[s].detach().abs() + self.v[s].detach().norm(dim=-1) / max(top, 1e-12)
-                for s in self.sites}
-
-
 def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """A map over units (a keep mask, a count) shaped to multiply parameter p: (L, T) -> (L, T, 1) for v."""
     return units.view(*units.shape, *[1] * (p.dim() - units.dim())).to(p.dtype)
@@ -343,8 +318,9 @@ def at_slots(iv: Intervention, slots: torch.Tensor | None):
 @dataclass
 class Batch:
     """A prompt set with what the objective needs about the original model there, computed once
-    (no gradients) by `prepare` and reused at every step. Index it to take a minibatch. p⁻ is N·V floats
-    (12 GB for 20,000 prompts of Qwen's 151,936 tokens): beyond P_REST_BYTES it is None (see with_original)."""
+    (no gradients) by `prepare` and reused at every step. Index it to take a minibatch, cut after its longest
+    prompt: the padding is never read (attention is causal) and would cost time. p⁻ is N·V floats (12 GB for
+    20,000 prompts of Qwen's 151,936 tokens): beyond P_REST_BYTES it is None (see with_original)."""
     ids: torch.Tensor          # (N, T) prompt tokens, right-padded
     answer_pos: torch.Tensor   # (N,) position of the last prompt token, where logits are read
     answers: torch.Tensor      # (N, 2) target token t and other token o: (c, w) or (w, c)
@@ -358,19 +334,9 @@ class Batch:
         return len(self.ids)
 
     def __getitem__(self, index) -> "Batch":
-        """Some of the prompts, cut after the longest one's answer: the padding past it changes nothing read at
-        the answer positions (attention is causal), and a set of many lengths would pay for it at every step."""
         mb = Batch(*(None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)))
-        T = int(mb.answer_pos.max()) + 1 if len(mb) else mb.ids.shape[1]
-        return mb if T == mb.ids.shape[1] else replace(mb, ids=mb.ids[:, :T], slots=None if mb.slots is None
-                                                       else mb.slots[:, :T])
-
-    def by_length(self, batch_size: int):
-        """Index tensors of up to batch_size prompts of about one length, shortest first (under torchrun this
-        process's share): for passes over the whole set that put their results back by index."""
-        order = self.answer_pos.argsort(stable=True)
-        for i in parallel.chunks(len(self), batch_size):
-            yield order[i:i + batch_size]
+        T = int(mb.answer_pos.max()) + 1 if len(mb) else 0
+        return replace(mb, ids=mb.ids[:, :T], slots=None if mb.slots is None else mb.slots[:, :T])
 
 
 def rest_log_likelihood(p_rest: torch.Tensor, logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -443,17 +409,15 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
                 *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else (None, None)),
                 slots=None if getattr(prompts, "slots", None) is None else prompts.slots.to(device),
                 top=torch.zeros(N, dtype=c.dtype, device=device))
-    for rows in out.by_length(batch_size):                           # data parallel: this process's chunks
+    for rows in by_length(out, batch_size):                           # data parallel: this process's chunks
         logits = model(ids[rows, :int(pos[rows].max()) + 1], at=pos[rows]).float()   # (B, V) ℓ, padding cut
         ci, wi = c[rows], w[rows]
         lc, lw = logits.gather(1, ci[:, None])[:, 0], logits.gather(1, wi[:, None])[:, 0]
         t = torch.full_like(ci, target) if isinstance(target, int) else \
             {"flip": torch.where(lc > lw, wi, ci), "wrong": wi, "correct": ci}[target]
-        answers = torch.stack([t, ci + wi - t], 1)                    # (B, 2): o is the one t is not
-        out.answers[rows] = answers
+        out.answers[rows] = answers = torch.stack([t, ci + wi - t], 1)  # (B, 2): o is the one t is not
         lt, lo = logits.gather(1, answers).unbind(1)
-        out.diff_before[rows] = lt - lo
-        out.top[rows] = logits.argmax(1)
+        out.diff_before[rows], out.top[rows] = lt - lo, logits.argmax(1)
         if keep:
             out.p_rest[rows], out.neg_entropy[rows] = rest_distribution(logits, answers)
     return parallel.summed(out, "answers", "diff_before", "p_rest", "neg_entropy", "top")  # every process's chunks
@@ -559,13 +523,21 @@ def check_finite(values: dict[str, float], step: int, lr: float) -> None:
 # ----------------------------------------------------------------------------- 4. metrics
 
 
+def by_length(batch: Batch, batch_size: int):
+    """Index tensors of up to batch_size prompts of about one length, shortest first (under torchrun this
+    process's share): for passes over the whole set that put their results back by index."""
+    order = batch.answer_pos.argsort(stable=True)
+    for i in parallel.chunks(len(batch), batch_size):
+        yield order[i:i + batch_size]
+
+
 @torch.no_grad()
 def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
     """Effectiveness and faithfulness (docs/method.md, "Metrics") on a prepared prompt set, at iv's current β:
     flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
     before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
     diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)
-    for rows in batch.by_length(batch_size):                         # data parallel: this process's chunks
+    for rows in by_length(batch, batch_size):                         # data parallel: this process's chunks
         mb = with_original(model, batch[rows])
         logits = model(mb.ids, intervene=at_slots(iv, mb.slots), at=mb.answer_pos).float()  # (B, V)
         diff[rows], kl[rows] = answer_stats(logits, mb)
@@ -584,7 +556,7 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
     number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt.
     With a slot map (batch.slots) a location is (site, layer, slot[, head]), active where any of its tokens is."""
     count = torch.zeros((), dtype=torch.long, device=batch.ids.device)   # added to in place (see prepare)
-    for rows in batch.by_length(batch_size):                         # data parallel: this process's chunks
+    for rows in by_length(batch, batch_size):                         # data parallel: this process's chunks
         mb = batch[rows]
         real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
         bound = at_slots(iv, mb.slots)                               # iv itself where there is no slot map

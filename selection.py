@@ -31,9 +31,9 @@ import ascale
 PATH = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 TOLERANCE = 0.03     # the chosen K's training flip rate may be this far below the unpruned fit's
 FREQUENCY = 0.5      # --runs: the final set is the locations kept by at least this share of the fits
-REFIT_STEPS = 5      # a refit: short, from the ℓ1 fit's values (near where it ends), at a constant rate
-REFIT_LR = 0.06      # of 0.06: 5 Adam steps move a scalar by up to 0.3
-FINISH_STEPS = 10    # the chosen K's refit then goes on for this many steps more (the result's, alone)
+REFIT_STEPS = 3      # a refit: short, from the ℓ1 fit's values (near where it ends), at a constant rate
+REFIT_LR = 0.06      # of 0.06: 3 Adam steps move a scalar by up to 0.18
+FINISH_STEPS = 5     # the chosen K's refit then goes on for this many steps more (the result's, alone)
 SELECTION_PROMPTS = 100  # the path reads its flip rates on this many training prompts (selection_prompts)
 
 
@@ -82,16 +82,17 @@ def selection_prompts(train: ascale.Batch, n: int = SELECTION_PROMPTS) -> ascale
 
 
 def choose(model, iv, batches, *, locations: int | None = None, tolerance: float = TOLERANCE,
-           refit_steps: int = REFIT_STEPS, seed: int = 0, progress: bool = True, **objective):
+           refit_steps: int = REFIT_STEPS, finish_steps: int = FINISH_STEPS, select_prompts: int = SELECTION_PROMPTS,
+           seed: int = 0, progress: bool = True, **objective):
     """Prune the ℓ1 fit iv to K units and refit them (steps 1-4 above). K = `locations`, or the smallest
     K on PATH whose refit (`refit`: refit_steps steps at REFIT_LR, from the ℓ1 fit's values) reaches the
     reference training flip rate minus `tolerance`, found by bisection (the flip rate grows with K, near
     enough). Flip rates are read on `selection_prompts` (training prompts only); the refits train on all
     the training prompts. batches: {"train", "test"} (the test set is not read here).
-    Returns (the chosen K's refit, trained FINISH_STEPS more, record): record["path"] lists each K tried
+    Returns (the chosen K's refit, trained finish_steps more, record): record["path"] lists each K tried
     with its flip rate and KL on the selection prompts (after its refit_steps, what the rule compares)."""
     train = batches["train"]
-    select = selection_prompts(train)
+    select = selection_prompts(train, select_prompts)
     before = ascale.evaluate(model, iv, select)
     most = n_units(iv)
     path, made = [], {}
@@ -107,7 +108,7 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
         return ev["flip_rate"]
 
     record = {"measure": iv.measure, "tolerance": tolerance, "refit_steps": refit_steps, "refit_lr": REFIT_LR,
-              "finish_steps": FINISH_STEPS if refit_steps else 0,
+              "finish_steps": finish_steps if refit_steps else 0,
               "selection_prompts": len(select), "unpruned": {"units": most, "select_flip_rate": before["flip_rate"]},
               "path": path, "stopped_by": None}
     try:
@@ -131,8 +132,8 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
             K = Ks[hi]
         if K not in made:                             # --locations K, or a fit with one unit: not refit yet
             trial(K)
-        if refit_steps:                               # the chosen refit, on from where it is
-            made[K], curve = refit(model, made[K], train, made[K].keep, steps=FINISH_STEPS, seed=seed,
+        if refit_steps and finish_steps:              # the chosen refit, on from where it is
+            made[K], curve = refit(model, made[K], train, made[K].keep, steps=finish_steps, seed=seed,
                                    progress=progress, **objective)
             if curve["interrupted"]:
                 raise KeyboardInterrupt(curve["stopped_by"])

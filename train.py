@@ -36,6 +36,7 @@ import torch
 import ascale
 import diffmean  # noqa: F401  the DiffMean baseline registers itself in ascale.BASELINES
 import knockout
+import scaleshift  # noqa: F401  ScaleShift registers itself in ascale.METHODS
 import selection
 import tasks
 from figures import console, report

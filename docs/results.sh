@@ -110,38 +110,7 @@ for f in sorted(Path(sys.argv[1]).glob("*/*/metrics.json")):
           f" of {sel.get('unpruned', {}).get('units')}")
 PY
 for task in ccc ioi; do
-  python - "$out/methods/$task-all/scaleshift/intervention.safetensors" <<'PY'
-import copy, sys
-import torch
-import ascale, train
-model, tok, iv, task, batches = train.open_saved(train.parse_args(["--eval", sys.argv[1]]))
-units = [(s, l, p) for s in iv.sites for l, p in (iv.effect()[s] > 0).nonzero().tolist()]
-rows = {u: [] for u in units}
-def record(site, layer, h):                      # at each kept location: ||h||, ||change||/||h||, its share orthogonal to h
-    for s, l, p in units:
-        if (s, l) == (site, layer):
-            x = h[:, p].float()
-            d = iv.alpha[s][l, p] * x + iv.v[s][l, p]
-            x_hat = x / x.norm(dim=-1, keepdim=True)
-            across = d - (d * x_hat).sum(-1, keepdim=True) * x_hat
-            rows[(s, l, p)].append(torch.stack([x.norm(dim=-1), d.norm(dim=-1) / x.norm(dim=-1),
-                                                across.norm(dim=-1) / d.norm(dim=-1)], 1))
-    return iv(site, layer, h)
-with torch.no_grad():
-    model(batches["train"].ids, intervene=record, at=batches["train"].answer_pos)
-for (s, l, p), r in rows.items():
-    n, change, across = torch.cat(r).mean(0).tolist()
-    print(f"{task.name} {s} layer {l} at {task.train.tokens[0][p]!r}: alpha {iv.alpha[s][l, p].item():+.2f},"
-          f" ||v|| {iv.v[s][l, p].norm().item():.2f}, mean ||h|| {n:.1f}, change {change:.2f} of ||h||,"
-          f" {across:.2f} of it across h")
-for part in ("v", "alpha"):
-    only = copy.deepcopy(iv)
-    with torch.no_grad():
-        for p in getattr(only, part).values():
-            p.zero_()
-    ev = ascale.evaluate(model, only, batches["test"])
-    print(f"{task.name}, {part} = 0: test flip {ev['flip_rate']:.2f} [{ev['flip_rate_ci'][0]:.2f},"
-          f" {ev['flip_rate_ci'][1]:.2f}], KL {ev['kl']:.2f}")
-PY
+  echo "$task:"
+  python analyze.py parts "$out/methods/$task-all/scaleshift/intervention.safetensors"
 done
 cp "$out/methods/ioi-all/scaleshift/heatmap.png" docs/toyworld-ioi-scaleshift-heatmap.png

@@ -107,39 +107,7 @@ PY
 start=$(date +%s)
 python train.py --task ccc --model $model --method scaleshift --out "$out/ccc-scaleshift" --overwrite
 echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-scaleshift.seconds"
-python - "$out/ccc-scaleshift/intervention.safetensors" <<'PY'
-import copy, sys
-import torch
-import ascale, train
-model, tok, iv, task, batches = train.open_saved(train.parse_args(["--eval", sys.argv[1]]))
-units = [(s, l, p) for s in iv.sites for l, p in (iv.effect()[s] > 0).nonzero().tolist()]
-rows = {u: [] for u in units}
-def record(site, layer, h):                      # at each kept location: ||h||, ||change||/||h||, its share across h
-    for s, l, p in units:
-        if (s, l) == (site, layer):
-            x = h[:, p].float()
-            d = iv.alpha[s][l, p] * x + iv.v[s][l, p]
-            x_hat = x / x.norm(dim=-1, keepdim=True)
-            across = d - (d * x_hat).sum(-1, keepdim=True) * x_hat
-            rows[(s, l, p)].append(torch.stack([x.norm(dim=-1), d.norm(dim=-1) / x.norm(dim=-1),
-                                                across.norm(dim=-1) / d.norm(dim=-1)], 1))
-    return iv(site, layer, h)
-with torch.no_grad():
-    model(batches["train"].ids, intervene=record, at=batches["train"].answer_pos)
-for (s, l, p), r in rows.items():
-    n, change, across = torch.cat(r).mean(0).tolist()
-    print(f"{s} layer {l} at {task.train.tokens[0][p]!r}: alpha {iv.alpha[s][l, p].item():+.2f},"
-          f" ||v|| {iv.v[s][l, p].norm().item():.2f}, mean ||h|| {n:.1f}, change {change:.2f} of ||h||,"
-          f" {across:.2f} of it across h")
-for part in ("v", "alpha"):
-    only = copy.deepcopy(iv)
-    with torch.no_grad():
-        for p in getattr(only, part).values():
-            p.zero_()
-    ev = ascale.evaluate(model, only, batches["test"])
-    print(f"{part} = 0: test flip {ev['flip_rate']:.2f} [{ev['flip_rate_ci'][0]:.2f}, {ev['flip_rate_ci'][1]:.2f}],"
-          f" KL {ev['kl']:.2f}")
-PY
+python analyze.py parts "$out/ccc-scaleshift/intervention.safetensors"
 
 cp "$out/ccc-selected/heatmap.png" docs/smollm2-ccc-selected-heatmap.png
 cp "$out/ccc-selected/locations.png" docs/smollm2-ccc-locations.png

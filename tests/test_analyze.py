@@ -72,6 +72,33 @@ def test_lambda_sweep(run, tmp_path):
     assert analyze.main(argv) == 2  # a second sweep into the same folder is refused
 
 
+def test_parts_of_a_scaleshift(run, tmp_path, capsys):
+    """A ScaleShift's parts: a pure scale (v = 0) changes h by |α| of its norm and never across it; the command
+    prints a line per kept location and the test flip rate with each part switched off; others are refused."""
+    import torch
+
+    import ascale
+    import tasks
+    from gpt2 import GPT
+    from loading.tokenizer import get_tokenizer
+    model, task, out = run
+    assert train.main(["--model", model, "--task", task, "--method", "scaleshift", "--steps", "10", "--lr", "0.1",
+                       "--locations", "3", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert analyze.main(["parts", str(tmp_path / "intervention.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(" of it across h") == 3 and "v = 0: test flip" in printed and "alpha = 0: test flip" in printed
+    gpt = GPT.from_pretrained(model)
+    batch = ascale.prepare(gpt, tasks.load_task(task, get_tokenizer(model)).train)
+    iv = ascale.make("scaleshift", gpt.config, ["mlp_out"], batch.ids.shape[1])
+    with torch.no_grad():
+        iv.alpha["mlp_out"][1, 2] = -0.4
+    (n, change, across), = analyze.part_shares(gpt, iv, batch).values()
+    assert n > 0 and change == pytest.approx(0.4, abs=1e-5) and across == pytest.approx(0, abs=1e-3)
+    assert "parts reads an intervention with a scale and a shift" in bad(
+        ["parts", str(out / "intervention.safetensors")], capsys, analyze)
+
+
 def test_bad_input(run, tmp_path, capsys):
     model, task, out = run
     assert "--lambda-m takes comma-separated numbers" in bad(["lambda", "--lambda-m", "a,b"], capsys, analyze)

@@ -6,6 +6,7 @@ from conftest import save_checkpoint, tiny_hf_model
 from safetensors.torch import load_file
 
 import ascale
+import scaleshift
 import selection
 from gpt2 import GPT, GPTConfig, UserError
 from tasks import PromptSet
@@ -149,7 +150,7 @@ def test_scaleshift_ranks_a_location_by_alpha_and_its_share_of_the_largest_shift
 
 
 def test_methods_are_registered_by_their_classes():
-    classes = (ascale.ActivScalar, ascale.SteerVec, ascale.DynScalar, ascale.ScaleShift)
+    classes = (ascale.ActivScalar, ascale.SteerVec, ascale.DynScalar, scaleshift.ScaleShift)
     assert ascale.METHODS == {c.method: c for c in classes}
     assert all(c.about and c.measure and c.map_label for c in classes)
 
@@ -441,7 +442,7 @@ def test_minibatches_cut_their_padding_and_whole_set_passes_go_by_length(model):
     ps.answer_pos = torch.tensor([11, 3, 7, 4, 11, 5])
     iv, batch, _ = trained(model, "dynscalar", "flip", ps=ps, steps=5)
     assert batch.ids.shape == (6, 12) and batch[[1, 3, 5]].ids.shape == (3, 6) and batch[[0, 1]].ids.shape[1] == 12
-    assert [r.tolist() for r in batch.by_length(2)] == [[1, 3], [5, 2], [0, 4]]
+    assert [r.tolist() for r in ascale.by_length(batch, 2)] == [[1, 3], [5, 2], [0, 4]]
     padded = ascale.answer_logits(model, ps.ids, ps.answer_pos)      # one pass of the whole padded set
     lt, lo = padded.gather(1, batch.answers).unbind(1)
     torch.testing.assert_close(batch.diff_before, lt - lo)

