@@ -20,6 +20,7 @@ from running import parallel
 
 MODES = ("zero", "mean")  # what a knocked-out activation becomes: 0, or its mean over the prompts there
 KNOCKOUT_FLOPS = 2.5e13  # the knockout map's default budget, which caps its prompts: ~4.5 min at 95 GFLOP/s (1 core)
+SLOT_CHUNK = 8  # prompts of many lengths (a slot map) go through a knockout pass this many at a time, by length
 
 
 def _location_shape(model, site: str, T: int) -> tuple[int, ...]:
@@ -28,14 +29,28 @@ def _location_shape(model, site: str, T: int) -> tuple[int, ...]:
     return (cfg.n_layer, T, cfg.n_head) if site == "head" else (cfg.n_layer, T)
 
 
-def knockout_prompts(model, T: int, sites, flops: float = KNOCKOUT_FLOPS) -> int:
-    """How many prompts of T tokens the knockout map of these sites affords within `flops`. Location
-    (l, p) recomputes layers l ... L-1 at positions p ... T-1 (see knockout), at about 2 FLOPs per block
-    parameter per layer and position, so one prompt costs (locations per layer and position) x
-    Σ_l (L - l) x Σ_p (T - p) x 2 x (parameters of a block). SmolLM2-135M, CCC (T = 18), attn_out and
-    mlp_out: 1.1 TFLOP a prompt, so 22 prompts; the toy world affords all of its 300."""
+def span(batch: Batch) -> float:
+    """The positions one prompt's knockout map recomputes, summed over its locations of one layer and site: location p
+    recomputes positions p ... T-1, Σ_p (T - p) = T(T+1)/2 for prompts of T tokens; with a slot map, slot s from its
+    first token to the prompt's end (knockout takes prompts of about one length together), the mean over the prompts
+    of Σ_s (length - first token of s)."""
+    T = batch.ids.shape[1]
+    if batch.slots is None:
+        return T * (T + 1) / 2
+    idx = torch.arange(T, device=batch.ids.device).expand_as(batch.slots)
+    real = idx <= batch.answer_pos[:, None]
+    first = [torch.where(real & (batch.slots == s), idx, T).min(1).values for s in range(int(batch.slots.max()) + 1)]
+    return float(sum((batch.answer_pos + 1 - f).clamp(min=0) for f in first).double().mean())
+
+
+def knockout_prompts(model, batch: Batch, sites, flops: float = KNOCKOUT_FLOPS) -> int:
+    """How many of these prompts the knockout map of these sites affords within `flops`. Location (l, p)
+    recomputes layers l ... L-1 at positions p ... T-1 (see knockout), at about 2 FLOPs per block parameter per
+    layer and position, so one prompt costs (locations per layer and position) x Σ_l (L - l) x `span` x 2 x
+    (parameters of a block). SmolLM2-135M, CCC (T = 18), attn_out and mlp_out: 1.1 TFLOP a prompt, so 22
+    prompts; the toy world affords all of its 300."""
     L, nh = model.config.n_layer, model.config.n_head
-    per_location = 2 * sum(p.numel() for p in model.h[0].parameters()) * L * (L + 1) / 2 * T * (T + 1) / 2
+    per_location = 2 * sum(p.numel() for p in model.h[0].parameters()) * L * (L + 1) / 2 * span(batch)
     return max(1, int(flops // (per_location * sum(nh if s == "head" else 1 for s in check_sites(sites)))))
 
 
@@ -133,14 +148,17 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     sites, cfg = check_sites(sites), model.config
     if mode == "mean" and means is None:
         means = location_means(model, batch, sites)
-    batch = spread(batch, knockout_prompts(model, T, sites) if max_prompts is None else max_prompts)
-    n, device, T = len(batch), batch.ids.device, batch.ids.shape[1]      # spread cut the padding past the longest
-    # Slot s's tokens start at position first[s] at the earliest: positions before it see no change.
+    batch = spread(batch, knockout_prompts(model, batch, sites) if max_prompts is None else max_prompts)
+    if batch.slots is not None:                 # many lengths: shortest first, so that a pass pads little
+        batch = batch[batch.answer_pos.argsort(stable=True)]
+    n, device, T = len(batch), batch.ids.device, batch.ids.shape[1]      # indexing cut the padding past the longest
     slots = batch.slots
     S = T if slots is None else int(slots.max()) + 1
     real = torch.arange(T, device=device) <= batch.answer_pos[:, None]                      # (n, T)
-    first = list(range(T)) if slots is None else [
-        int(torch.where(real & (slots == s), torch.arange(T, device=device), T).min()) for s in range(S)]
+
+    def first(rows) -> list[int]:  # where each slot's tokens start in these prompts: positions before see no change
+        return list(range(T)) if slots is None else [int(torch.where(real[rows] & (slots[rows] == s), torch.arange(
+            T, device=device), T).min()) for s in range(S)]
     read = {T - 1} if slots is None else set(slots.gather(1, batch.answer_pos[:, None])[:, 0].tolist())
     maps = {s: torch.zeros(_location_shape(model, s, S)) for s in sites}
     variants = [(s, h) for s in sites for h in (range(cfg.n_head) if s == "head" else [None])]
@@ -167,19 +185,23 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
         return cap * (torch.tanh(t / cap) - torch.tanh(o / cap))
 
     clean = logit_diff(inputs[-1][torch.arange(n, device=device), batch.answer_pos], slice(None))   # (n,)
-    b = max(1, min(n, max_sequences))                                     # prompts a pass
+    b = max(1, min(n, max_sequences, SLOT_CHUNK if slots is not None else n))    # prompts a pass
     K_max = max(1, max_sequences // b)                                    # locations a pass
-    L = cfg.n_layer  # the last layer's outputs before the answer reach nothing read: their effect is exactly 0
-    jobs = parallel.deal([(l, p) for l in range(L) for p in range(S) if (l < L - 1 or p in read) and first[p] < T])
+    chunks = [(slice(i, i + b), first(slice(i, i + b)), int(batch.answer_pos[i:i + b].max()) + 1)
+              for i in range(0, n, b)]
+    L, anywhere = cfg.n_layer, first(slice(None))
+    # the last layer's outputs before the answer reach nothing read: their effect is exactly 0
+    jobs = parallel.deal([(l, p) for l in range(L) for p in range(S) if (l < L - 1 or p in read) and anywhere[p] < T])
     for layer, p in tqdm(jobs, desc="knockout", unit="layer-position", disable=not progress or not parallel.is_main()):
-        start = first[p]                                                  # p: a position, or a slot
         for k0 in range(0, len(variants), K_max):
             K = min(K_max, len(variants) - k0)
-            for i in range(0, n, b):
-                rows = slice(i, i + b)
+            for rows, starts, Tc in chunks:                               # Tc: the chunk's longest prompt
+                start = starts[p]                                         # p: a position, or a slot
+                if start >= Tc:                                           # not in these prompts: no change
+                    continue
                 stop = _switch_off(layer, p, {s: o[k0:k0 + K] for s, o in off.items()},
-                                   None if slots is None else slots[rows].repeat(K, 1), means)
-                x = inputs[layer][rows, start:].repeat(K, 1, 1)                       # (K·b, T-start, D)
+                                   None if slots is None else slots[rows, :Tc].repeat(K, 1), means)
+                x = inputs[layer][rows, start:Tc].repeat(K, 1, 1)                     # (K·b, Tc-start, D)
                 past = [(k[rows, :, :start].repeat(K, 1, 1, 1), v[rows, :, :start].repeat(K, 1, 1, 1))
                         for k, v in kv[layer:]]
                 at = batch.answer_pos[rows].repeat(K)

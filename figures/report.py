@@ -183,7 +183,7 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
         return {}
     sites = list(dict.fromkeys(s for iv, _ in runs.values() for s in iv.sites))
     if max_prompts is None:
-        max_prompts = knockout.knockout_prompts(model, batch.ids.shape[1], sites)
+        max_prompts = knockout.knockout_prompts(model, batch, sites)
     n_all, full, batch = len(batch), batch, knockout.spread(batch, max_prompts)
     used = f"{len(batch)} of {n_all} training prompts"
     means = knockout.location_means(model, full, sites) if mode == "mean" else None    # over all the prompts

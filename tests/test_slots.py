@@ -106,6 +106,19 @@ def test_active_locations_count_a_slot_once_however_many_tokens_it_has(model):
         assert ascale.active_locations(model, iv, batch) == 2
 
 
+def test_the_knockout_budget_counts_what_a_slot_map_recomputes(model):
+    """knockout.span: T(T+1)/2 positions a prompt for one length; with slots, each slot from its first token to the
+    prompt's end (P = 2 prefix, a text of 1, 3 or 6 tokens, Q = 3 suffix slots), averaged over the prompts."""
+    fixed = ascale.prepare(model, prompts(N=4, T=8), "wrong")
+    assert knockout.span(fixed) == 36
+    batch = ascale.prepare(model, slot_prompts(), "flip")
+    def by_hand(n):                      # a prompt of P + n + Q tokens: slot s starts at s, the text's at 2, ...
+        length, starts = 2 + n + 3, [0, 1, 2, 2 + n, 3 + n, 4 + n]
+        return sum(length - f for f in starts)
+    assert knockout.span(batch) == pytest.approx(sum(by_hand(n) for n in (1, 3, 6)) / 3)
+    assert knockout.knockout_prompts(model, batch, SITES) >= knockout.knockout_prompts(model, batch[[2]], SITES)
+
+
 def test_a_slot_map_of_positions_gives_the_same_numbers_bit_for_bit(model):
     """Fixed length: slot = position. The slot map arange(T) gives exactly the numbers of no slot map."""
     ps = prompts(swap=True)
