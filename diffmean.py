@@ -8,7 +8,9 @@ which the unchanged model already ranks the target t above the other answer o (�
 those on which it does not. For sentiment with --target positive: the reviews it reads as positive, and those
 it reads as negative; v points from the second toward the first. One strength s, the same for every site and
 layer, is chosen on the training prompts only: the s of STRENGTHS with the lowest L_E + λF·L_F, the objective
-of the learned methods without its ℓ1 term (ties: the smaller s). No gradient, no ℓ1, no selection.
+of the learned methods without its ℓ1 term (ties: the smaller s), read on at most STRENGTH_PROMPTS of them spread
+over the set (13 passes over every training prompt would cost more than the learned methods' fits).
+No gradient, no ℓ1, no selection.
 
 It needs a one-sided target (wrong, correct, or a label such as positive): with flip, t is on each prompt the
 answer the model ranks lower, so the first class is empty and no single direction serves every prompt.
@@ -19,8 +21,10 @@ from torch import nn
 
 from ascale import Batch, Intervention, answer_stats, at_slots, with_original
 from gpt2 import UserError
+from selection import selection_prompts
 
 STRENGTHS = tuple(2.0 ** k for k in range(-8, 5))  # s tried: 1/256 ... 16, each twice the last
+STRENGTH_PROMPTS = 300  # the strengths are compared on at most this many training prompts (all of CCC's and IOI's)
 
 
 class DiffMean(Intervention):
@@ -106,15 +110,15 @@ def fit(model, iv: DiffMean, batch: Batch, *, lambda_f: float = 1.0, margin: flo
                         f" which it does not; here {n_plus} and {n_minus}. Use a one-sided --target (wrong, correct,"
                         " or positive/negative for sentiment), not flip")
     delta = {s: (mu_plus[s] - mu_minus[s]).to(iv.device) for s in iv.sites}
-    path = []
+    path, some = [], selection_prompts(batch, STRENGTH_PROMPTS)
     for s in STRENGTHS:
         for site in iv.sites:
             iv.v[site].copy_(s * delta[site])
-        value, flip = loss(model, iv, batch, lambda_f, margin, batch_size)
+        value, flip = loss(model, iv, some, lambda_f, margin, batch_size)
         path.append({"strength": s, "loss": value, "flip_rate_train": flip})
     best = min(path, key=lambda r: (r["loss"], r["strength"]))
     for site in iv.sites:
         iv.v[site].copy_(best["strength"] * delta[site])
-    rule = "the strength of lowest L_E + λF·L_F on the training prompts"
+    rule = f"the strength of lowest L_E + λF·L_F on {len(some)} of the {len(batch)} training prompts"
     return {"strength": best["strength"], "class_sizes": [n_plus, n_minus], "path": path, "rule": rule,
             "summary": f"strength {best['strength']:g} ({rule}; classes of {n_plus} and {n_minus} training prompts)"}
