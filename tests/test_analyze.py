@@ -37,6 +37,7 @@ def test_knockout_of_a_saved_run(run, capsys):
     assert "Spearman(|β·α|, |knockout|)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_knockout_flag(run, tmp_path):
     model, task, _ = run
     argv = ["--model", model, "--task", task, "--method", "all", "--steps", "3", "--knockout", "--out", str(tmp_path)]
@@ -59,6 +60,7 @@ def test_beta_dial(run):
     assert (out / "beta.png").exists()
 
 
+@pytest.mark.slow
 def test_lambda_sweep(run, tmp_path):
     model, task, _ = run
     argv = ["lambda", "--model", model, "--task", task, "--methods", "activscalar,steervec", "--lambda-m", "0,10",
