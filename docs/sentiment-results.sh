@@ -89,9 +89,13 @@ if step 4; then
   python analyze.py knockout "$out/flip/intervention.safetensors" --knockout-mode mean
 fi
 
-# 5. The learned methods and DiffMean on a one-sided target: every review read as positive.
+# 5. The learned methods and DiffMean on a one-sided target: every review read as positive. One run per method
+#    (--method all --target positive does the same in one command, ScaleShift included).
 if step 5; then
-  python train.py --task sentiment --model $model --method all --target positive --out "$out/positive" --overwrite
+  for method in diffmean activscalar steervec dynscalar; do
+    python train.py --task sentiment --model $model --method $method --target positive --out "$out/positive/$method" \
+      --overwrite
+  done
   line "$out"/positive/*/
 fi
 
