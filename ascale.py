@@ -335,7 +335,7 @@ class Batch:
 
     def __getitem__(self, index) -> "Batch":
         mb = Batch(*(None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)))
-        T = int(mb.answer_pos.max()) + 1 if len(mb) else 0
+        T = int(mb.answer_pos.max()) + 1 if len(mb) else mb.ids.shape[1]    # an empty share keeps its shape
         return replace(mb, ids=mb.ids[:, :T], slots=None if mb.slots is None else mb.slots[:, :T])
 
 

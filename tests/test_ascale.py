@@ -442,6 +442,7 @@ def test_minibatches_cut_their_padding_and_whole_set_passes_go_by_length(model):
     ps.answer_pos = torch.tensor([11, 3, 7, 4, 11, 5])
     iv, batch, _ = trained(model, "dynscalar", "flip", ps=ps, steps=5)
     assert batch.ids.shape == (6, 12) and batch[[1, 3, 5]].ids.shape == (3, 6) and batch[[0, 1]].ids.shape[1] == 12
+    assert batch[torch.tensor([], dtype=torch.long)].ids.shape == (0, 12)   # an empty share (torchrun) keeps its shape
     assert [r.tolist() for r in ascale.by_length(batch, 2)] == [[1, 3], [5, 2], [0, 4]]
     padded = ascale.answer_logits(model, ps.ids, ps.answer_pos)      # one pass of the whole padded set
     lt, lo = padded.gather(1, batch.answers).unbind(1)
