@@ -90,9 +90,9 @@ if step 4; then
 fi
 
 # 5. The learned methods and DiffMean on a one-sided target: every review read as positive. One run per method
-#    (--method all --target positive does the same in one command, ScaleShift included).
+#    (--method all --target positive does the same in one command, DynScalar and ScaleShift included).
 if step 5; then
-  for method in diffmean activscalar steervec dynscalar; do
+  for method in diffmean activscalar steervec; do
     python train.py --task sentiment --model $model --method $method --target positive --out "$out/positive/$method" \
       --overwrite
   done
