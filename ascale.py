@@ -523,11 +523,11 @@ def check_finite(values: dict[str, float], step: int, lr: float) -> None:
 # ----------------------------------------------------------------------------- 4. metrics
 
 
-def by_length(batch: Batch, batch_size: int):
+def by_length(batch: Batch, batch_size: int, shared: bool = True):
     """Index tensors of up to batch_size prompts of about one length, shortest first (under torchrun this
-    process's share): for passes over the whole set that put their results back by index."""
+    process's share; shared=False: all of them in every process): for passes over the whole set."""
     order = batch.answer_pos.argsort(stable=True)
-    for i in parallel.chunks(len(batch), batch_size):
+    for i in parallel.chunks(len(batch), batch_size) if shared else range(0, len(batch), batch_size):
         yield order[i:i + batch_size]
 
 

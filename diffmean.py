@@ -19,7 +19,7 @@ answer the model ranks lower, so the first class is empty and no single directio
 import torch
 from torch import nn
 
-from ascale import Batch, Intervention, answer_stats, at_slots, with_original
+from ascale import Batch, Intervention, answer_stats, at_slots, by_length, with_original
 from gpt2 import UserError
 from selection import selection_prompts
 
@@ -62,13 +62,6 @@ class DiffMean(Intervention):
         return fit(model, self, batch, **kw)
 
 
-def in_length_order(batch: Batch, batch_size: int):
-    """Index tensors of batch_size prompts of about one length, all of them in every process (so that a
-    minibatch carries little padding)."""
-    order = batch.answer_pos.argsort(stable=True)
-    return (order[i:i + batch_size] for i in range(0, len(batch), batch_size))
-
-
 @torch.no_grad()
 def class_means(model, batch: Batch, sites, batch_size: int = 64) -> tuple[dict, dict, int, int]:
     """The mean activation at the answer position of each class, {site: (L, D) or (L, nh, hs)} for μ₊ (prompts
@@ -76,8 +69,8 @@ def class_means(model, batch: Batch, sites, batch_size: int = 64) -> tuple[dict,
     plus = batch.diff_before > 0                                     # (N,)
     n_plus, n_minus = int(plus.sum()), int((~plus).sum())
     sums = {}
-    for rows in in_length_order(batch, batch_size):
-        mb, p = batch[rows], plus[rows].float()
+    for idx in by_length(batch, batch_size, shared=False):          # every process: DiffMean is not shared out
+        mb, p = batch[idx], plus[idx].float()
         rows = torch.arange(len(mb), device=mb.ids.device)
 
         def record(site, layer, h, mb=mb, p=p, rows=rows):
@@ -100,8 +93,8 @@ def class_means(model, batch: Batch, sites, batch_size: int = 64) -> tuple[dict,
 def loss(model, iv: DiffMean, batch: Batch, lambda_f: float, margin: float, batch_size: int = 64) -> tuple:
     """L_E + λF·L_F over all of batch at iv's current v (no ℓ1), and the flip rate."""
     hinge = kl = flips = 0.0
-    for rows in in_length_order(batch, batch_size):
-        mb = with_original(model, batch[rows])
+    for idx in by_length(batch, batch_size, shared=False):
+        mb = with_original(model, batch[idx])
         diff, k = answer_stats(model(mb.ids, intervene=at_slots(iv, mb.slots), at=mb.answer_pos).float(), mb)
         hinge += (margin - diff).clamp(min=0).sum().item()
         kl, flips = kl + k.sum().item(), flips + int((diff > 0).sum())
