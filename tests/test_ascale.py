@@ -387,9 +387,12 @@ def test_peak_memory_on_a_large_vocabulary_does_not_grow_with_the_number_of_prom
 
     from conftest import ROOT
 
+    # Run at once, one thread each. A fixed mmap threshold: glibc's moving one lets freed blocks of a few MB
+    # stay in the heap or not from run to run (peaks of identical runs differed by 100 MB); with it every
+    # block over 1 MB is returned when freed, so the peak is what the process held.
+    env = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     runs = {name: subprocess.Popen([sys.executable, "-c", PEAK.format(root=str(ROOT)), str(n), str(budget)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env={"OMP_NUM_THREADS": "1"})   # at once, one thread each
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             for name, n, budget in [("few", 80, ascale.P_REST_BYTES), ("many", 800, ascale.P_REST_BYTES),
                                     ("kept", 800, 2**40)]}       # kept: the control, p⁻ kept for every prompt
     for proc in runs.values():
