@@ -379,6 +379,7 @@ print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if 
 """
 
 
+@pytest.mark.slow  # the quick run stays under 5 minutes; CI runs it
 def test_peak_memory_on_a_large_vocabulary_does_not_grow_with_the_number_of_prompts():
     """A Qwen-sized vocabulary (151,936 tokens): p⁻ of 800 prompts would take 0.5 GB. Each run is a
     fresh process, whose peak resident memory (VmHWM) is measured."""

@@ -198,6 +198,7 @@ def test_dynscalar_takes_prompts_of_several_lengths(setup, tmp_path):
     check_run_folder(tmp_path / "run", "dynscalar")
 
 
+@pytest.mark.slow  # the quick run stays under 5 minutes; CI runs it
 def test_scaleshift_end_to_end_on_the_toy_world(tmp_path):
     """A method that is one class in a file of its own (scaleshift.py) trains, is selected, drawn and checked
     against the knockout map by train.py through its class attributes alone, and its file loads back."""
