@@ -27,17 +27,8 @@ for f in sys.argv[1:]:
 PY
 }
 
-# 1. The default run (ActivScalar, --target flip), timed from start to run folder.
-if step 1; then
-  start=$(date +%s)
-  python train.py --task sentiment --model $model --out "$out/flip" --overwrite
-  echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/flip.seconds"
-  line "$out/flip"
-fi
-
-# 1b. Which reviews flip: the flip rate among the reviews the raters call positive and among the negative ones.
-if step 1 || step 1b; then
-  python - "$out/flip/intervention.safetensors" <<'PY'
+sides() {  # which reviews a run folder's intervention flips: those rated positive, those rated negative
+  python - "$1/intervention.safetensors" <<'PY'
 import sys
 import torch
 import ascale, tasks, train
@@ -56,11 +47,49 @@ for split in ("train", "test"):
     low, high = stats.wilson(int(to_negative.sum()), len(batch))
     print(f"{split}: read as positive before (flip's target is negative): {to_negative.float().mean():.2f}"
           f" [{low:.2f}, {high:.2f}] of {len(batch)}")
-    for name, rows in (("positive", positive), ("negative", ~positive)):
+    for name, rows in (("rated positive", positive), ("rated negative", ~positive),
+                       ("read as positive (target negative)", to_negative),
+                       ("read as negative (target positive)", ~to_negative)):
         k, n = int((diff[rows] > 0).sum()), int(rows.sum())
         low, high = stats.wilson(k, n)
-        print(f"{split}, reviews rated {name}: flipped {k / n:.2f} [{low:.2f}, {high:.2f}] of {n}")
+        print(f"{split}, reviews {name}: flipped {k / n:.2f} [{low:.2f}, {high:.2f}] of {n}")
 PY
+}
+
+offset() {  # the control for --target correct: the unchanged model with the one offset on ℓ(positive) - ℓ(negative)
+  # that reads the most training reviews right (a recalibration, no steering), applied to the test reviews
+  python - "$1/intervention.safetensors" <<'PY'
+import sys
+import torch
+import tasks, train
+from running import stats
+model, tok, iv, task, batches = train.open_saved(train.parse_args(["--eval", sys.argv[1], "--target", "correct"]))
+pos = tasks.first_token(tok, " positive")
+x, y = {}, {}
+for split in ("train", "test"):                          # x: ℓ(positive) - ℓ(negative) before, y: rated positive
+    y[split] = getattr(task, split).correct == pos
+    x[split] = torch.where(y[split], 1.0, -1.0) * batches[split].diff_before.cpu()   # diff_before: ℓ(label) - ℓ(other)
+cuts = torch.cat([torch.tensor([-1e9]), x["train"].sort().values])
+right = torch.stack([((x["train"] > c) == y["train"]).float().mean() for c in cuts])
+c = float(cuts[int(right.argmax())])
+for split in ("train", "test"):
+    k, n = int(((x[split] > c) == y[split]).sum()), len(y[split])
+    low, high = stats.wilson(k, n)
+    print(f"{split}: offset {-c:+.2f} on l(positive) - l(negative): accuracy {k / n:.2f} [{low:.2f}, {high:.2f}] of {n}")
+PY
+}
+
+# 1. The default run (ActivScalar, --target flip), timed from start to run folder.
+if step 1; then
+  start=$(date +%s)
+  python train.py --task sentiment --model $model --out "$out/flip" --overwrite
+  echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/flip.seconds"
+  line "$out/flip"
+fi
+
+# 1b. Which reviews flip: the flip rate among the reviews the raters call positive and among the negative ones.
+if step 1 || step 1b; then
+  sides "$out/flip"
 fi
 
 # 1c. The frontier: the most ActivScalar does here, without minimality (λM = 0), three times the steps, no selection.
@@ -81,6 +110,7 @@ fi
 if step 3; then
   python train.py --task sentiment --model $model --target correct --out "$out/correct" --overwrite
   line "$out/correct"
+  offset "$out/correct"
 fi
 
 # 4. Is the map the behaviour's? The knockout check of step 1's map, zero and mean ablation.
@@ -127,5 +157,7 @@ if step 8; then
     python train.py --task sentiment --model gemma3-270m --method $method --target positive \
       --out "$out/gemma/positive/$method" --overwrite
   done
+  sides "$out/gemma/flip"
+  offset "$out/gemma/correct"
   line "$out/gemma/flip" "$out/gemma/correct" "$out"/gemma/positive/*/
 fi
