@@ -136,6 +136,22 @@ if step 6; then
     python train.py --task sentiment --model $model --runs 5 --seed $seed --out "$out/runs5-seed$seed" --overwrite
     line "$out/runs5-seed$seed"
   done
+  python - "$out"/runs5-seed0 "$out"/runs5-seed1 <<'PY'
+import json, sys
+from safetensors import safe_open
+sets = []
+for folder in sys.argv[1:]:   # each seed's final set: the locations kept by >= 3 of its 5 fits, refit
+    with safe_open(f"{folder}/intervention.safetensors", "pt") as f:
+        tokens = json.loads(f.metadata()["tokens"])
+        sets.append({(k.split(".")[1], l, p, tokens[p], round(float(a[l, p]), 2)) for k in f.keys() if k.startswith("alpha.")
+                     for a in [f.get_tensor(k)] for l, p in (a.abs() >= 0.05).nonzero().tolist()})
+    r = json.loads(open(f"{folder}/metrics.json").read())["runs"]
+    print(f"{folder}: {len(sets[-1])} active; Jaccard of two fits {r['jaccard_pairs']:.2f}, of the halves {r['jaccard_halves']:.2f}")
+a, b = ({x[:4] for x in s} for s in sets)
+print(f"seeds agree on {len(a & b)} of {len(a | b)} locations: Jaccard {len(a & b) / max(1, len(a | b)):.2f}")
+for loc in sorted(a & b):
+    print("  both:", loc, [x[4] for s in sets for x in s if x[:4] == loc])
+PY
 fi
 
 # 7. The other learned methods under --target flip (DiffMean is refused there: it has no direction to add).
