@@ -531,8 +531,9 @@ def fit_and_select(method, sites, positions, model, batches, args, phases: Phase
     kw = dict(lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin)
     if method in ascale.BASELINES:                    # computed, not trained: no l1, no selection, no --runs
         iv = make()
-        chosen = iv.compute(model, batches["train"], lambda_f=args.lambda_f, margin=args.margin,
-                            batch_size=args.eval_batch_size)
+        with phases("fit"):                           # the class means and the strength's choice
+            chosen = iv.compute(model, batches["train"], lambda_f=args.lambda_f, margin=args.margin,
+                                batch_size=args.eval_batch_size)
         return iv, {"steps": 0, "interrupted": False, "stopped_by": None}, {method: chosen}
     locations = None if args.locations in ("auto", "all") else int(args.locations)
     if args.runs > 1:

@@ -185,6 +185,7 @@ def test_a_one_sided_target_and_diffmean_beside_the_learned_methods(data, tmp_pa
     assert header.split()[3:] == [*ascale.METHODS, "diffmean"]
     m = json.loads((out / "diffmean" / "metrics.json").read_text())
     assert m["steps"] == 0 and m["diffmean"]["strength"] > 0 and sum(m["diffmean"]["class_sizes"]) == 22
+    assert {"load", "prepare", "fit", "evaluation", "figures"} <= set(m["timings"])   # fit: its means and strength
     tok = get_tokenizer(TOY)
     batch = ascale.prepare(train.load_model(train.parse_args(["--model", TOY, "--device", "cpu"]))[0],
                            tasks.load_task("sentiment", tok, data=data).train, tok.encode(" positive")[0])
