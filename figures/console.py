@@ -46,7 +46,8 @@ def print_selection(method: str, chosen: dict) -> None:
 
 
 def show(model, tok, iv, ps, batch, n: int) -> None:
-    """The first n test prompts with their top-5 next tokens before and after the intervention."""
+    """The first n test prompts with their top-5 next tokens before and after the intervention, and the
+    probabilities of the target and the other answer (often outside the top 5) before and after."""
     n = min(n, len(ps))
     before = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n]).softmax(-1)
     after = ascale.answer_logits(model, batch.ids[:n], batch.answer_pos[:n],
@@ -58,6 +59,9 @@ def show(model, tok, iv, ps, batch, n: int) -> None:
             top = p.topk(5)
             print(f"  {name}: " + "  ".join(f"{tok.token_str(int(t))!r} {float(q):.1%}"
                                            for q, t in zip(top.values, top.indices, strict=True)))
+        t, o = batch.answers[i].tolist()
+        print("  " + ", ".join(f"{tok.token_str(a)!r} {float(before[i, a]):.1%} -> {float(after[i, a]):.1%}"
+                               for a in (t, o)) + " (target, other)")
 
 
 def generations(model, tok, ivs: dict, ps, n: int, n_tokens: int) -> None:
