@@ -156,7 +156,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " metrics.json, intervention.safetensors, heatmap.png, knockout.png, beta.json, beta.png) instead"
                    " of refusing; they stay intact until the new run's files are complete")
     p.add_argument("--show", type=int, default=0, metavar="N", help="print N test prompts with their top-5 next"
-                   " tokens before and after the intervention (default: 0)")
+                   " tokens and both answers' probabilities before and after the intervention (default: 0)")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="after training (or --eval), continue"
                    " the first 3 test prompts (or --show's number) greedily by N tokens, without and with the"
                    " intervention, and print both. ActivScalar and SteerVec act on the prompt positions they were"
