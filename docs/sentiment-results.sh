@@ -135,6 +135,7 @@ if step 6; then
   for seed in 0 1; do
     python train.py --task sentiment --model $model --runs 5 --seed $seed --out "$out/runs5-seed$seed" --overwrite
     line "$out/runs5-seed$seed"
+    sides "$out/runs5-seed$seed"
   done
   python - "$out"/runs5-seed0 "$out"/runs5-seed1 <<'PY'
 import json, sys
