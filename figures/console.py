@@ -60,8 +60,9 @@ def show(model, tok, iv, ps, batch, n: int) -> None:
             print(f"  {name}: " + "  ".join(f"{tok.token_str(int(t))!r} {float(q):.1%}"
                                            for q, t in zip(top.values, top.indices, strict=True)))
         t, o = batch.answers[i].tolist()
-        print("  " + ", ".join(f"{tok.token_str(a)!r} {float(before[i, a]):.1%} -> {float(after[i, a]):.1%}"
-                               for a in (t, o)) + " (target, other)")
+        print("  " + ", ".join(f"{tok.token_str(a)!r} {float(before[i, a]):.2%} -> {float(after[i, a]):.2%}"
+                               for a in (t, o)) + " (target, other); logit difference"
+              f" {float((before[i, t] / before[i, o]).log()):+.2f} -> {float((after[i, t] / after[i, o]).log()):+.2f}")
 
 
 def generations(model, tok, ivs: dict, ps, n: int, n_tokens: int) -> None:

@@ -88,7 +88,7 @@ def test_one_method_end_to_end(one_run):
     assert "original model: prefers the correct answer" in proc.stdout
     assert "flip rate" in proc.stdout and "active locations" in proc.stdout
     assert proc.stdout.count("  before: ") == 2 and proc.stdout.count("  after : ") == 2
-    assert proc.stdout.count(" (target, other)") == 2      # both answers' probabilities, before -> after
+    assert proc.stdout.count(" (target, other); logit difference ") == 2   # both answers, before -> after
     assert "greedy continuations of 4 tokens" in proc.stdout  # --generate, for --show's 2 prompts
     assert proc.stdout.count("  without         : '") == 2 and proc.stdout.count("  with activscalar: '") == 2
     assert "L_E=" in proc.stderr  # the progress bar shows the three terms
