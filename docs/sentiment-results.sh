@@ -130,6 +130,9 @@ if step 5; then
     python train.py --task sentiment --model $model --method $method --target positive --out "$out/positive/$method" \
       --overwrite
   done
+  # ActivScalar with half the effectiveness margin: how much of its KL is the objective's setting
+  python train.py --task sentiment --model $model --target positive --margin 2 --out "$out/positive/activscalar-margin2" \
+    --overwrite
   line "$out"/positive/*/
 fi
 
