@@ -186,12 +186,13 @@ if step 8; then
     python train.py --task sentiment --model gemma3-270m --method $method --target positive \
       --out "$out/gemma/positive/$method" --overwrite
   done
+  python train.py --task sentiment --model gemma3-270m --target negative --out "$out/gemma/negative/activscalar" --overwrite
   for run in flip flip-steervec flip-dynscalar; do
     sides "$out/gemma/$run"
   done
   offset "$out/gemma/correct"
   line "$out/gemma/flip" "$out/gemma/flip-steervec" "$out/gemma/flip-dynscalar" "$out/gemma/correct" \
-    "$out"/gemma/positive/*/
+    "$out"/gemma/positive/*/ "$out/gemma/negative/activscalar"
 fi
 
 # 9. DiffMean at ActivScalar's KL (steps 5 and 8's files, SmolLM2 and Gemma): DiffMean's vectors at weaker strengths β, flip and KL against β,
