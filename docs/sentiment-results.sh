@@ -95,14 +95,17 @@ fi
 
 # 1c. The frontier: the most ActivScalar does here, without minimality (λM = 0), three times the steps, no selection;
 #     which reviews it flips; then the same fit with the selection (its path: how few scalars the reversal needs),
-#     and a quarter of the default λM (still a push).
+#     a quarter of the default λM (still a push), and SteerVec at λM = 0 (an added vector at the same capacity).
 if step 1c; then
   python train.py --task sentiment --model $model --steps 300 --lambda-m 0 --locations all --out "$out/flip-capacity" \
     --overwrite
   sides "$out/flip-capacity"
   python train.py --task sentiment --model $model --steps 300 --lambda-m 0 --out "$out/flip-capacity-selected" --overwrite
   python train.py --task sentiment --model $model --steps 300 --lambda-m 0.005 --out "$out/flip-lm0.005" --overwrite
-  line "$out/flip-capacity" "$out/flip-capacity-selected" "$out/flip-lm0.005"
+  python train.py --task sentiment --model $model --method steervec --steps 300 --lambda-m 0 --locations all \
+    --out "$out/flip-steervec-capacity" --overwrite   # an added vector at the same capacity
+  sides "$out/flip-steervec-capacity"
+  line "$out/flip-capacity" "$out/flip-capacity-selected" "$out/flip-lm0.005" "$out/flip-steervec-capacity"
 fi
 
 # 2. The same intervention on other domains' texts (the template and so the slots are the same).
