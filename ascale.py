@@ -19,13 +19,16 @@ pass through untouched. Each class says what the rest of the code asks of it in 
 module of its own (scaleshift.py, diffmean.py: imported by train.py, and by a Python user before loading one).
 """
 
+import functools
 import json
 import math
 import os
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from gpt2 import SITES, GPTConfig, UserError
 from running import budget, parallel, stats
@@ -67,7 +70,10 @@ class Intervention(nn.Module):
     map_label = "β·α, the activation is scaled by 1 + β·α:  −1 switched off,  0 unchanged (white),  +1 doubled"
     measure = "|alpha|"       # what selection ranks its units by (`effect`), in words for metrics.json
     learned = True            # trained by `fit` (METHODS); else computed from the data (BASELINES: diffmean.py)
-    takes_positions = True    # gpt2.GPT may call sites with some positions only, saying which (pos=...)
+    # apply reads pos (where h's rows are, when they are not positions 0 ... T-1): gpt2.GPT may then run the last
+    # layer at the answer positions only, and generation may use its KV cache. Left False, every call gets whole
+    # prompts from position 0: slower, never wrong.
+    takes_positions = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -123,11 +129,17 @@ class Intervention(nn.Module):
         position pos[b, i] (the last layer's read rows, a KV-cached pass)."""
         if site not in self.sites:
             return h
+        if pos is not None and not self.takes_positions:
+            raise UserError(f"{self.method} was given positions (pos), but its apply ignores them; set"
+                            " takes_positions = True once it reads pos")
         if pos is None and self.positions is not None and h.shape[1] != self.positions:
             raise UserError(f"this {self.method} intervention has parameters for the {self.positions} positions of its"
                             f" training prompts; it cannot read a {h.shape[1]}-token prompt"
                             f" ({', '.join(m for m, c in METHODS.items() if not c.tied_to_positions)} can)")
-        return self.apply(site, layer, h, pos)
+        out = self.apply(site, layer, h, pos)
+        if out.shape != h.shape:                      # a parameter broadcast against h would give a silent wrong number
+            raise UserError(f"{self.method}.apply returned shape {tuple(out.shape)} for h of shape {tuple(h.shape)}")
+        return out
 
     def for_generation(self):
         """This intervention as gpt2.GPT.generate uses it (generate calls this itself). Generation reads
@@ -146,12 +158,14 @@ class Intervention(nn.Module):
             if pos is None:                          # h (B, T, ...) at positions 0 ... T-1
                 if h.shape[1] <= P:
                     return self(site, layer, h)      # the prompt alone (a shorter one is refused)
+                if not self.takes_positions:         # apply ignores pos: the prompt's rows, then the rest as they are
+                    return torch.cat((self(site, layer, h[:, :P]), h[:, P:]), dim=1)
                 pos = torch.arange(h.shape[1], device=h.device)[None]
             steered = self(site, layer, h, pos.clamp(max=P - 1))
             prompt = (pos < P).view(*pos.shape, *[1] * (h.dim() - 2))  # (B or 1, T, 1[, 1])
             return torch.where(prompt, steered, h)
 
-        prompt_only.takes_positions = True           # GPT.generate may then use its KV cache
+        prompt_only.takes_positions = self.takes_positions   # GPT.generate may then use its KV cache
         return prompt_only
 
     def extra_repr(self) -> str:
@@ -170,6 +184,7 @@ class ActivScalar(Scaling):
     """h̃ = h·(1 + β·α): one scalar α per (layer, position) of each site, and per head for `head`.
     α = 0 changes nothing (the initial state), α = -1 switches a location off, α = -2 reverses it."""
     method, about = "activscalar", "one scalar per location, h*(1+a)"
+    takes_positions = True
 
     def __init__(self, cfg: GPTConfig, sites, positions: int):
         super().__init__(cfg, sites, positions)
@@ -194,7 +209,7 @@ class ActivScalar(Scaling):
 class SteerVec(Intervention):
     """h̃ = h + β·v: one vector v per location (the additive steering baseline)."""
     method, about = "steervec", "one vector per location, h+v"
-    signed, measure = False, "||v||"
+    signed, measure, takes_positions = False, "||v||", True
     map_label = "‖β·v‖, the norm of the vector added to the activation (white: nothing added)"
 
     def __init__(self, cfg: GPTConfig, sites, positions: int):
@@ -227,7 +242,7 @@ class DynScalar(Scaling):
     prompts of any length. (ĥ is unit-length so that α does not grow with the activation's norm,
     which differs a lot between sites and layers; see the README.)"""
     method, about = "dynscalar", "the scalar is a probe of h, for prompts of any length"
-    tied_to_positions, measure = False, "||w|| + |b| per probe"
+    tied_to_positions, measure, takes_positions = False, "||w|| + |b| per probe", True   # α(h) needs no pos
 
     def __init__(self, cfg: GPTConfig, sites, positions=None):
         super().__init__(cfg, sites, None)
@@ -297,6 +312,9 @@ def at_slots(iv: Intervention, slots: torch.Tensor | None):
     With no slot map (slot = position) or a method not tied to positions: iv itself."""
     if slots is None or iv.positions is None:
         return iv
+    if not iv.takes_positions:
+        raise UserError(f"{iv.method} reads prompts of many lengths through slots, which needs its apply to read pos;"
+                        " set takes_positions = True in its class once it does")
     T = slots.shape[1]
 
     def intervene(site, layer, h, pos=None):
@@ -425,15 +443,13 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
               margin: float = MARGIN) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One step's loss, L = L_E + λF·L_F + λM·L_M (docs/method.md, "The objective"):
+    """One step's loss L = L_E + λF·L_F + λM·L_M (the paper's Eq. 3; docs/method.md, "The objective") and its terms:
         L_E = mean over prompts of max(0, m - (ℓ̃(t) - ℓ̃(o)))   effectiveness: hinge with margin m
         L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
-        L_M = ‖θ‖₁                                           minimality
-    KL(p⁻ ‖ p̃⁻) = Σ p⁻ log(p⁻ / p̃⁻) is computed as Σ p⁻ log p⁻ − (Σ p⁻ ℓ̃ − logsumexp ℓ̃ over the other tokens)
-    (answer_stats, rest_log_likelihood): the same number, without the log of the removed tokens' zeros.
-    Returns the loss and its three terms (unweighted)."""
+        L_M = ‖θ‖₁                                           minimality"""
     batch = with_original(model, batch)                                   # p⁻: kept, or one more forward pass
-    logits = model(batch.ids, intervene=at_slots(iv, batch.slots), at=batch.answer_pos).float()  # (B, V) ℓ̃ there
+    intervene = iv if batch.slots is None else at_slots(iv, batch.slots)  # a template's slots: tasks.tokenize
+    logits = model(batch.ids, intervene=intervene, at=batch.answer_pos).float()  # (B, V) ℓ̃ at the answers
     diff, kl = answer_stats(logits, batch)
     terms = {"L_E": (margin - diff).clamp(min=0).mean(), "L_F": kl.mean(), "L_M": l1(iv)}
     return terms["L_E"] + lambda_f * terms["L_F"] + lambda_m * terms["L_M"], terms
@@ -442,82 +458,61 @@ def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, l
 # ----------------------------------------------------------------------------- 3. training
 
 
-def minibatches(n: int, batch_size: int, gen: torch.Generator):
-    """Endless minibatches of prompt indices: shuffled passes over the n prompts, batch_size at a
-    time (the whole set when it is no larger, in order)."""
+def minibatches(n: int, batch_size: int, seed: int, device):
+    """Endless minibatches of prompt indices: shuffled passes over the n prompts, batch_size at a time, drawn by
+    a torch.Generator seeded with `seed`; the whole set, in order, when it is no larger."""
+    gen = torch.Generator().manual_seed(seed)
     while True:
-        if batch_size >= n:
-            yield None
-            continue
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch_size):
-            yield order[i:i + batch_size]
+        order = torch.arange(n) if batch_size >= n else torch.randperm(n, generator=gen)
+        yield from order.to(device).split(batch_size)
 
 
 def cosine_lr(lr: float, step: int, steps: int) -> float:
-    """The learning rate of step 1 ... steps: lr·(1 + cos(π·(step-1)/steps))/2, from lr down toward 0.
-    Why not a constant rate: Adam moves every parameter by about lr per step, so the scalars that
-    minimality pushes to 0 hover at ±lr around it, and with lr >= ACTIVE they count as active. A rate
-    that decays lets them settle where they belong."""
+    """lr·(1 + cos(π·(step-1)/steps))/2, from lr toward 0 (our choice): at a constant rate Adam keeps the scalars
+    that minimality pushes to 0 hovering at ±lr around it, active; a rate that decays lets them settle."""
     return lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / steps))
 
 
 def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float = LR, batch_size: int | None = None,
         lambda_f: float = 1.0, lambda_m: float = LAMBDA_M, margin: float = MARGIN, seed: int = 0,
         schedule: str = "cosine", progress: bool = True) -> dict:
-    """Train iv's parameters with Adam on the objective for `steps` optimizer steps, the model frozen.
-    Training is counted in steps, not passes over the prompts, so a task of 20 prompts and one of 300
-    get the same number of updates. With schedule "cosine" the learning rate falls from `lr` to 0
-    along a half cosine over the steps (`cosine_lr`; our choice, see the README): large moves first,
-    then the parameters settle; "constant" keeps it at `lr` (the defaults before it). Minibatches are
-    drawn by a torch.Generator seeded with `seed` (the same numbers on CPU for the same seed);
-    batch_size None: `running/budget.train_batch_size`.
-
-    Returns {"loss", "L_E", "L_F", "L_M": one value per step, "steps", "batch_size", "interrupted", "stopped_by"}.
-    Ctrl-C (or a KeyboardInterrupt raised for a signal, runfolder.signals_interrupt: its message names
-    it) stops training and returns what was learned so far; a loss that is not finite raises UserError."""
-    from tqdm import tqdm
-
+    """Adam on iv's parameters for `steps` steps, the model frozen; batch_size None: budget.train_batch_size.
+    Returns the loss curve and how it ended; Ctrl-C or SIGTERM stops it, keeping what was learned (method.md)."""
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
-    batch_size = batch_size or budget.train_batch_size(model, batch)
-    draws = minibatches(len(batch), batch_size, torch.Generator().manual_seed(seed))
-    dp = parallel.DataParallel(iv.parameters())   # torchrun: each process takes its share of a minibatch
-    curve = {"loss": [], "L_E": [], "L_F": [], "L_M": []}
-    bar = tqdm(total=steps, disable=not progress or not parallel.is_main(), desc=f"{iv.method}", unit="step")
-
-    def loss_fn(mb):
-        return objective(model, iv, mb, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
-
-    stopped_by = None
+    batch_size = batch_size or budget.train_batch_size(model, batch)  # memory grows with the batch, not the prompts
+    draws = minibatches(len(batch), batch_size, seed, batch.ids.device)
+    loss_fn = functools.partial(objective, model, iv, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
+    loss_fn = parallel.DataParallel(loss_fn, opt) if dist.is_initialized() else loss_fn  # torchrun: share each batch
+    curve, stopped_by = {"loss": [], "L_E": [], "L_F": [], "L_M": []}, None
     try:
-        for step in dp.steps(steps):              # Ctrl-C / SIGTERM: every process stops after the same step
-            idx = next(draws)
-            mb = batch if idx is None else batch[idx.to(batch.ids.device)]
+        for step in (bar := tqdm(range(1, steps + 1), desc=iv.method, unit="step", disable=not progress)):
+            loss, terms = loss_fn(batch[next(draws)])              # forward with the intervention: L, its 3 terms
+            values = check_finite({"loss": loss, **terms}, step, lr)
             opt.zero_grad(set_to_none=True)
-            values = dp.backward(loss_fn, mb)       # forward, loss, backward: {"loss", "L_E", "L_F", "L_M"}
-            check_finite(values, step, lr)
-            iv.zero_outside_keep(grads=True)        # a restricted intervention (restrict): dropped units stay 0
+            loss.backward()                                        # gradients reach iv's parameters only
+            if iv.keep is not None:                                # restricted (selection): dropped units stay 0
+                iv.zero_outside_keep(grads=True)
             opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps) if schedule == "cosine" else lr
             opt.step()
-            iv.zero_outside_keep()
-            for k in curve:
-                curve[k].append(values[k])
-            bar.update()
+            for k, v in values.items():
+                curve[k].append(v)
             bar.set_postfix(L_E=f"{values['L_E']:.3f}", L_F=f"{values['L_F']:.4f}", L_M=f"{values['L_M']:.2f}")
     except KeyboardInterrupt as e:
         stopped_by = str(e) or "Ctrl-C"
-    finally:
-        bar.close()
-    return {**curve, "steps": len(curve["loss"]), "batch_size": batch_size, "interrupted": stopped_by is not None,
-            "stopped_by": stopped_by}
+    if isinstance(loss_fn, parallel.DataParallel):
+        loss_fn.close()                                            # the signal handlers as they were
+    return {**curve, "steps": len(curve["loss"]), "batch_size": batch_size, "stopped_by": stopped_by,
+            "interrupted": stopped_by is not None}
 
 
-def check_finite(values: dict[str, float], step: int, lr: float) -> None:
-    """UserError once the loss is not finite, naming the first term that is not."""
+def check_finite(values: dict[str, torch.Tensor], step: int, lr: float) -> dict[str, float]:
+    """The loss and its terms as numbers; UserError once the loss is not finite, naming the first term that is not."""
+    values = {k: v.item() for k, v in values.items()}
     if not math.isfinite(values["loss"]):
         bad = next((k for k, v in values.items() if k != "loss" and not math.isfinite(v)), "loss")
         raise UserError(f"the loss became {values['loss']} at step {step} ({bad} is not finite);"
                         f" lower --lr (now {lr:g})")
+    return values
 
 
 # ----------------------------------------------------------------------------- 4. metrics

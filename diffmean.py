@@ -33,6 +33,7 @@ class DiffMean(Intervention):
                                  " activations at the answer position, added with one strength (a one-sided --target)")
     learned, signed, measure = False, False, "||v||"
     map_label = "‖β·v‖, the norm of the vector added at the answer position (white: nothing added)"
+    takes_positions = True
 
     def __init__(self, cfg, sites, positions: int):
         super().__init__(cfg, sites, positions)

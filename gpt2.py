@@ -222,11 +222,9 @@ class CausalSelfAttention(nn.Module):
         self.window, self.softcap = cfg.window(layer), cfg.attn_softcap
 
     def forward(self, x, site, rope=None, at=None, past=None):
-        """x (B, T, D) at positions start ... start+T-1 -> (B, T, D), and this layer's keys and values of all
-        positions 0 ... start+T-1, (k, v) each (B, nkv, start+T, hs): after the rotation, before GQA's repetition.
-        past: the (k, v) of positions 0 ... start-1 from an earlier call, each (B, nkv, start, hs); none: start 0.
-        With `at` (B,) -> (B, 1, D), the output at those positions only (queries there, keys and values from
-        every position). site(name, h) -> h is the intervention at this layer (the head site)."""
+        """x (B, T, D) -> (B, T, D), or with `at` (B,) -> (B, 1, D): the queries at those positions only. Also returns
+        the keys and values (k, v), each (B, nkv, S, hs), S = start + T, after the rotation: past holds those of
+        positions 0 ... start-1 (the KV cache, GPT.blocks). site(name, h) -> h: the intervention (the head site)."""
         B, T, D = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split((nh * hs, nkv * hs, nkv * hs), dim=2)  # (B, T, nh·hs), k, v (B, T, nkv·hs)
@@ -317,14 +315,9 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight
 
     def forward(self, idx, intervene=None, at=None):
-        """idx (B, T) token ids -> logits (B, T, V); with `at` (B,) positions -> logits (B, V) there.
-        intervene(site, layer, h) -> h' is called at every site (see the module docstring).
-
-        With `at`, nobody reads the last layer's other positions, so it can skip them: it computes
-        keys and values at every position but everything else only at `at`. It does so when there is
-        no `intervene`, or when `intervene.takes_positions` is true: its last-layer sites then get
-        h of shape (B, 1, ...), row b being position at[b], and are called as
-        intervene(site, layer, h, pos=at[:, None]). Any other `intervene` sees every position everywhere."""
+        """idx (B, T) token ids -> logits (B, T, V); with `at` (B,) positions -> logits (B, V) there, the last layer
+        run at those positions only when intervene reads pos (takes_positions; its sites there get h (B, 1, ...) and
+        pos=at[:, None]). intervene(site, layer, h) -> h' is called at every site (the module docstring)."""
         skip = at is not None and (intervene is None or getattr(intervene, "takes_positions", False))
         x, _ = self.blocks(self.embed(idx), intervene=intervene, at=at if skip else None)  # (B, T or 1, D)
         if at is not None:
@@ -348,16 +341,10 @@ class GPT(nn.Module):
         return x
 
     def blocks(self, x, first: int = 0, past=None, intervene=None, at=None):
-        """Layers first ... L-1 on x (B, T, D), the residual stream entering layer `first` at positions
-        start ... start+T-1. Returns the stream after the last layer, and every layer's keys and values at
-        positions 0 ... start+T-1: a list of (k, v), each (B, nkv, start+T, hs), from layer `first` on.
-
-        past: that list from an earlier call, for the same layers; its length is `start` (none: 0). Only the
-        T new positions are computed, their queries attending to the past keys and values too, so this is the
-        KV cache of GPT.generate; knockout.knockout uses it to recompute only what a knockout can change.
-        Interventions are told where h's rows are whenever they do not start at position 0:
-        intervene(site, layer, h, pos=pos), pos (1, T) the positions start ... start+T-1. With `at` (B,)
-        the last layer runs at those positions only (see forward), its sites getting pos = at[:, None]."""
+        """Layers first ... L-1 on x (B, T, D), the stream entering layer `first` at positions start ... start+T-1
+        -> the stream after the last layer, and each layer's keys and values [(k, v)] of positions 0 ... start+T-1.
+        past: that list from an earlier call (the KV cache of GPT.generate and knockout.py; start = its length);
+        interventions are then told the rows' positions, pos (1, T). `at`: the last layer's rows (see forward)."""
         cfg, T = self.config, x.shape[1]
         start = 0 if past is None else past[0][0].shape[2]
         ropes = {}  # local: Gemma 3's local layers have their own rope base; everywhere else the same as global

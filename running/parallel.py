@@ -6,8 +6,9 @@ Many devices, on engines that exist (torch.distributed and accelerate); docs/dis
                    processes (mean, mean_gradients) so that all take the same Adam step; prepare, the evaluation
                    and the counts take chunks round-robin (chunks), the knockout map its jobs (deal), and the
                    parts are summed (total, summed). Rank 0 alone locks, prints and writes (is_main); Ctrl-C and
-                   SIGTERM stop every process after the same training step (steps). A training loop meets these
-                   through one object, DataParallel. gloo on CPU, NCCL on GPUs, each process its own GPU (LOCAL_RANK).
+                   SIGTERM stop every process after the same training step. A training loop meets these through
+                   one wrapper of its loss function, DataParallel. gloo on CPU, NCCL on GPUs, each process its
+                   own GPU (LOCAL_RANK).
     device map     `--device-map auto | balanced | FILE`: one model's layers over several devices (dispatch),
                    by accelerate's infer_auto_device_map and dispatch_model. Layers run one device after another:
                    a model that fits no single device fits, it does not get faster.
@@ -151,53 +152,42 @@ NAMES = ("Ctrl-C", "SIGTERM")
 
 
 class DataParallel:
-    """What a training loop (ascale.fit) does differently under torchrun, behind one object, so that the loop
-    reads as it would alone:
+    """torchrun's data parallelism around a training loop's loss function, one wrapper (ascale.fit):
 
-        dp = parallel.DataParallel(params)
-        for step in dp.steps(n):                     # all processes stop after the same step (Ctrl-C, SIGTERM)
-            values = dp.backward(loss_fn, minibatch)  # this process's share; gradients of the whole minibatch
+        loss_fn = parallel.DataParallel(loss_fn, opt)   # only under torchrun; alone the loop is the plain one
+        loss, terms = loss_fn(minibatch)
 
-    Alone both are the plain thing: range(1, n + 1), and loss_fn(minibatch) then backward."""
+    A call takes this process's share of the minibatch (shard) and returns the loss and its terms as the whole
+    minibatch's means (mean): every process logs the same numbers. The loss's gradient is the share's own; before
+    each optimizer step a hook makes the gradients the whole minibatch's (mean_gradients), so that every process
+    takes the same Adam step. Ctrl-C and SIGTERM are noted, not raised, and at each call the processes agree
+    (one small all_reduce): when any has one, KeyboardInterrupt("Ctrl-C" or "SIGTERM") is raised in all, so all
+    stop after the same step. close() puts the signal handlers back and removes the hook."""
 
-    def __init__(self, params):
-        self.params = list(params)
+    def __init__(self, loss_fn, opt):
+        self.loss_fn, self.params = loss_fn, [p for group in opt.param_groups for p in group["params"]]
+        self.got, self.previous, self.n = set(), {}, 0
+        for sig, name in zip((signal.SIGINT, signal.SIGTERM), NAMES, strict=True):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self.previous[sig] = signal.signal(sig, lambda s, f, name=name: self.got.add(name))
+        self.hook = opt.register_step_pre_hook(lambda *_: mean_gradients(self.params, self.n))
 
-    def steps(self, n: int):
-        return steps(n)
+    def __call__(self, batch):
+        flags = total(torch.tensor([name in self.got for name in NAMES], dtype=torch.int32))  # processes with each
+        if flags.any():
+            raise KeyboardInterrupt("SIGTERM" if flags[1] else "Ctrl-C")
+        self.n = len(batch)
+        if weight(self.n) > 0:
+            loss, terms = self.loss_fn(shard(batch))
+        else:                                    # no prompt of this minibatch here: adds nothing, joins the sums
+            loss = sum(0 * p.sum() for p in self.params)
+            terms = {k: torch.zeros(()) for k in ("L_E", "L_F", "L_M")}
+        means = mean(torch.stack([loss.detach(), *(t.detach().to(loss.device) for t in terms.values())]), self.n)
+        return loss + (means[0] - loss).detach(), dict(zip(terms, means[1:], strict=True))  # value: the mean
 
-    def backward(self, loss_fn, batch) -> dict[str, float]:
-        """loss_fn(this process's share of batch) -> (loss, {name: term}); backward; the gradients and the values
-        made the whole minibatch's means (mean_gradients, mean). Returns {"loss": ..., name: ...} as floats, the
-        same in every process."""
-        loss, terms = loss_fn(shard(batch))
-        loss.backward()
-        mean_gradients(self.params, len(batch))
-        values = mean(torch.stack([loss, *terms.values()]).detach(), len(batch))
-        return dict(zip(["loss", *terms], values.tolist(), strict=True))
-
-
-def steps(n: int):
-    """The steps 1 ... n of a training loop (ascale.fit). Under torchrun, which passes Ctrl-C and SIGTERM on
-    to every process, a signal is noted instead of raised while the loop runs, and before each step the
-    processes agree (one small all_reduce): when any has one, KeyboardInterrupt("Ctrl-C" or "SIGTERM") is
-    raised in all at once, so that all stop after the same step and evaluate and save together. Alone:
-    range(1, n + 1), and signals raise as they come (runfolder.signals_interrupt)."""
-    if world_size() == 1:
-        yield from range(1, n + 1)
-        return
-    got, previous = set(), {}
-    for sig, name in zip((signal.SIGINT, signal.SIGTERM), NAMES, strict=True):
-        with contextlib.suppress(ValueError):  # not the main thread: no handlers
-            previous[sig] = signal.signal(sig, lambda s, f, name=name: got.add(name))
-    try:
-        for step in range(1, n + 1):
-            flags = total(torch.tensor([name in got for name in NAMES], dtype=torch.int32))  # processes with each
-            if flags.any():
-                raise KeyboardInterrupt("SIGTERM" if flags[1] else "Ctrl-C")
-            yield step
-    finally:
-        for sig, handler in previous.items():
+    def close(self) -> None:
+        self.hook.remove()
+        for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
 

@@ -587,3 +587,53 @@ def test_objective_same_with_and_without_the_last_layer_shortcut(tiny_gpt2, meth
     torch.testing.assert_close(loss, loss_full)
     for a, b in zip(grads, torch.autograd.grad(loss_full, list(iv.parameters())), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- a forker's method
+
+
+def forker_class(apply):
+    """A new method as a forker writes it: one scalar per location, its apply given (ignoring pos), takes_positions
+    left at the base class's default. Not left in ascale.METHODS (other tests list the methods)."""
+    class Mine(ascale.Intervention):
+        method = "test-forker"
+
+        def __init__(self, cfg, sites, positions):
+            super().__init__(cfg, sites, positions)
+            self.alpha = torch.nn.ParameterDict({s: torch.nn.Parameter(torch.zeros(self.n_layer, positions))
+                                                 for s in self.sites})        # (L, T)
+
+    Mine.apply = apply
+    ascale.METHODS.pop("test-forker", None)
+    return Mine
+
+
+def test_a_method_that_ignores_positions_gets_whole_prompts(model):
+    """An apply that ignores pos is never given rows of some positions only: the model shows it every position
+    (no last-layer shortcut, no KV cache), so its numbers are right, in training and in generation."""
+    Mine = forker_class(lambda self, site, layer, h, pos=None: h * (1 + self.alpha[site][layer]).unsqueeze(-1))
+    ps = prompts()
+    batch = ascale.prepare(model, ps, "wrong")
+    mine = Mine(model.config, ["attn_out", "mlp_out", "resid"], ps.ids.shape[1])
+    ref = ascale.make("activscalar", model.config, ["attn_out", "mlp_out", "resid"], ps.ids.shape[1])
+    with torch.no_grad():
+        for s in mine.sites:
+            mine.alpha[s].normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+            ref.alpha[s].copy_(mine.alpha[s])
+    assert not Mine.takes_positions
+    loss, _ = ascale.objective(model, mine, batch)
+    torch.testing.assert_close(loss, ascale.objective(model, ref, batch)[0])
+    torch.testing.assert_close(model.generate(ps.ids[:2], 3, intervene=mine),
+                               model.generate(ps.ids[:2], 3, intervene=ref))
+    with pytest.raises(UserError, match="apply ignores them; set takes_positions = True once it reads pos"):
+        mine("attn_out", 0, torch.zeros(2, 1, model.config.n_embd), pos=torch.zeros(2, 1, dtype=torch.long))
+
+
+def test_a_parameter_broadcast_against_h_is_one_line(model):
+    """A (T,) parameter multiplied into h of shape (B, 1, D) broadcasts to (B, T, D) without torch's error: the
+    intervention refuses any apply that changes h's shape."""
+    Mine = forker_class(lambda self, site, layer, h, pos=None: h * (1 + self.alpha[site][layer][:, None]))
+    mine = Mine(model.config, ["attn_out"], 8)
+    Mine.takes_positions = True   # claims to read pos, but its apply does not
+    with pytest.raises(UserError, match=r"returned shape \(2, 8, \d+\) for h of shape \(2, 1, \d+\)"):
+        mine("attn_out", 0, torch.zeros(2, 1, model.config.n_embd), pos=torch.full((2, 1), 7))
