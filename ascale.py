@@ -35,7 +35,7 @@ METHODS: dict[str, type] = {}  # every intervention class by its name (--method)
 BASELINES: dict[str, type] = {}  # the same for those computed, not trained by `fit` (learned = False: DiffMean)
 SCHEDULES = ("cosine", "constant")
 TARGETS = ("flip", "wrong", "correct")
-# Training defaults, tuned on SmolLM2 and the toy world, CCC and IOI (the README says how; lr falls along a cosine).
+# Training defaults (lr along a cosine), tuned on SmolLM2: docs/results-smollm2.md, "How the defaults were chosen".
 STEPS, LR, LAMBDA_M, MARGIN = 100, 0.05, 0.02, 4.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
 P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
@@ -78,7 +78,7 @@ class Intervention(nn.Module):
         super().__init__()
         self.sites = check_sites(sites)
         self.n_layer, self.n_head, self.n_embd = cfg.n_layer, cfg.n_head, cfg.n_embd
-        self.head_dim = cfg.head_dim  # n_embd // n_head, except in Qwen3
+        self.head_dim = cfg.head_dim  # n_embd // n_head unless the config sets it (Qwen3, Gemma)
         self.positions = positions
         self.beta = 1.0
         self.keep = None  # after `restrict`: {site: bool (units)}, the units that may be non-zero
@@ -225,7 +225,7 @@ class DynScalar(Scaling):
     """h̃ = h·(1 + β·α(h)) with α(h) = w·ĥ + b, ĥ = h/‖h‖: the scalar is a linear probe of the
     activation's direction. One (w, b) per site and layer, shared by all positions, so it applies to
     prompts of any length. (ĥ is unit-length so that α does not grow with the activation's norm,
-    which differs a lot between sites and layers; see the README.)"""
+    which differs a lot between sites and layers; docs/method.md, "Choices that are ours".)"""
     method, about = "dynscalar", "the scalar is a probe of h, for prompts of any length"
     tied_to_positions, measure = False, "||w|| + |b| per probe"
 
@@ -468,7 +468,7 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
     """Train iv's parameters with Adam on the objective for `steps` optimizer steps, the model frozen.
     Training is counted in steps, not passes over the prompts, so a task of 20 prompts and one of 300
     get the same number of updates. With schedule "cosine" the learning rate falls from `lr` to 0
-    along a half cosine over the steps (`cosine_lr`; our choice, see the README): large moves first,
+    along a half cosine over the steps (`cosine_lr`; our choice, docs/method.md's "Choices"): large moves first,
     then the parameters settle; "constant" keeps it at `lr` (the defaults before it). Minibatches are
     drawn by a torch.Generator seeded with `seed` (the same numbers on CPU for the same seed);
     batch_size None: `running/budget.train_batch_size`.
