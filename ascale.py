@@ -38,7 +38,7 @@ METHODS: dict[str, type] = {}  # every intervention class by its name (--method)
 BASELINES: dict[str, type] = {}  # the same for those computed, not trained by `fit` (learned = False: DiffMean)
 SCHEDULES = ("cosine", "constant")
 TARGETS = ("flip", "wrong", "correct")
-# Training defaults, tuned on SmolLM2 and the toy world, CCC and IOI (the README says how; lr falls along a cosine).
+# Training defaults (lr along a cosine), tuned on SmolLM2: docs/results-smollm2.md, "How the defaults were chosen".
 STEPS, LR, LAMBDA_M, MARGIN = 100, 0.05, 0.02, 4.0
 ACTIVE = 0.05  # a location is active where the intervention changes its activation by >= 5% of its norm
 P_REST_BYTES = 256 * 2**20  # prepare keeps p⁻ (N, V) while it takes at most this; otherwise it is recomputed
@@ -84,7 +84,7 @@ class Intervention(nn.Module):
         super().__init__()
         self.sites = check_sites(sites)
         self.n_layer, self.n_head, self.n_embd = cfg.n_layer, cfg.n_head, cfg.n_embd
-        self.head_dim = cfg.head_dim  # n_embd // n_head, except in Qwen3
+        self.head_dim = cfg.head_dim  # n_embd // n_head unless the config sets it (Qwen3, Gemma)
         self.positions = positions
         self.beta = 1.0
         self.keep = None  # after `restrict`: {site: bool (units)}, the units that may be non-zero
@@ -240,7 +240,7 @@ class DynScalar(Scaling):
     """h̃ = h·(1 + β·α(h)) with α(h) = w·ĥ + b, ĥ = h/‖h‖: the scalar is a linear probe of the
     activation's direction. One (w, b) per site and layer, shared by all positions, so it applies to
     prompts of any length. (ĥ is unit-length so that α does not grow with the activation's norm,
-    which differs a lot between sites and layers; see the README.)"""
+    which differs a lot between sites and layers; docs/method.md, "Choices that are ours".)"""
     method, about = "dynscalar", "the scalar is a probe of h, for prompts of any length"
     tied_to_positions, measure, takes_positions = False, "||w|| + |b| per probe", True   # α(h) needs no pos
 

@@ -1,25 +1,25 @@
 """
-Minimal by construction, and the same map from another seed (our additions to the paper's method).
+Minimal by construction, and the same map from another seed (ours): prune the ℓ1 fit to K units and refit.
 
-The ℓ1 term of the objective makes most scalars small, not zero, and it chooses among locations that
-would do the same job: two fits that differ only in their minibatch order share about half of their
-active locations. So after the ℓ1 fit (ascale.fit) comes a selection:
+The rule is defined once, in docs/method.md, "The selection rule"; this module is its code, and the constants
+below are its numbers. A unit is one location, or for DynScalar one probe (site, layer[, head]). The functions,
+in the order they are used:
 
-    1. rank      the units by their size: |α| (ActivScalar), ‖v‖ (SteerVec), ‖w‖ + |b| (DynScalar, whose
-                 units are probes: one per site and layer); Intervention.effect, named by its `measure`
-    2. prune     keep the K largest, set the rest to exactly 0 and keep them there (Intervention.restrict)
-    3. refit     train the K survivors again, without ℓ1 (it has done its job: choosing), from their values
-    4. choose K  `--locations K`, or the smallest K on the path 1, 2, 5, 10, 25, 50, ... whose refit keeps
-                 the training flip rate within TOLERANCE of the reference: the better of the unpruned fit and
-                 the refit of all its active units (bisection along the path: a few refits, not one per K,
-                 each read on the same SELECTION_PROMPTS training prompts; the test prompts are never looked
-                 at). The chosen K's refit, made on the way, goes on for FINISH_STEPS more: the result
+    n_units            how many units the ℓ1 fit makes active (Intervention.floor): the largest K worth trying
+    top_k              the K largest units over all sites (Intervention.effect), as masks for Intervention.restrict
+    refit              a copy restricted to the kept units, trained again without ℓ1 (REFIT_STEPS at REFIT_LR)
+    selection_prompts  the training prompts (at most SELECTION_PROMPTS) on which the path reads its flip rates
+    choose             K from --locations, or the smallest on PATH whose refit stays within TOLERANCE of the
+                       reference (bisection); its refit, FINISH_STEPS more, is the result
 
-and, with `--runs N`, stability selection (Meinshausen and Bühlmann, 2010): N fits, each on a bootstrap
-resample of the training prompts with its own minibatch order, each pruned to the K the first fit chose;
-a location's selection frequency is the share of fits that keep it, and the final intervention is the
-refit of the locations kept by at least half of the fits (FREQUENCY). A location that one fit needs and
-the next replaces by a neighbour falls below it; what is left is what the fits agree on.
+and, for --runs N, stability selection (Meinshausen and Bühlmann, 2010):
+
+    stable             N ℓ1 fits on bootstrap resamples, each pruned to one K; the refit of the units that at
+                       least FREQUENCY of them keep
+    jaccard            |A ∩ B| / |A ∪ B| of two selections
+    frequencies        the share of the fits that keep each unit (stability.png)
+    agreement          the two Jaccard indices metrics.json reports: two fits', and the two halves' majority sets
+    describe_agreement those two in one line, as train.py prints them
 """
 
 import copy
@@ -29,7 +29,7 @@ import torch
 import ascale
 
 PATH = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-TOLERANCE = 0.03     # the chosen K's training flip rate may be this far below the unpruned fit's
+TOLERANCE = 0.03     # the chosen K's training flip rate may be this far below the reference (choose)
 FREQUENCY = 0.5      # --runs: the final set is the locations kept by at least this share of the fits
 REFIT_STEPS = 3      # a refit: short, from the ℓ1 fit's values (near where it ends), at a constant rate
 REFIT_LR = 0.06      # of 0.06: 3 Adam steps move a scalar by up to 0.18
@@ -84,7 +84,7 @@ def selection_prompts(train: ascale.Batch, n: int = SELECTION_PROMPTS) -> ascale
 def choose(model, iv, batches, *, locations: int | None = None, tolerance: float = TOLERANCE,
            refit_steps: int = REFIT_STEPS, finish_steps: int = FINISH_STEPS, select_prompts: int = SELECTION_PROMPTS,
            seed: int = 0, progress: bool = True, **objective):
-    """Prune the ℓ1 fit iv to K units and refit them (steps 1-4 above). K = `locations`, or the smallest
+    """Prune the ℓ1 fit iv to K units and refit (docs/method.md, "The selection rule"). K = `locations`, or the smallest
     K on PATH whose refit (`refit`: refit_steps steps at REFIT_LR, from the ℓ1 fit's values) reaches the
     reference training flip rate minus `tolerance`, found by bisection (the flip rate grows with K, near
     enough). Flip rates are read on `selection_prompts` (training prompts only); the refits train on all
