@@ -83,6 +83,8 @@ def _replicates(columns: list[np.ndarray], groups, stat, n: int, seed: int) -> l
         if stat is mean and x.ndim == 1:      # sums and sizes of the drawn groups: no loop over draws
             sums, sizes = np.bincount(inv, weights=x, minlength=G), np.bincount(inv, minlength=G)
             out.append(sums[draws].sum(1) / sizes[draws].sum(1))
+        elif groups is None:                  # a group is a prompt: the draw is the prompts
+            out.append(np.array([stat(x[d]) for d in draws]))
         else:
             members = [np.flatnonzero(inv == g) for g in range(G)]
             out.append(np.array([stat(x[np.concatenate([members[g] for g in d])]) for d in draws]))
