@@ -23,7 +23,6 @@ the next replaces by a neighbour falls below it; what is left is what the fits a
 """
 
 import copy
-import math
 
 import torch
 
@@ -172,14 +171,15 @@ def chance(size_a: int, size_b: int, units: int) -> dict[str, float]:
     mean a·b/N, so the overlap share's expectation is a·b/N / min(a, b) = max(a, b)/N; Jaccard's is the exact
     sum of P(k)·k / (a + b - k) over k (no sampling). With an empty set, the values of
     jaccard and overlap (both 1 when both are empty, 0 when one is). Returns {"overlap", "jaccard"}."""
+    from math import comb  # here, not at the top: the README's line ranges of this file stay as they are
     a, b, N = size_a, size_b, units
     if not 0 <= a <= N or not 0 <= b <= N:
         raise ValueError(f"sets of {a} and {b} units out of {N}")
     if not a or not b:
         value = float(a == b)
         return {"overlap": value, "jaccard": value}
-    ways = math.comb(N, b)      # P(k) as a ratio of integers, rounded once (Python divides big integers exactly)
-    jac = sum(math.comb(a, k) * math.comb(N - a, b - k) / ways * k / (a + b - k)
+    ways = comb(N, b)      # P(k) as a ratio of integers, rounded once (Python divides big integers exactly)
+    jac = sum(comb(a, k) * comb(N - a, b - k) / ways * k / (a + b - k)
               for k in range(max(0, a + b - N), min(a, b) + 1))
     return {"overlap": max(a, b) / N, "jaccard": jac}
 
