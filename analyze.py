@@ -6,6 +6,7 @@ does minimality cost, and what does the strength dial do?
     python analyze.py lambda --model models/toyworld --task ccc
     python analyze.py beta runs/ccc-toyworld-activscalar/intervention.safetensors
     python analyze.py parts runs/ccc-toyworld-scaleshift/intervention.safetensors
+    python analyze.py compare runs/ccc-toyworld-activscalar runs/ccc-toyworld-steervec
 
 knockout  A reference map that does not depend on the objective: every location (site, layer,
           position[, head]) is switched off in turn (α = -1 there, nothing else) over the training
@@ -25,6 +26,12 @@ beta      The strength dial: a saved intervention evaluated at several β (0 is 
 parts     For a ScaleShift, h·(1 + α) + v: does it scale or turn? At each kept location, the mean ‖h‖
           over the training prompts, the change's size as a share of ‖h‖ and the share of the change
           that is orthogonal to h; then the test flip rate with v set to 0 and with α set to 0.
+compare   Runs evaluated on the same test prompts, each against the first, from their per-prompt test
+          outcomes (metrics.json test.per_prompt, see per_prompt): the difference of flip rate, balanced
+          flip rate (where the runs record each prompt's side) and KL with paired-bootstrap intervals (over
+          groups of prompts where recorded), McNemar's exact test of the paired flips (all prompts and
+          each side), Holm's adjustment over the table (docs/method.md, "Intervals and comparisons").
+          Runs on different prompts are refused. Writes nothing unless --json FILE.
 """
 
 import argparse
@@ -34,6 +41,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import ascale
@@ -41,7 +49,7 @@ import tasks
 import train
 from figures import report
 from gpt2 import UserError
-from running import runfolder
+from running import runfolder, stats
 
 # ----------------------------------------------------------------------------- knockout
 
@@ -180,6 +188,132 @@ def run_parts(args) -> None:
               f" {ev['kl']:.2f}")
 
 
+# ----------------------------------------------------------------------------- compare runs on the same prompts
+
+PER_PROMPT = "per_prompt"    # metrics.json["test"][PER_PROMPT]: the per-prompt test outcomes compare reads
+
+
+def per_prompt(run) -> dict:
+    """The per-prompt test outcomes of a run: run is its folder, or its metrics.json or intervention.safetensors.
+    They are metrics.json["test"]["per_prompt"], lists of one entry per test prompt, in the test set's order:
+
+        flipped      0/1: the steered model prefers the target answer (its mean is the run's flip_rate)
+        kl           float: the prompt's KL (nats; their mean is the run's kl)
+        side         optional, 0/1: which of the two answers the unsteered model preferred
+        group        optional, str or int ids: the prompt's group (country, name set, review)
+        prompt_hash  optional, a string, the same for the same test prompts (also read from
+                     metrics.json["test"]["prompt_hash"])
+
+    Returns {"name", "flipped": int (N,), "kl": float (N,), "side": int (N,) or None, "group": list or None,
+    "prompt_hash": str or None}. A run without them (made before they were saved), or with lists of different
+    lengths, is a UserError."""
+    path = Path(run)
+    folder = path.parent if path.suffix in (".json", ".safetensors") else path
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run}: no metrics.json there; name a run folder") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{folder / 'metrics.json'}: cannot read it ({e})") from None
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    rows = test.get(PER_PROMPT) if isinstance(test, dict) else None
+    if not isinstance(rows, dict) or not {"flipped", "kl"} <= set(rows):
+        raise UserError(f"{run} has no per-prompt test outcomes (metrics.json test.{PER_PROMPT} with flipped and kl);"
+                        " evaluate it again with a version that saves them (train.py --eval)")
+    lengths = {k: len(rows[k]) for k in ("flipped", "kl", "side", "group") if rows.get(k) is not None}
+    if len(set(lengths.values())) > 1:
+        raise UserError(f"{run}: the per-prompt lists differ in length"
+                        f" ({', '.join(f'{k} {n}' for k, n in lengths.items())})")
+    flipped = np.asarray(rows["flipped"], dtype=np.int64)
+    side = None if rows.get("side") is None else np.asarray(rows["side"], dtype=np.int64)
+    if not set(np.unique(flipped)) <= {0, 1} or (side is not None and not set(np.unique(side)) <= {0, 1}):
+        raise UserError(f"{run}: per-prompt flipped and side are 0 or 1")
+    return {"name": str(run), "flipped": flipped, "kl": np.asarray(rows["kl"], dtype=np.float64), "side": side,
+            "group": rows.get("group"), "prompt_hash": rows.get("prompt_hash") or test.get("prompt_hash")}
+
+
+def same_prompts(first: dict, other: dict) -> None:
+    """A UserError, one line, unless the two runs' outcomes are on the same test prompts: as many, and the same
+    prompt_hash and group lists where both runs have them."""
+    why = None
+    if len(other["flipped"]) != len(first["flipped"]):
+        why = f"{len(other['flipped'])} prompts against {len(first['flipped'])}"
+    elif first["prompt_hash"] and other["prompt_hash"] and first["prompt_hash"] != other["prompt_hash"]:
+        why = "their prompt_hash differs"
+    elif first["group"] is not None and other["group"] is not None and list(first["group"]) != list(other["group"]):
+        why = "their group lists differ"
+    if why:
+        raise UserError(f"{other['name']} and {first['name']} were not evaluated on the same test prompts ({why});"
+                        " compare needs runs on the same prompts")
+
+
+def compare(runs: list[dict], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[dict]:
+    """Each run after the first against the first (per_prompt's dicts, on the same prompts: same_prompts), a row
+    per measure: "flip" (flip rate), "balanced flip" (stats.balanced: the mean of the two sides' flip rates, each
+    run with its own sides) and "flip, side s" (the prompts that both runs put on side s) where both runs have
+    sides, and "kl" (mean KL). Each row: the first run's value, this run's, this minus first and its paired
+    bootstrap interval (stats.paired_bootstrap, n_boot draws, seeded; resampling whole groups where the runs have
+    groups); the flip rows of a whole side or of all prompts also McNemar's exact test of the paired flips
+    (stats.mcnemar_exact: n01 prompts flipped by this run only, n10 by the first only, p). A balanced rate has no
+    paired 0/1 outcome to test: its test is the two sides' rows. "p_holm": Holm's adjustment over all the
+    p-values of the table (every run, every row), the family a reader scans."""
+    first, rows = runs[0], []
+    groups = first["group"] if first["group"] is not None else next((r["group"] for r in runs if r["group"]), None)
+    boot = {"groups": groups, "n": n_boot, "seed": seed, "level": level}
+
+    def row(run, measure, a, b, value=stats.mean, paired=None, **test):
+        ci = stats.paired_bootstrap(b, a, stat=value, **{**boot, **(paired or {})})
+        return {"run": run["name"], "against": first["name"], "measure": measure, "first": value(a), "this": value(b),
+                "difference": value(b) - value(a), "interval": ci, **test}
+
+    def balanced_flip(r):
+        return stats.balanced(stats.by_side(r[:, 0], r[:, 1]))
+
+    for run in runs[1:]:
+        same_prompts(first, run)
+        a, b = first["flipped"], run["flipped"]
+        rows.append(row(run, "flip", a, b, **stats.mcnemar_exact(a, b)))
+        if first["side"] is not None and run["side"] is not None:
+            rows.append(row(run, "balanced flip", np.stack([a, first["side"]], 1), np.stack([b, run["side"]], 1),
+                            balanced_flip, p=None))
+            for s in (0, 1):
+                on = (first["side"] == s) & (run["side"] == s)
+                if on.any():
+                    sub = {"groups": None if groups is None else [g for g, o in zip(groups, on, strict=True) if o]}
+                    rows.append(row(run, f"flip, side {s}", a[on], b[on], paired=sub,
+                                    **stats.mcnemar_exact(a[on], b[on])))
+        rows.append(row(run, "kl", first["kl"], run["kl"], p=None))
+    for r, adjusted in zip(rows, stats.holm([r["p"] for r in rows]), strict=True):
+        r["p_holm"] = adjusted
+    return rows
+
+
+def run_compare(args) -> None:
+    if args.n_boot < 1:
+        raise UserError("--n-boot must be >= 1")
+    runs = [per_prompt(r) for r in args.runs]
+    rows = compare(runs, n_boot=args.n_boot, seed=args.seed)
+    n, groups = len(runs[0]["flipped"]), runs[0]["group"] or next((r["group"] for r in runs if r["group"]), None)
+    print(f"against {runs[0]['name']}: {n} test prompts; 95 % paired-bootstrap intervals of this minus first over"
+          + (f" {len(set(map(str, groups)))} groups of prompts" if groups is not None else " the prompts")
+          + f" ({args.n_boot} draws, seed {args.seed});\nMcNemar's exact p of the paired flips, Holm-adjusted over the"
+          " table")
+
+    def num(v, fmt=".3f"):
+        return "-" if v is None else format(v, fmt)
+    print_rows([{"run": r["run"], "measure": r["measure"], "first": num(r["first"]), "this": num(r["this"]),
+                 "this - first": num(r["difference"], "+.3f"),
+                 "interval": f"[{r['interval'][0]:+.3f}, {r['interval'][1]:+.3f}]",
+                 "n01/n10": f"{r['n01']}/{r['n10']}" if "n01" in r else "-", "p": num(r["p"], ".3g"),
+                 "p Holm": num(r["p_holm"], ".3g")} for r in rows],
+               ["run", "measure", "first", "this", "this - first", "interval", "n01/n10", "p", "p Holm"])
+    if args.json:
+        report.write_json(Path(args.json), {"first": runs[0]["name"], "runs": [r["name"] for r in runs],
+                                            "n_prompts": n, "n_boot": args.n_boot, "seed": args.seed, "rows": rows,
+                                            "command": " ".join(sys.argv)})
+        print(f"wrote {args.json}")
+
+
 # ----------------------------------------------------------------------------- shared output
 
 
@@ -241,12 +375,21 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     s.add_argument("--out", help="sweep folder (default: runs/<task>-<model>-lambda/)")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier sweep in the same folder")
+    c = sub.add_parser("compare", help="runs on the same test prompts against the first: paired differences, McNemar,"
+                       " Holm")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders (their metrics.json with test.per_prompt);"
+                   " the first is the one the others are compared with")
+    c.add_argument("--json", metavar="FILE", help="also write the table to FILE (nothing is written without it)")
+    c.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws of each interval (default: 2000)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default: 0)")
     args, rest = p.parse_known_args(argv)
     if rest and args.command != "lambda":
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     args.train_args = rest
+    if args.command == "compare" and len(args.runs) < 2:
+        p.error("compare needs at least two runs")
     return train.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta,
-                               "parts": run_parts}[args.command], args)
+                      "parts": run_parts, "compare": run_compare}[args.command], args)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,35 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return inter / union if union else 1.0
 
 
+def overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """|A ∩ B| / min(|A|, |B|) of two selections, the overlap coefficient: the share of the smaller set that the
+    other also keeps (1 when one contains the other, whatever their sizes, where Jaccard is held down by the
+    difference of sizes); 1 when both are empty, 0 when only one is."""
+    inter = sum(int((a[s] & b[s]).sum()) for s in a)
+    smaller = min(count(a), count(b))
+    return inter / smaller if smaller else float(count(a) == count(b))
+
+
+def chance(size_a: int, size_b: int, units: int) -> dict[str, float]:
+    """What two selections agree by chance: the expected overlap share and Jaccard index of two independent
+    uniformly random sets of size_a and size_b units out of `units` (the selections' sizes, drawn from all the
+    locations of the maps). The intersection k is hypergeometric, P(k) = C(a, k)·C(N - a, b - k) / C(N, b), of
+    mean a·b/N, so the overlap share's expectation is a·b/N / min(a, b) = max(a, b)/N; Jaccard's is the exact
+    sum of P(k)·k / (a + b - k) over k (no sampling). With an empty set, the values of
+    jaccard and overlap (both 1 when both are empty, 0 when one is). Returns {"overlap", "jaccard"}."""
+    from math import comb  # here, not at the top: the README's line ranges of this file stay as they are
+    a, b, N = size_a, size_b, units
+    if not 0 <= a <= N or not 0 <= b <= N:
+        raise ValueError(f"sets of {a} and {b} units out of {N}")
+    if not a or not b:
+        value = float(a == b)
+        return {"overlap": value, "jaccard": value}
+    ways = comb(N, b)      # P(k) as a ratio of integers, rounded once (Python divides big integers exactly)
+    jac = sum(comb(a, k) * comb(N - a, b - k) / ways * k / (a + b - k)
+              for k in range(max(0, a + b - N), min(a, b) + 1))
+    return {"overlap": max(a, b) / N, "jaccard": jac}
+
+
 def frequencies(selections: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The share of the selections that keep each unit: {site: float map in [0, 1]}."""
     return {s: torch.stack([sel[s] for sel in selections]).float().mean(0) for s in selections[0]}
@@ -203,34 +232,52 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
     final, curve = refit(model, start, train, keep, steps=refit_steps + FINISH_STEPS if refit_steps else 0, seed=seed,
                          progress=progress, **objective)
     stopped_by = stopped_by or curve["stopped_by"]
-    halves, pairs = agreement(selections, threshold)
     record = {"runs": len(fits), "runs_asked": runs, "K": K, "threshold": threshold, "selected": count(keep),
-              "jaccard_halves": halves, "jaccard_pairs": pairs, "fits": fits,
+              **agreement(selections, threshold), "fits": fits,
               "mean_sd": {k: _mean_sd([f[k] for f in fits]) for k in ("train_flip_rate", "test_flip_rate", "kl_test")},
               "frequencies": {s: f.tolist() for s, f in freq.items()}, "first_fit_selection": path0,
               "stopped_by": stopped_by}
     return final, record, freq
 
 
-def agreement(selections: list[dict[str, torch.Tensor]], threshold: float = FREQUENCY):
-    """How much the fits agree: (the Jaccard index of the two halves' majority sets, the mean Jaccard index of
-    two fits' own selections). The halves are the first and the second n // 2 fits (with an odd n the last
-    fit sits out), so that both are held to the same rule: halves of 2 and 3 fits would compare the union of
-    two selections (kept by 1 of 2 >= threshold) with what 2 of 3 keep, which differ by construction.
-    Either is None where there are too few fits."""
+def agreement(selections: list[dict[str, torch.Tensor]], threshold: float = FREQUENCY) -> dict:
+    """How much the fits agree, and how much random selections of the same sizes would (chance):
+        jaccard_halves   the Jaccard index of the two halves' majority sets: the first and the second n // 2 fits
+                         (with an odd n the last fit sits out), so that both are held to the same rule: halves of 2
+                         and 3 fits would compare the union of two selections (kept by 1 of 2 >= threshold) with
+                         what 2 of 3 keep, which differ by construction
+        jaccard_pairs    the mean Jaccard index of two fits' own selections, over all pairs
+        overlap_halves, overlap_pairs   the same with the overlap share |A ∩ B| / min(|A|, |B|) (overlap)
+        *_chance         each one's chance level (chance): the expectation for random sets of the same sizes out of
+                         the same `units`, for the pairs the mean over the pairs
+        units            how many units the selections are drawn from: every location of the maps
+    Each is None where there are too few fits (halves: fewer than 2, pairs: fewer than 2)."""
+    units = sum(m.numel() for m in selections[0].values()) if selections else 0
+    out = {f"{m}_{w}{c}": None for m in ("jaccard", "overlap") for w in ("halves", "pairs") for c in ("", "_chance")}
+    out["units"] = units
     n = len(selections) // 2
-    halves = None
     if n:
-        a, b = frequencies(selections[:n]), frequencies(selections[n:2 * n])
-        halves = jaccard({s: f >= threshold for s, f in a.items()}, {s: f >= threshold for s, f in b.items()})
-    pairs = [jaccard(x, y) for i, x in enumerate(selections) for y in selections[i + 1:]]
-    return halves, (sum(pairs) / len(pairs) if pairs else None)
+        fa, fb = frequencies(selections[:n]), frequencies(selections[n:2 * n])
+        a, b = {s: f >= threshold for s, f in fa.items()}, {s: f >= threshold for s, f in fb.items()}
+        odds = chance(count(a), count(b), units)
+        out.update(jaccard_halves=jaccard(a, b), overlap_halves=overlap(a, b), jaccard_halves_chance=odds["jaccard"],
+                   overlap_halves_chance=odds["overlap"])
+    pairs = [(x, y) for i, x in enumerate(selections) for y in selections[i + 1:]]
+    if pairs:
+        odds = [chance(count(x), count(y), units) for x, y in pairs]
+        out.update({f"{m}_pairs": sum(f(x, y) for x, y in pairs) / len(pairs)
+                    for m, f in (("jaccard", jaccard), ("overlap", overlap))})
+        out.update({f"{m}_pairs_chance": sum(o[m] for o in odds) / len(odds) for m in ("jaccard", "overlap")})
+    return out
 
 
 def describe_agreement(runs: dict) -> str:
-    """The two agreement indices of a runs record, as train.py prints them and stability.png titles them."""
-    f = {k: "-" if runs.get(k) is None else f"{runs[k]:.2f}" for k in ("jaccard_pairs", "jaccard_halves")}
-    return f"Jaccard of two fits' selections {f['jaccard_pairs']} (mean), of the two halves' {f['jaccard_halves']}"
+    """The two agreement indices of a runs record, as train.py prints them and stability.png titles them (with
+    the pairs' chance level, where the record has it)."""
+    f = {k: "-" if runs.get(k) is None else f"{runs[k]:.2f}" for k in ("jaccard_pairs", "jaccard_halves",
+                                                                        "jaccard_pairs_chance")}
+    return (f"Jaccard of two fits' selections {f['jaccard_pairs']} (mean), of the two halves' {f['jaccard_halves']}"
+            + (f"; random sets {f['jaccard_pairs_chance']}" if runs.get("jaccard_pairs_chance") is not None else ""))
 
 
 def _mean_sd(xs: list[float]) -> list[float]:

@@ -133,3 +133,82 @@ def test_a_sweep_into_a_folder_another_is_writing_is_refused(run, tmp_path, caps
         runfolder.unlock(tmp_path, fd)
     assert f"{tmp_path} is being written by another run (pid " in line and "choose another --out" in line
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- compare: hand-made run folders
+
+def made_run(folder, flipped, kl, **more):
+    """A run folder with only a metrics.json whose test entry has per-prompt outcomes."""
+    folder.mkdir(parents=True)
+    per = {"flipped": flipped, "kl": kl, **more}
+    test = {"flip_rate": sum(flipped) / len(flipped), "kl": sum(kl) / len(kl), "per_prompt": per}
+    (folder / "metrics.json").write_text(json.dumps({"method": "activscalar", "test": test}))
+    return str(folder)
+
+
+SIDE = [0] * 6 + [1] * 6
+GROUP = [f"g{i // 2}" for i in range(12)]      # six groups of two prompts
+
+
+def test_compare_two_runs_by_hand(tmp_path, capsys):
+    """First run: side 0 flips 2 of 6, side 1 flips 1 of 6; second: 5 of 6 and 3 of 6, every flip of the first
+    kept. Flip 3/12 -> 8/12; discordant n01 = 5 (3 on side 0, 2 on side 1), n10 = 0: McNemar p = 2/2^5 = 0.0625,
+    on side 0 2/2^3 = 0.25, on side 1 2/2^2 = 0.5; Holm over the three: 0.1875, 0.5, 0.5. Balanced flip
+    (2/6 + 1/6)/2 = 0.25 -> (5/6 + 3/6)/2 = 2/3. KL 0.1 -> 0.3 on every prompt: the interval is a point."""
+    import numpy as np
+
+    from running import stats
+    a = [1, 1, 0, 0, 0, 0] + [1, 0, 0, 0, 0, 0]
+    b = [1, 1, 1, 1, 1, 0] + [1, 1, 1, 0, 0, 0]
+    first = made_run(tmp_path / "a", a, [0.1] * 12, side=SIDE, group=GROUP)
+    second = made_run(tmp_path / "b", b, [0.3] * 12, side=SIDE, group=GROUP)
+    before = sorted(tmp_path.rglob("*"))
+    assert analyze.main(["compare", first, second]) == 0
+    assert sorted(tmp_path.rglob("*")) == before                       # nothing written without --json
+    printed = capsys.readouterr().out
+    assert "12 test prompts" in printed and "6 groups" in printed and "5/0" in printed
+    assert analyze.main(["compare", first, second, "--json", str(tmp_path / "table.json")]) == 0
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    by = {r["measure"]: r for r in rows}
+    assert list(by) == ["flip", "balanced flip", "flip, side 0", "flip, side 1", "kl"]
+    flip = by["flip"]
+    assert (flip["first"], flip["this"], flip["difference"]) == pytest.approx((3 / 12, 8 / 12, 5 / 12))
+    assert (flip["n01"], flip["n10"], flip["p"], flip["p_holm"]) == (5, 0, pytest.approx(0.0625),
+                                                                     pytest.approx(0.1875))
+    assert flip["interval"] == pytest.approx(stats.paired_bootstrap(b, a, groups=GROUP))   # grouped, seed 0
+    assert flip["interval"][0] <= 5 / 12 <= flip["interval"][1]
+    assert (by["flip, side 0"]["p"], by["flip, side 0"]["p_holm"]) == pytest.approx((0.25, 0.5))
+    assert (by["flip, side 1"]["p"], by["flip, side 1"]["p_holm"]) == pytest.approx((0.5, 0.5))
+    assert by["flip, side 1"]["difference"] == pytest.approx(2 / 6)
+    bal = by["balanced flip"]
+    assert (bal["first"], bal["this"], bal["p"], bal["p_holm"]) == (pytest.approx(0.25), pytest.approx(2 / 3), None,
+                                                                   None)
+    assert bal["interval"][0] <= 5 / 12 <= bal["interval"][1]
+    assert by["kl"]["difference"] == pytest.approx(0.2) and by["kl"]["interval"] == pytest.approx([0.2, 0.2])
+    assert by["kl"]["p"] is None
+    # without sides or groups: two rows, prompts resampled; a third run adds its rows, Holm over all of them
+    plain = [made_run(tmp_path / n, f, [0.0] * 12) for n, f in (("c", a), ("d", b), ("e", a))]
+    rows = analyze.compare([analyze.per_prompt(r) for r in plain])
+    assert [(r["run"], r["measure"]) for r in rows] == [(plain[1], "flip"), (plain[1], "kl"),
+                                                       (plain[2], "flip"), (plain[2], "kl")]
+    assert rows[0]["interval"] == pytest.approx(stats.paired_bootstrap(np.array(b), np.array(a)))
+    assert (rows[0]["p_holm"], rows[2]["p"], rows[2]["p_holm"]) == pytest.approx((0.125, 1.0, 1.0))
+
+
+def test_compare_refuses_runs_on_other_prompts(tmp_path, capsys):
+    first = made_run(tmp_path / "a", [1, 0, 1, 0], [0.1] * 4, group=[1, 1, 2, 2], prompt_hash="abc")
+    shorter = made_run(tmp_path / "b", [1, 0, 1], [0.1] * 3)
+    line = bad(["compare", first, shorter], capsys, analyze)
+    assert line == (f"error: {shorter} and {first} were not evaluated on the same test prompts (3 prompts against 4);"
+                    " compare needs runs on the same prompts")
+    regrouped = made_run(tmp_path / "c", [1, 0, 1, 0], [0.1] * 4, group=[1, 2, 2, 2])
+    assert "(their group lists differ)" in bad(["compare", first, regrouped], capsys, analyze)
+    rehashed = made_run(tmp_path / "d", [1, 0, 1, 0], [0.1] * 4, prompt_hash="abd")
+    assert "(their prompt_hash differs)" in bad(["compare", first, rehashed], capsys, analyze)
+    old = tmp_path / "e"
+    old.mkdir()
+    (old / "metrics.json").write_text(json.dumps({"test": {"flip_rate": 0.5, "kl": 0.1}}))
+    assert "has no per-prompt test outcomes" in bad(["compare", first, str(old)], capsys, analyze)
+    assert "no metrics.json there" in bad(["compare", first, str(tmp_path / "none")], capsys, analyze)
+    assert "at least two runs" in bad(["compare", first], capsys, analyze)
+    assert not (tmp_path / "table.json").exists()

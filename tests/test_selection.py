@@ -92,6 +92,7 @@ def test_runs_give_frequencies_and_keep_those_above_the_threshold(model):
     assert sum(float(f.sum()) for f in freq.values()) == pytest.approx(4 * 6 / 4)   # each fit kept 6
     assert rec["selected"] == sum(int((f >= 0.5).sum()) for f in freq.values())
     assert 0 <= rec["jaccard_halves"] <= 1
+    assert rec["overlap_pairs"] >= rec["jaccard_pairs"] and 0 < rec["jaccard_pairs_chance"] < 1   # agreement's keys
     again, rec2, _ = selection.stable(model, make, batches, runs=4, steps=20, lr=0.1, batch_size=4,
                                       schedule="cosine", locations=6, refit_steps=5, progress=False,
                                       lambda_m=1e-3, **OBJECTIVE)
@@ -130,9 +131,41 @@ def test_agreement_holds_both_halves_to_one_rule():
         m[list(units)] = True
         return {"s": m}
     fits = [sel(0, 1), sel(0, 1), sel(0, 2), sel(0, 2), sel(3, 4)]
-    halves, pairs = selection.agreement(fits, threshold=0.5)
-    assert halves == pytest.approx(1 / 3)          # {0, 1} against {0, 2}: 1 of 3 units
+    agree = selection.agreement(fits, threshold=0.5)
+    assert agree["jaccard_halves"] == pytest.approx(1 / 3)          # {0, 1} against {0, 2}: 1 of 3 units
+    assert agree["overlap_halves"] == pytest.approx(1 / 2)          # 1 of the smaller set's 2
     j = selection.jaccard
     expected = sum(j(a, b) for i, a in enumerate(fits) for b in fits[i + 1:]) / 10
-    assert pairs == pytest.approx(expected)
-    assert selection.agreement(fits[:1]) == (None, None)
+    assert agree["jaccard_pairs"] == pytest.approx(expected)
+    # every pair is two sets of 2 out of 6 units: overlap at chance 2/6; Jaccard's, by hand from the
+    # hypergeometric P(k) = C(2, k)·C(4, 2 - k) / C(6, 2): (8/15)·(1/3) + (1/15)·1 = 11/45
+    assert agree["units"] == 6 and agree["overlap_pairs_chance"] == pytest.approx(1 / 3)
+    assert agree["jaccard_pairs_chance"] == pytest.approx(11 / 45) == agree["jaccard_halves_chance"]
+    one = selection.agreement(fits[:1])
+    assert one["jaccard_halves"] is None and one["jaccard_pairs"] is None and one["overlap_pairs_chance"] is None
+
+
+def test_overlap_and_chance_by_hand():
+    """A = {0, 1}, B = {0, 2, 3}: Jaccard 1/4, overlap share 1/2 (of A's 2); a subset has overlap 1. Chance for
+    sets of 2 and 2 out of 4: B meets A in 0, 1 or 2 units with probabilities 1/6, 4/6, 1/6, so Jaccard 0·1/6 +
+    (1/3)·4/6 + 1·1/6 = 7/18 and overlap share (4/6 + 2/6) / 2 = 1/2 = max(2, 2) / 4; a Monte-Carlo check of a
+    larger case."""
+    def sel(*units, n=6):
+        m = torch.zeros(n, dtype=torch.bool)
+        m[list(units)] = True
+        return {"s": m}
+    a, b = sel(0, 1), sel(0, 2, 3)
+    assert selection.jaccard(a, b) == pytest.approx(1 / 4) and selection.overlap(a, b) == pytest.approx(1 / 2)
+    assert selection.overlap(a, sel(0, 1, 4)) == 1.0
+    assert selection.overlap(sel(), sel()) == 1.0 and selection.overlap(sel(), a) == 0.0
+    assert selection.chance(2, 2, 4) == pytest.approx({"overlap": 0.5, "jaccard": 7 / 18})
+    assert selection.chance(4, 4, 4) == pytest.approx({"overlap": 1.0, "jaccard": 1.0})
+    assert selection.chance(0, 3, 10) == {"overlap": 0.0, "jaccard": 0.0}
+    g = torch.Generator().manual_seed(0)
+    draws = [(set(torch.randperm(30, generator=g)[:5].tolist()), set(torch.randperm(30, generator=g)[:8].tolist()))
+             for _ in range(20000)]
+    expected = selection.chance(5, 8, 30)
+    assert sum(len(x & y) / len(x | y) for x, y in draws) / len(draws) == pytest.approx(expected["jaccard"], abs=0.005)
+    assert sum(len(x & y) / 5 for x, y in draws) / len(draws) == pytest.approx(expected["overlap"], abs=0.01)
+    with pytest.raises(ValueError):
+        selection.chance(5, 3, 4)
