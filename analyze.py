@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 import ascale
+import metrics
 import tasks
 import train
 from figures import report
@@ -127,7 +128,7 @@ def run_beta(args) -> None:
         rows = []
         for beta in values:
             iv.beta = beta
-            m = {s: ascale.evaluate(model, iv, batches[s], targs.eval_batch_size) for s in ("train", "test")}
+            m = {s: metrics.evaluate(model, iv, batches[s], targs.eval_batch_size) for s in ("train", "test")}
             rows.append({"method": iv.method, "beta": beta, **per_split(m, ("flip_rate", "kl", "logit_diff_after"))})
         staged = writing.staged(folder)
         report.write_json(staged / "beta.json", {"rows": rows, "command": " ".join(sys.argv)})
@@ -182,7 +183,7 @@ def run_parts(args) -> None:
         with torch.no_grad():
             for t in getattr(only, part).values():
                 t.zero_()
-        ev = ascale.evaluate(model, only, batches["test"], targs.eval_batch_size)
+        ev = metrics.evaluate(model, only, batches["test"], targs.eval_batch_size)
         low, high = ev["flip_rate_ci"]
         print(f"{part} = 0: test flip {ev['flip_rate']:.2f} [{low:.2f}, {high:.2f}] of {ev['n_prompts']}, KL"
               f" {ev['kl']:.2f}")

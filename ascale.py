@@ -8,9 +8,10 @@ Read top to bottom (docs/method.md defines every term):
                        DynScalar    h̃ = h·(1 + β·α(h))      α(h) = w·ĥ + b, one probe per site and layer
     2. the objective   L = L_E + λF·L_F + λM·L_M            effectiveness, faithfulness, minimality
     3. training        Adam on the intervention's parameters only; the model stays frozen
-    4. metrics         flip rate, logit difference before/after, KL, parameters, ℓ1, active locations
+    4. passes          over a whole prompt set, shortest prompts first (by_length)
     5. save / load     safetensors, with what the intervention was trained for in its metadata
-The checks of where an intervention acts (knockout map, attribution, agreement) are in knockout.py.
+The metrics (flip rate, its sides and the offset control, KL, active locations) are in metrics.py; the checks
+of where an intervention acts (knockout map, attribution, agreement) in knockout.py.
 
 A location is (site, layer, position), and also head for the `head` site. An intervention is an
 nn.Module called as `intervene(site, layer, h)` by gpt2.GPT's forward pass; sites it was not given
@@ -31,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gpt2 import SITES, GPTConfig, UserError
-from running import budget, parallel, stats
+from running import budget, parallel
 from running.runfolder import write_atomically
 
 METHODS: dict[str, type] = {}  # every intervention class by its name (--method), filled as each is defined
@@ -347,6 +348,8 @@ class Batch:
     neg_entropy: torch.Tensor | None = None  # (N,) Σ p⁻ log p⁻, the constant part of KL(p⁻ ‖ p̃⁻)
     slots: torch.Tensor | None = None        # (N, T) each token's slot (tasks.tokenize); None: slot = position
     top: torch.Tensor | None = None          # (N,) the original model's top token (for train.py's report)
+    role_a: torch.Tensor | None = None       # (N,) answer A's token (c; sentiment: " positive"): sides, offset control
+    groups: torch.Tensor | None = None       # (N,) each prompt's group (country, names, text): grouped intervals
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -406,14 +409,17 @@ def check_target(target, prompts) -> None:
 
 
 @torch.no_grad()
-def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_bytes: int | None = None) -> Batch:
+def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_bytes: int | None = None,
+            role_a=None) -> Batch:
     """Run the original model once on a prompt set (tasks.PromptSet: ids, answer_pos, correct,
     wrong) and keep what the objective and the metrics compare against, batch_size prompts at a
     time: O(N) numbers, and p⁻ (N, V) only while it fits p_rest_bytes (default P_REST_BYTES).
 
     target (docs/method.md, "Targets"): flip -> t is whichever of c, w the original model ranks lower, so every
     prediction is flipped; wrong -> t = w; correct -> t = c; a token id (one-sided, for tasks whose
-    answers are labels: sentiment's " positive") -> t = that token on every prompt. o is the other one."""
+    answers are labels: sentiment's " positive") -> t = that token on every prompt. o is the other one.
+    role_a: the token of answer A, one per prompt or one for all (default c): the sides of `sides` are the
+    prompts whose original model preferred A, and the others; the offset control moves ℓ(A) − ℓ(B)."""
     check_target(target, prompts)
     device = model.lm_head.weight.device
     ids, pos = prompts.ids.to(device), prompts.answer_pos.to(device)
@@ -426,7 +432,11 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     out = Batch(ids, pos, torch.zeros(N, 2, dtype=c.dtype, device=device), torch.zeros(N, device=device),
                 *((torch.zeros(N, V, device=device), torch.zeros(N, device=device)) if keep else (None, None)),
                 slots=None if getattr(prompts, "slots", None) is None else prompts.slots.to(device),
-                top=torch.zeros(N, dtype=c.dtype, device=device))
+                top=torch.zeros(N, dtype=c.dtype, device=device),
+                role_a=(c if role_a is None else torch.as_tensor(role_a, device=device).expand(N)).clone(),
+                groups=None if getattr(prompts, "groups", None) is None else prompts.groups.to(device))
+    if not ((out.role_a == c) | (out.role_a == w)).all():
+        raise UserError("answer A (role_a) must be one of the two answers of every prompt")
     for rows in by_length(out, batch_size):                           # data parallel: this process's chunks
         logits = model(ids[rows, :int(pos[rows].max()) + 1], at=pos[rows]).float()   # (B, V) ℓ, padding cut
         ci, wi = c[rows], w[rows]
@@ -515,7 +525,7 @@ def check_finite(values: dict[str, torch.Tensor], step: int, lr: float) -> dict[
     return values
 
 
-# ----------------------------------------------------------------------------- 4. metrics
+# ----------------------------------------------------------------------------- 4. passes over a prompt set
 
 
 def by_length(batch: Batch, batch_size: int, shared: bool = True):
@@ -524,56 +534,6 @@ def by_length(batch: Batch, batch_size: int, shared: bool = True):
     order = batch.answer_pos.argsort(stable=True)
     for i in parallel.chunks(len(batch), batch_size) if shared else range(0, len(batch), batch_size):
         yield order[i:i + batch_size]
-
-
-@torch.no_grad()
-def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
-    """Effectiveness and faithfulness (docs/method.md, "Metrics") on a prepared prompt set, at iv's current β:
-    flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
-    before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
-    diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)
-    for rows in by_length(batch, batch_size):                         # data parallel: this process's chunks
-        mb = with_original(model, batch[rows])
-        logits = model(mb.ids, intervene=at_slots(iv, mb.slots), at=mb.answer_pos).float()  # (B, V)
-        diff[rows], kl[rows] = answer_stats(logits, mb)
-    diff, kl = parallel.total(diff), parallel.total(kl)              # every process's chunks
-    flips = int((diff > 0).sum())
-    return {"flip_rate": flips / len(batch), "flip_rate_ci": stats.wilson(flips, len(batch)), "kl": kl.mean().item(),
-            "kl_ci": stats.bootstrap_mean(kl), "logit_diff_before": batch.diff_before.mean().item(),
-            "logit_diff_after": diff.mean().item(), "n_prompts": len(batch)}
-
-
-@torch.no_grad()
-def active_locations(model, iv: Intervention, batch: Batch, threshold: float = ACTIVE,
-                     batch_size: int = 64) -> float:
-    """Number of active locations, averaged over the prompts: locations (site, layer, position
-    up to the answer, [head]) where ‖h̃ - h‖ >= threshold·‖h‖. For ActivScalar this is exactly the
-    number of scalars with |β·α| >= threshold; for SteerVec and DynScalar it depends on the prompt.
-    With a slot map (batch.slots) a location is (site, layer, slot[, head]), active where any of its tokens is."""
-    count = torch.zeros((), dtype=torch.long, device=batch.ids.device)   # added to in place (see prepare)
-    for rows in by_length(batch, batch_size):                         # data parallel: this process's chunks
-        mb = batch[rows]
-        real = torch.arange(mb.ids.shape[1], device=mb.ids.device) <= mb.answer_pos[:, None]  # (B, T)
-        bound = at_slots(iv, mb.slots)                               # iv itself where there is no slot map
-
-        def record(site, layer, h, real=real, bound=bound, slots=mb.slots):
-            out = bound(site, layer, h)
-            if site in iv.sites:
-                active = (out - h).float().norm(dim=-1) >= threshold * h.float().norm(dim=-1)  # (B, T[, nh])
-                active = (active.view(*real.shape, -1) & real[..., None].to(h.device)).byte()   # (B, T, 1 or nh)
-                if slots is not None:                             # (B, S, 1 or nh): any token of the slot
-                    slot = slots[..., None].expand_as(active).to(h.device)
-                    active = active.new_zeros(len(slot), int(slot.max()) + 1, active.shape[-1]).scatter_reduce(
-                        1, slot, active, "amax")
-                count.add_(active.sum().to(count.device))
-            return out
-
-        model(mb.ids, intervene=record, at=mb.answer_pos)
-    return parallel.total(count).item() / len(batch)
-
-
-def minimality(iv: Intervention) -> dict[str, float]:
-    return {"n_params": n_params(iv), "l1": l1(iv).item()}
 
 
 # ----------------------------------------------------------------------------- 5. save and load

@@ -27,6 +27,7 @@ import copy
 import torch
 
 import ascale
+import metrics
 
 PATH = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 TOLERANCE = 0.03     # the chosen K's training flip rate may be this far below the reference (choose)
@@ -93,7 +94,7 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     with its flip rate and KL on the selection prompts (after its refit_steps, what the rule compares)."""
     train = batches["train"]
     select = selection_prompts(train, select_prompts)
-    before = ascale.evaluate(model, iv, select)
+    before = metrics.evaluate(model, iv, select)
     most = n_units(iv)
     path, made = [], {}
 
@@ -102,7 +103,7 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
                            **objective)
         if curve["interrupted"]:
             raise KeyboardInterrupt(curve["stopped_by"])
-        ev = ascale.evaluate(model, out, select)
+        ev = metrics.evaluate(model, out, select)
         path.append({"K": K, "steps": refit_steps, "flip_rate_select": ev["flip_rate"], "kl_select": ev["kl"]})
         made[K] = out
         return ev["flip_rate"]
@@ -214,7 +215,7 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
             if not fits:
                 return iv, {"runs": runs, "stopped_by": stopped_by, "fits": []}, None
             break
-        ev = {s: ascale.evaluate(model, iv, batches[s]) for s in ("train", "test")}
+        ev = {s: metrics.evaluate(model, iv, batches[s]) for s in ("train", "test")}
         fits.append({"train_flip_rate": ev["train"]["flip_rate"], "test_flip_rate": ev["test"]["flip_rate"],
                      "kl_test": ev["test"]["kl"], "units": n_units(iv)})
         selections.append(top_k(iv.effect(), K))

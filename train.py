@@ -36,6 +36,7 @@ import torch
 import ascale
 import diffmean  # noqa: F401  the DiffMean baseline registers itself in ascale.BASELINES
 import knockout
+import metrics
 import scaleshift  # noqa: F401  ScaleShift registers itself in ascale.METHODS
 import selection
 import tasks
@@ -561,9 +562,9 @@ def fit_and_select(method, sites, positions, model, batches, args, phases: Phase
 def measure(model, iv, batches, batch_size: int = 64) -> dict:
     """All metrics (docs/method.md, "Metrics"): effectiveness and faithfulness per split, minimality once (the active
     locations counted on the training prompts); batch_size prompts at a time."""
-    splits = {s: ascale.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
-    return {**splits, **ascale.minimality(iv), "active_threshold": ascale.ACTIVE,
-            "n_active": ascale.active_locations(model, iv, batches["train"], batch_size=batch_size)}
+    splits = {s: metrics.evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
+    return {**splits, **metrics.minimality(iv), "active_threshold": ascale.ACTIVE,
+            "n_active": metrics.active_locations(model, iv, batches["train"], batch_size=batch_size)}
 
 
 def open_saved(args):

@@ -35,6 +35,7 @@ class PromptSet:
     wrong_str: list[str]
     slots: torch.Tensor | None = None    # (N, T) long, each token's slot (a template task); None: slot = position
     slot_names: list[str] | None = None  # the slots' labels: the prefix's tokens, "<text>", the suffix's tokens
+    groups: torch.Tensor | None = None   # (N,) long: each prompt's group (country, name pair, text, line), numbered
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -68,7 +69,8 @@ class PromptSet:
             prompts=[self.prompts[i] for i in idx], ids=self.ids[idx, :T], answer_pos=pos,
             correct=self.correct[idx], wrong=self.wrong[idx], tokens=[self.tokens[i] for i in idx],
             correct_str=[self.correct_str[i] for i in idx], wrong_str=[self.wrong_str[i] for i in idx],
-            slots=None if self.slots is None else self.slots[idx, :T], slot_names=self.slot_names)
+            slots=None if self.slots is None else self.slots[idx, :T], slot_names=self.slot_names,
+            groups=None if self.groups is None else self.groups[idx])
 
 
 # ----------------------------------------------------------------------------- tokenizer helpers
@@ -133,7 +135,15 @@ def tokenize(items: list[Item], tokenizer, answers: str = "one-token") -> Prompt
         correct_str=[it.correct for it in items],
         wrong_str=[it.wrong for it in items],
         slots=slots, slot_names=slot_names,
+        groups=group_ids([it.group for it in items]),
     )
+
+
+def group_ids(keys: list) -> torch.Tensor:
+    """(N,) long: the items' groups (what the split is by: country, name pair, text, line) numbered in order of
+    first appearance, for intervals that resample whole groups (running/stats.group_bootstrap)."""
+    ids: dict = {}
+    return torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.long)
 
 
 def n_tokens(tokenizer, text: str) -> int:

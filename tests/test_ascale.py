@@ -6,6 +6,7 @@ from conftest import save_checkpoint, tiny_hf_model
 from safetensors.torch import load_file
 
 import ascale
+import metrics
 import scaleshift
 import selection
 from gpt2 import GPT, GPTConfig, UserError
@@ -343,8 +344,8 @@ def test_p_rest_kept_or_recomputed_gives_the_same_numbers(model, monkeypatch):
             iv = ascale.make("activscalar", model.config, ["attn_out", "mlp_out"], 8)
             curve = ascale.fit(model, iv, batch, **{**FAST, "steps": 8, "batch_size": batch_size})
             runs.append((torch.tensor(curve["loss"] + curve["L_F"]), iv.alpha["mlp_out"].detach().clone(),
-                         torch.tensor([v for v in ascale.evaluate(model, iv, batch).values()
-                                       if not isinstance(v, list)])))
+                         torch.tensor([v for v in metrics.evaluate(model, iv, batch).values()
+                                       if isinstance(v, float)])))
         for a, b in zip(*runs, strict=True):
             assert same(a, b), (batch_size, a, b)
     # recomputing: one more forward pass of the original model per step, without gradients
@@ -373,7 +374,7 @@ ps = PromptSet([""] * N, ids, torch.full((N,), T - 1), c, (c + 1) % V, [], [], [
 batch = ascale.prepare(model, ps, "flip", batch_size=32, p_rest_bytes=budget)
 iv = ascale.make("activscalar", model.config, ["mlp_out"], T)
 ascale.fit(model, iv, batch, steps=2, batch_size=32, progress=False)
-ascale.evaluate(model, iv, batch)
+metrics.evaluate(model, iv, batch)
 # this process's peak resident memory: ru_maxrss would count pytest's, inherited at exec
 print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
@@ -412,19 +413,19 @@ def test_peak_memory_on_a_large_vocabulary_does_not_grow_with_the_number_of_prom
 @pytest.mark.parametrize("method", ["activscalar", "steervec"])
 def test_training_reaches_the_target(model, method, target):
     iv, batch, curve = trained(model, method, target)
-    metrics = ascale.evaluate(model, iv, batch)
-    assert metrics["flip_rate"] >= 0.9
-    assert metrics["logit_diff_after"] > metrics["logit_diff_before"]
+    m = metrics.evaluate(model, iv, batch)
+    assert m["flip_rate"] >= 0.9
+    assert m["logit_diff_after"] > m["logit_diff_before"]
     assert curve["L_E"][-1] < curve["L_E"][0] and not curve["interrupted"]
 
 
 def test_dynscalar_trained_on_one_length_applies_to_others(model):
     iv, batch, _ = trained(model, "dynscalar", "wrong", ps=prompts(T=8))
-    assert iv.positions is None and ascale.evaluate(model, iv, batch)["flip_rate"] >= 0.9
+    assert iv.positions is None and metrics.evaluate(model, iv, batch)["flip_rate"] >= 0.9
     for T in (5, 13):
         other = ascale.prepare(model, prompts(T=T, seed=3), "wrong")
-        metrics = ascale.evaluate(model, iv, other)
-        assert metrics["logit_diff_after"] > metrics["logit_diff_before"]
+        m = metrics.evaluate(model, iv, other)
+        assert m["logit_diff_after"] > m["logit_diff_before"]
         assert iv.location_map(model, other.ids[:1])["mlp_out"].shape == (2, T)
 
 
@@ -451,7 +452,7 @@ def test_minibatches_cut_their_padding_and_whole_set_passes_go_by_length(model):
     padded = ascale.answer_logits(model, ps.ids, ps.answer_pos)      # one pass of the whole padded set
     lt, lo = padded.gather(1, batch.answers).unbind(1)
     torch.testing.assert_close(batch.diff_before, lt - lo)
-    m = ascale.evaluate(model, iv, batch, batch_size=2)
+    m = metrics.evaluate(model, iv, batch, batch_size=2)
     after = ascale.answer_logits(model, ps.ids, ps.answer_pos, iv).gather(1, batch.answers)
     assert m["logit_diff_after"] == pytest.approx((after[:, 0] - after[:, 1]).mean().item(), abs=1e-5)
 
@@ -460,7 +461,7 @@ def test_larger_lambda_m_gives_fewer_active_locations(model):
     counts = []
     for lambda_m in (0.0, 0.3):
         iv, batch, _ = trained(model, "activscalar", "wrong", lambda_m=lambda_m)
-        counts.append(ascale.active_locations(model, iv, batch))
+        counts.append(metrics.active_locations(model, iv, batch))
     assert counts[1] < counts[0]
 
 
@@ -471,11 +472,11 @@ def test_active_locations_of_activscalar_count_the_scalars(model):
         iv.alpha["mlp_out"][0, 7] = 0.06
         iv.alpha["mlp_out"][1, 2] = 0.04   # below the 5% threshold
     batch = ascale.prepare(model, prompts(), "wrong")
-    assert ascale.active_locations(model, iv, batch) == 2
+    assert metrics.active_locations(model, iv, batch) == 2
     iv.beta = 0.5
-    assert ascale.active_locations(model, iv, batch) == 1
+    assert metrics.active_locations(model, iv, batch) == 1
     iv.beta = 0.0
-    assert ascale.active_locations(model, iv, batch) == 0 and ascale.evaluate(model, iv, batch)["kl"] == 0
+    assert metrics.active_locations(model, iv, batch) == 0 and metrics.evaluate(model, iv, batch)["kl"] == 0
 
 
 @pytest.mark.parametrize("method", ascale.METHODS)
@@ -520,7 +521,7 @@ def test_pythia_trains_too(tmp_path):
     folder = save_checkpoint(tiny_hf_model("gpt_neox"), tmp_path / "tiny-pythia")
     model = GPT.from_pretrained(str(folder))
     iv, batch, _ = trained(model, "activscalar", "wrong", sites=("head", "mlp_out"))
-    assert ascale.evaluate(model, iv, batch)["flip_rate"] >= 0.9
+    assert metrics.evaluate(model, iv, batch)["flip_rate"] >= 0.9
 
 
 # ----------------------------------------------------------------------------- save and load
@@ -533,8 +534,8 @@ def test_save_then_load_gives_the_same_metrics(model, method, tmp_path):
     ascale.save(path, iv, model=model, task="my.jsonl", target="wrong", seed=3, tokens=["a", " b"] * 4)
     loaded, meta = ascale.load(path, GPT.from_pretrained(model.name_or_path))
     assert type(loaded) is type(iv) and loaded.sites == ("head", "attn_out")
-    assert ascale.evaluate(model, loaded, batch) == ascale.evaluate(model, iv, batch)
-    assert ascale.active_locations(model, loaded, batch) == ascale.active_locations(model, iv, batch)
+    assert metrics.evaluate(model, loaded, batch) == metrics.evaluate(model, iv, batch)
+    assert metrics.active_locations(model, loaded, batch) == metrics.active_locations(model, iv, batch)
     assert meta["method"] == method and meta["model"] == model.name_or_path and meta["task"] == "my.jsonl"
     assert meta["n_layer"] == "2" and meta["target"] == "wrong" and meta["seed"] == "3"
     assert meta["positions"] == ("" if method == "dynscalar" else "8")

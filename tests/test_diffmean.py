@@ -8,6 +8,7 @@ from test_slots import slot_prompts
 
 import ascale
 import diffmean
+import metrics
 from gpt2 import GPT, UserError
 
 SITES = ("attn_out", "head")
@@ -45,7 +46,7 @@ def test_the_vector_is_the_difference_of_class_means_times_the_strength(model, p
     loss, flip = diffmean.loss(model, iv, batch, 1.0, ascale.MARGIN)
     terms = ascale.objective(model, iv, batch, lambda_m=0.0)[1]
     assert loss == pytest.approx((terms["L_E"] + terms["L_F"]).item(), rel=1e-4, abs=1e-5)
-    assert flip == ascale.evaluate(model, iv, batch)["flip_rate"]
+    assert flip == metrics.evaluate(model, iv, batch)["flip_rate"]
 
 
 def test_it_acts_at_the_answer_position_only(model):
@@ -82,4 +83,4 @@ def test_save_and_load(model, tmp_path):
     ascale.save(tmp_path / "iv.safetensors", iv, model=model, target="correct")
     loaded, meta = ascale.load(tmp_path / "iv.safetensors", GPT.from_pretrained(model.name_or_path))
     assert type(loaded) is diffmean.DiffMean and meta["method"] == "diffmean"
-    assert ascale.evaluate(model, loaded, batch) == ascale.evaluate(model, iv, batch)
+    assert metrics.evaluate(model, loaded, batch) == metrics.evaluate(model, iv, batch)

@@ -16,6 +16,7 @@ from conftest import ROOT
 
 import ascale
 import knockout
+import metrics
 import train
 from gpt2 import GPT, UserError
 from running import parallel
@@ -107,8 +108,8 @@ torch.manual_seed(1)
 with torch.no_grad():
     for p in iv.parameters():
         p.normal_(0, 0.3)
-found = {"batch": batch, "eval": ascale.evaluate(model, iv, batch, batch_size=8),
-         "active": ascale.active_locations(model, iv, batch, batch_size=8),
+found = {"batch": batch, "eval": metrics.evaluate(model, iv, batch, batch_size=8),
+         "active": metrics.active_locations(model, iv, batch, batch_size=8),
          "knockout": knockout.knockout(model, batch, ["attn_out", "head"], progress=False)}
 if train.parallel.is_main():
     torch.save(found, out)
@@ -146,10 +147,10 @@ def test_prepare_evaluation_and_knockout_map_shared_out(worker, toy_task):
     with torch.no_grad():
         for p in iv.parameters():
             p.normal_(0, 0.3)
-    one = ascale.evaluate(model, iv, batch, batch_size=8)
+    one = metrics.evaluate(model, iv, batch, batch_size=8)
     assert one["flip_rate"] == two["eval"]["flip_rate"] and one["n_prompts"] == two["eval"]["n_prompts"] == len(batch)
     assert one["kl"] == pytest.approx(two["eval"]["kl"], abs=1e-5)
-    assert ascale.active_locations(model, iv, batch, batch_size=8) == two["active"]
+    assert metrics.active_locations(model, iv, batch, batch_size=8) == two["active"]
     maps = knockout.knockout(model, batch, ["attn_out", "head"], progress=False)
     for site, m in maps.items():
         assert (m - two["knockout"][site]).abs().max() < 1e-5, site

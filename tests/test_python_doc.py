@@ -34,6 +34,6 @@ def test_python_page_runs_as_one_script(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = proc.stdout.strip().splitlines()[-2:]
     assert re.fullmatch(r"K = \d+: test flip \d\.\d\d \[\d\.\d\d, \d\.\d\d\] of 100 prompts, KL \d+\.\d{3}", first)
-    result = eval(second, {"nan": float("nan")})   # ascale.evaluate's dict, printed
+    result = eval(second, {"nan": float("nan")})   # metrics.evaluate's dict, printed
     assert result["n_prompts"] == 5 and 0 <= result["flip_rate"] <= 1
     assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,6 +8,7 @@ from conftest import save_checkpoint, tiny_hf_model
 from test_ascale import FAST, prompts, trained
 
 import ascale
+import metrics
 import selection
 from gpt2 import GPT
 
@@ -56,7 +57,7 @@ def test_choose_finds_k_on_the_path_and_records_it(model):
     batches = {"train": ascale.prepare(model, ps), "test": ascale.prepare(model, test)}
     iv = ascale.make("activscalar", model.config, ("attn_out", "mlp_out"), ps.ids.shape[1])
     ascale.fit(model, iv, batches["train"], **{**FAST, "margin": 1.0})
-    unpruned = ascale.evaluate(model, iv, batches["train"])["flip_rate"]
+    unpruned = metrics.evaluate(model, iv, batches["train"])["flip_rate"]
     out, rec = selection.choose(model, iv, batches, refit_steps=3, progress=False, **OBJECTIVE)
     K = rec["K"]
     assert K in selection.PATH or K == rec["unpruned"]["units"]
@@ -118,7 +119,7 @@ def test_jaccard():
 
 def test_evaluate_brackets_its_rates(model):
     iv, batch, _ = trained(model)
-    ev = ascale.evaluate(model, iv, batch)
+    ev = metrics.evaluate(model, iv, batch)
     assert ev["flip_rate_ci"][0] <= ev["flip_rate"] <= ev["flip_rate_ci"][1]
     assert ev["kl_ci"][0] <= ev["kl"] <= ev["kl_ci"][1]
 

@@ -8,6 +8,7 @@ from test_ascale import X, Y, prompts
 
 import ascale
 import knockout
+import metrics
 from gpt2 import GPT
 from tasks import PromptSet
 
@@ -83,9 +84,9 @@ def test_position_tied_methods_train_on_three_lengths(model, method):
     assert len(set(ps.lengths.tolist())) == 3
     batch = ascale.prepare(model, ps, "flip")
     iv = ascale.make(method, model.config, SITES, ps.n_slots)
-    assert ascale.evaluate(model, iv, batch)["flip_rate"] == 0
+    assert metrics.evaluate(model, iv, batch)["flip_rate"] == 0
     ascale.fit(model, iv, batch, steps=60, lr=0.1, lambda_m=1e-3, progress=False)
-    assert ascale.evaluate(model, iv, batch)["flip_rate"] >= 8 / 9
+    assert metrics.evaluate(model, iv, batch)["flip_rate"] >= 8 / 9
     for m in iv.location_map().values():
         assert m.shape == (model.config.n_layer, ps.n_slots)
     full = model(ps.ids, intervene=ascale.at_slots(iv, ps.slots))[torch.arange(len(ps)), ps.answer_pos]
@@ -101,9 +102,9 @@ def test_active_locations_count_a_slot_once_however_many_tokens_it_has(model):
     iv = ascale.make("activscalar", model.config, SITES, ps.n_slots)
     with torch.no_grad():
         iv.alpha["attn_out"][1, 2] = 0.5                            # the text slot (P = 2)
-        assert ascale.active_locations(model, iv, batch) == 1
+        assert metrics.active_locations(model, iv, batch) == 1
         iv.alpha["mlp_out"][0, 4] = -0.3                            # a suffix slot
-        assert ascale.active_locations(model, iv, batch) == 2
+        assert metrics.active_locations(model, iv, batch) == 2
 
 
 def test_the_knockout_budget_counts_what_a_slot_map_recomputes(model):
@@ -126,7 +127,7 @@ def test_a_slot_map_of_positions_gives_the_same_numbers_bit_for_bit(model):
     slotted = ascale.Batch(**{**vars(batch), "slots": torch.arange(ps.ids.shape[1]).expand(len(ps), -1)})
     iv = ascale.make("activscalar", model.config, SITES, ps.ids.shape[1])
     ascale.fit(model, iv, batch, steps=5, progress=False)
-    a, b = ascale.evaluate(model, iv, batch), ascale.evaluate(model, iv, slotted)
+    a, b = metrics.evaluate(model, iv, batch), metrics.evaluate(model, iv, slotted)
     assert (a["flip_rate"], a["kl"], a["logit_diff_after"]) == (b["flip_rate"], b["kl"], b["logit_diff_after"])
     for mode in knockout.MODES:
         k1 = knockout.knockout(model, batch, SITES, progress=False, mode=mode)
