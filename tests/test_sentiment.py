@@ -205,22 +205,46 @@ def test_domain_is_for_sentiment_only(tmp_path, capsys):
     assert code == 2 and "--domain and --data are for --task sentiment" in capsys.readouterr().err
 
 
+def test_the_default_folder_is_filled_on_first_use(tmp_path, monkeypatch, capsys):
+    """Without --data the sdist is fetched into data/ by `pip download` (faked here: it writes a tiny one), once,
+    saying so in one line; a failed pip is one line with the command to run by hand."""
+    calls = []
+
+    def pip(command, **kw):
+        calls.append(command)
+        write_sdist(Path(command[command.index("-d") + 1]), {"movies": toy_rows()})
+        return subprocess.CompletedProcess(command, 0, "", "")
+    monkeypatch.setattr(sentiment_data, "DATA", tmp_path / "data")
+    monkeypatch.setattr(subprocess, "run", pip)
+    assert len(sentiment_data.read_domain("movies")) == len(toy_rows())
+    assert {"--no-deps", "--no-binary", ":all:", "vaderSentiment==3.3.2"} <= set(calls[0])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sentiment: fetching" in err and str(tmp_path / "data") in err
+    assert sentiment_data.read_domain("movies") and len(calls) == 1 and capsys.readouterr().err == ""
+    assert sorted(os.listdir(tmp_path / "data")) == [sentiment_data.SDIST]
+    monkeypatch.setattr(sentiment_data, "DATA", tmp_path / "offline")
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
+        command, 1, "", "ERROR: Could not find a version that satisfies the requirement vaderSentiment==3.3.2\n"))
+    with pytest.raises(UserError, match=r"^cannot download vaderSentiment==3\.3\.2 with pip \(ERROR: .*\); download"
+                                        r" it by hand: pip download --no-deps --no-binary :all: vaderSentiment==3\.3\.2"
+                                        r" -d \S+offline$"):
+        sentiment_data.archive()
+    assert os.listdir(tmp_path / "offline") == []
+
+
 # ----------------------------------------------------------------------------- the real download
 
 
 @pytest.fixture(scope="session")
 def vader_sdist():
-    """data/ holding the real sdist: downloaded with pip where absent; skipped with the reason where that fails
-    (offline), a failure in CI."""
-    path = sentiment_data.DATA / sentiment_data.SDIST
-    if not path.is_file():
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            "vaderSentiment==3.3.2", "-d", str(sentiment_data.DATA)], capture_output=True, text=True)
-        if r.returncode or not path.is_file():
-            why = f"{path} is absent and pip could not download it: {(r.stderr.strip().splitlines() or [''])[-1]}"
-            if os.environ.get("CI"):
-                pytest.fail(why)
-            pytest.skip(why)
+    """data/ holding the real sdist: fetched with pip where absent (sentiment_data.archive); skipped with the
+    reason where that fails (offline), a failure in CI."""
+    try:
+        sentiment_data.archive()
+    except UserError as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
     return sentiment_data.DATA
 
 

