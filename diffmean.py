@@ -59,7 +59,8 @@ class DiffMean(Intervention):
         return {s: m.abs() for s, m in self.location_map().items()}
 
     def compute(self, model, batch: Batch, **kw) -> dict:
-        """Set v from the training prompts `batch` (`fit` below); what was chosen, for metrics.json."""
+        """Set v from the training prompts `batch` (`fit` below; choose=: the validation prompts that choose the
+        strength); what was chosen, for metrics.json."""
         return fit(model, self, batch, **kw)
 
 
@@ -102,16 +103,19 @@ def loss(model, iv: DiffMean, batch: Batch, lambda_f: float, margin: float, batc
     return (hinge + lambda_f * kl) / len(batch), flips / len(batch)
 
 
-def fit(model, iv: DiffMean, batch: Batch, *, lambda_f: float = 1.0, margin: float = 4.0, batch_size: int = 64) -> dict:
-    """Set iv.v to s·(μ₊ − μ₋) with the best s of STRENGTHS on `batch` (the training prompts). Returns what
-    was chosen and the loss and flip rate of every s tried."""
+def fit(model, iv: DiffMean, batch: Batch, *, lambda_f: float = 1.0, margin: float = 4.0, batch_size: int = 64,
+        choose: Batch | None = None) -> dict:
+    """Set iv.v to s·(μ₊ − μ₋), the class means of `batch` (the training prompts), with the best s of STRENGTHS on
+    `choose` (validation prompts; None: some of the training prompts). Returns what was chosen and the loss and
+    flip rate of every s tried."""
     mu_plus, mu_minus, n_plus, n_minus = class_means(model, batch, iv.sites, batch_size)
     if n_plus == 0 or n_minus == 0:
         raise UserError(f"diffmean needs training prompts on which the model already prefers the target and prompts on"
                         f" which it does not; here {n_plus} and {n_minus}. Use a one-sided --target (wrong, correct,"
                         " or positive/negative for sentiment), not flip")
     delta = {s: (mu_plus[s] - mu_minus[s]).to(iv.device) for s in iv.sites}
-    path, some = [], selection_prompts(batch, STRENGTH_PROMPTS)
+    path, some = [], selection_prompts(batch, STRENGTH_PROMPTS) if choose is None else choose
+    split = "training" if choose is None else "validation"
     for s in STRENGTHS:
         for site in iv.sites:
             iv.v[site].copy_(s * delta[site])
@@ -120,6 +124,6 @@ def fit(model, iv: DiffMean, batch: Batch, *, lambda_f: float = 1.0, margin: flo
     best = min(path, key=lambda r: (r["loss"], r["strength"]))
     for site in iv.sites:
         iv.v[site].copy_(best["strength"] * delta[site])
-    rule = f"the strength of lowest L_E + λF·L_F on {len(some)} of the {len(batch)} training prompts"
-    return {"strength": best["strength"], "class_sizes": [n_plus, n_minus], "path": path, "rule": rule,
+    rule = f"the strength of lowest L_E + λF·L_F on {len(some)} {split} prompts"
+    return {"strength": best["strength"], "class_sizes": [n_plus, n_minus], "path": path, "rule": rule, "split": split,
             "summary": f"strength {best['strength']:g} ({rule}; classes of {n_plus} and {n_minus} training prompts)"}

@@ -93,7 +93,8 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     Returns (the chosen K's refit, trained finish_steps more, record): record["path"] lists each K tried
     with its flip rate and KL on the selection prompts (after its refit_steps, what the rule compares)."""
     train = batches["train"]
-    select = selection_prompts(train, select_prompts)
+    split = "validation" if batches.get("val") is not None else "train"   # never the test split
+    select = batches["val"] if split == "validation" else selection_prompts(train, select_prompts)
     before = metrics.evaluate(model, iv, select)
     most = n_units(iv)
     path, made = [], {}
@@ -109,15 +110,15 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
         return ev["flip_rate"]
 
     record = {"measure": iv.measure, "tolerance": tolerance, "refit_steps": refit_steps, "refit_lr": REFIT_LR,
-              "finish_steps": finish_steps if refit_steps else 0,
-              "selection_prompts": len(select), "unpruned": {"units": most, "select_flip_rate": before["flip_rate"]},
+              "finish_steps": finish_steps if refit_steps else 0, "selection_prompts": len(select),
+              "selection_split": split, "unpruned": {"units": most, "select_flip_rate": before["flip_rate"]},
               "path": path, "stopped_by": None}
     try:
         if locations is not None:
             K, record["rule"] = max(1, min(locations, most or locations)), f"--locations {locations}"
         else:
             record["rule"] = (f"smallest K on the path with flip >= best of unpruned and its refit - {tolerance:g},"
-                              f" on {len(select)} training prompts")
+                              f" on {len(select)} {'validation' if split == 'validation' else 'training'} prompts")
             Ks = [k for k in PATH if k < most] + [max(most, 1)]
             # The reference: the ℓ1 fit, or the refit of all its active units where that does better (an ℓ1 fit
             # that has not converged is no yardstick).

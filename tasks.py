@@ -84,6 +84,7 @@ class Task:
     templates: list[str]       # the templates used (empty for a JSONL task)
     notes: list[str]           # human-readable counts: what was kept, what was dropped and why
     labels: dict[str, str] = field(default_factory=dict)  # a task whose answers are labels: --target word -> answer
+    val: PromptSet | None = None  # validation: training groups held out for the choices a run makes (load_task)
 
 
 def count_str(counter: Counter) -> str:
@@ -487,7 +488,7 @@ TASKS = {
 def load_task(task: str | list[dict], tokenizer, *, seed: int = 0, fixed_length: bool = True,
               unseen_lengths: bool = False, template: int = 0, n_train: int | None = None, n_test: int | None = None,
               test_frac: float = TEST_FRAC, wrongs_per_country: int = 5, answers: str = "first-token",
-              domain: str = "movies", data=None, max_tokens: int = SENTIMENT_TOKENS) -> Task:
+              domain: str = "movies", data=None, max_tokens: int = SENTIMENT_TOKENS, val_frac: float = 0.0) -> Task:
     """Load a task's train and test prompts, tokenised for `tokenizer`.
 
     task            a name in TASKS ("ccc", "ioi", "sentiment"), the path of a .jsonl file ({"prompt",
@@ -501,6 +502,9 @@ def load_task(task: str | list[dict], tokenizer, *, seed: int = 0, fixed_length:
                     sentiment, 1,000/300; all
                     lines for JSONL)
     test_frac       share of countries / names / lines that go to test
+    val_frac        share of the training groups held out as a validation split (Task.val, capped like test), which
+                    the choices of a run read (selection's K, strengths, the offset control) so that the test split is
+                    read once, at the end; 0: none (the choices read training prompts)
     wrongs_per_country  CCC: prompts per country (and template), each with another wrong city
     answers         CCC: "first-token" (default) compares the two answers by their first tokens, where
                     these differ, so capitals of several tokens count too; "one-token" keeps only the
@@ -537,16 +541,28 @@ def load_task(task: str | list[dict], tokenizer, *, seed: int = 0, fixed_length:
     else:
         raise UserError(f"unknown task {task!r}; choose {', '.join(TASKS)}, or the path of a .jsonl file")
 
-    train, test = cap(train, n_train, rng), cap(test, n_test, rng)
-    for name, items in (("train", train), ("test", test)):
+    if not 0 <= val_frac < 1:
+        raise UserError(f"validation fraction must be at least 0 and below 1, got {val_frac}")
+    # The test split is drawn as without validation: its cap's generator is where train's cap leaves it then.
+    test_rng = random.Random()
+    test_rng.setstate(rng.getstate())
+    test_rng.shuffle([None] * len(train))                # what cap(train) draws depends on len(train) alone
+    val, val_rng = [], random.Random(f"val/{seed}")
+    if val_frac:   # whole training groups, as the test split holds whole groups (seeded draws of their own)
+        kept, held = split_groups([it.group for it in train], val_frac, val_rng, "training groups")
+        train, val = [it for it in train if it.group in kept], [it for it in train if it.group in held]
+        val = cap(val, n_test, val_rng)
+    train, test = cap(train, n_train, rng), cap(test, n_test, test_rng)
+    for name, items in (("train", train), ("test", test)) + ((("validation", val),) if val_frac else ()):
         if not items:
             raise UserError(f"no {name} prompts are left for task {task} with this tokenizer and these options")
-    notes.append(f"prompts: {len(train)} train, {len(test)} test")
+    notes.append(f"prompts: {len(train)} train, {len(test)} test" + (f", {len(val)} validation" if val else ""))
     # Answers of one token (IOI's, a JSONL file's) are the same token under either rule of `answers`.
     train_ps, test_ps = tokenize(train, tokenizer, answers), tokenize(test, tokenizer, answers)
     fixed_length = fixed_length and train_ps.slots is None          # a slot map serves prompts of many lengths
     task_ = Task(task, train_ps, test_ps, fixed_length, templates, notes,
-                 getattr(TASKS[task][0], "labels", {}) if task in TASKS else {})
+                 getattr(TASKS[task][0], "labels", {}) if task in TASKS else {},
+                 tokenize(val, tokenizer, answers) if val else None)
     if fixed_length:  # position-tied methods read the same positions in train and test
         assert task_.train.fixed_length and task_.test.fixed_length
         assert task_.train.ids.shape[1] == task_.test.ids.shape[1]
