@@ -528,3 +528,23 @@ def test_generate_checks(setup, tmp_path, capsys):
 def test_missing_files_are_named_before_any_work(setup, tmp_path, capsys):
     err = bad(["--model", str(tmp_path / "no-model"), "--task", str(tmp_path / "nope.jsonl")], capsys)
     assert f"task file {tmp_path / 'nope.jsonl'} does not exist; pass --task" in err
+
+
+def test_the_machinery_imports_no_script():
+    """Imports run one way: loading/ and running/ never import a script (train, evaluate, analyze), and the model,
+    the method and the tasks never import the scripts' setup (loading/setup.py) or main (running/script.py)."""
+    import ast
+
+    def imported(path):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                found |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+        return found
+    for path in [*(ROOT / "loading").glob("*.py"), *(ROOT / "running").glob("*.py")]:
+        assert not imported(path) & {"train", "evaluate", "analyze"}, path
+    for name in ("gpt2", "ascale", "tasks", "scaleshift", "diffmean", "selection"):
+        assert not imported(ROOT / f"{name}.py") & {"loading.setup", "running.script", "train", "evaluate"}, name
+    assert not imported(ROOT / "loading" / "method_files.py") & {"ascale", "scaleshift", "diffmean"}
