@@ -45,12 +45,14 @@ import numpy as np
 import torch
 
 import ascale
+import evaluate
 import metrics
 import tasks
 import train
 from figures import report
 from gpt2 import UserError
-from running import runfolder, stats
+from loading import setup
+from running import runfolder, script, stats
 
 # ----------------------------------------------------------------------------- knockout
 
@@ -59,8 +61,8 @@ def run_knockout(args) -> None:
     ascale.read_metadata(args.file)          # an intervention file, before its folder is locked
     folder = Path(args.file).parent
     with runfolder.RunFolder(folder) as writing:   # knockout.png and the new metrics.json go in together
-        targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
-        model, _, iv, task, batches = train.open_saved(targs)
+        targs = evaluate.parse_args([args.file, *(["--model", args.model] if args.model else [])])
+        model, _, iv, task, batches = setup.open_saved(targs)
         if not iv.tied_to_positions and not task.train.fixed_length:
             raise UserError(f"{args.file} is a {iv.method} trained on prompts of several lengths; the knockout map"
                             f" needs one length or a slot map (train it with --method all, or use"
@@ -84,8 +86,8 @@ def run_lambda(args) -> None:
     if any(v < 0 for v in values):
         raise UserError("--lambda-m values must be >= 0")
     methods = [m.strip() for m in args.methods.split(",")]
-    if unknown := [m for m in methods if m not in ascale.METHODS]:
-        raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(ascale.METHODS)}")
+    if unknown := [m for m in methods if m not in learned()]:
+        raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(learned())}")
     out = Path(args.out or f"runs/{Path(args.task).stem}-{Path(args.model).name}-lambda")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a folder for the sweep (it is created if missing)")
@@ -123,8 +125,8 @@ def run_beta(args) -> None:
     ascale.read_metadata(args.file)          # an intervention file, before its folder is locked
     folder = Path(args.file).parent
     with runfolder.RunFolder(folder) as writing:   # beta.json and beta.png go in together
-        targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
-        model, _, iv, task, batches = train.open_saved(targs)
+        targs = evaluate.parse_args([args.file, *(["--model", args.model] if args.model else [])])
+        model, _, iv, task, batches = setup.open_saved(targs)
         rows = []
         for beta in values:
             iv.beta = beta
@@ -169,8 +171,8 @@ def part_shares(model, iv, batch) -> dict[tuple, list[float]]:
 
 
 def run_parts(args) -> None:
-    targs = train.parse_args(["--eval", args.file, *(["--model", args.model] if args.model else [])])
-    model, _, iv, task, batches = train.open_saved(targs)
+    targs = evaluate.parse_args([args.file, *(["--model", args.model] if args.model else [])])
+    model, _, iv, task, batches = setup.open_saved(targs)
     if not hasattr(iv, "v") or not hasattr(iv, "alpha"):
         raise UserError(f"{args.file} is a {iv.method}; parts reads an intervention with a scale and a shift"
                         " (scaleshift)")
@@ -318,6 +320,11 @@ def run_compare(args) -> None:
 # ----------------------------------------------------------------------------- shared output
 
 
+def learned() -> list[str]:
+    """The methods the λM sweep trains: every built-in one that `fit` trains (ascale.methods())."""
+    return [m for m, cls in ascale.methods().items() if cls.learned]
+
+
 def per_split(metrics: dict, keys) -> dict[str, float]:
     """{"flip_rate_train": ..., "flip_rate_test": ..., ...} from metrics {"train": {...}, "test": {...}}."""
     return {f"{k}_{s}": metrics[s][k] for s in ("train", "test") for k in keys}
@@ -346,9 +353,9 @@ def parse_floats(text: str, flag: str) -> list[float]:
 def main(argv=None) -> int:
     import matplotlib
     matplotlib.use("Agg")  # a script writes its figures to files (figures/report.py sets no backend)
-    p = train.Parser(description=__doc__.split("\n\n")[0].strip(), epilog=__doc__.split("\n\n", 2)[2],
+    p = script.Parser(description=__doc__.split("\n\n")[0].strip(), epilog=__doc__.split("\n\n", 2)[2],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=train.Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=script.Parser)
     k = sub.add_parser("knockout", help="compare a saved intervention with the knockout map")
     k.add_argument("file", help="a run's intervention.safetensors, trained on prompts of one length")
     k.add_argument("--model", help="model to load instead of the file's (same shape)")
@@ -369,8 +376,8 @@ def main(argv=None) -> int:
     s.add_argument("--model", default="gpt2", help="Hub id, local folder, .gguf file, smollm2 or gemma3-270m"
                    " (default: gpt2)")
     s.add_argument("--task", default="ccc", help=f"{', '.join(tasks.TASKS)} or a .jsonl file (default: ccc)")
-    s.add_argument("--methods", default=",".join(ascale.METHODS), help="comma-separated methods (default: all of"
-                   f" them, {','.join(ascale.METHODS)})")
+    s.add_argument("--methods", default=",".join(learned()), help="comma-separated methods (default: all of"
+                   f" them, {','.join(learned())})")
     s.add_argument("--lambda-m", default="0.001,0.003,0.01,0.03,0.1", help="comma-separated λM values"
                    " (default: 0.001,0.003,0.01,0.03,0.1)")
     s.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
@@ -389,8 +396,8 @@ def main(argv=None) -> int:
     args.train_args = rest
     if args.command == "compare" and len(args.runs) < 2:
         p.error("compare needs at least two runs")
-    return train.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta,
-                      "parts": run_parts, "compare": run_compare}[args.command], args)
+    return script.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta,
+                       "parts": run_parts, "compare": run_compare}[args.command], args)
 
 
 if __name__ == "__main__":

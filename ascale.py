@@ -8,19 +8,16 @@ Read top to bottom (docs/method.md defines every term):
                        DynScalar    h̃ = h·(1 + β·α(h))      α(h) = w·ĥ + b, one probe per site and layer
     2. the objective   L = L_E + λF·L_F + λM·L_M            effectiveness, faithfulness, minimality
     3. training        Adam on the intervention's parameters only; the model stays frozen
-    4. passes          over a whole prompt set, shortest prompts first (by_length)
-    5. save / load     safetensors, with what the intervention was trained for in its metadata
+    4. save / load     safetensors, with what the intervention was trained for in its metadata
 The metrics (flip rate, its sides and the offset control, KL, active locations) are in metrics.py; the checks
 of where an intervention acts (knockout map, attribution, agreement) in knockout.py.
 
-A location is (site, layer, position), and also head for the `head` site. An intervention is an
-nn.Module called as `intervene(site, layer, h)` by gpt2.GPT's forward pass; sites it was not given
-pass through untouched. Each class says what the rest of the code asks of it in its class attributes
-(Intervention's list them), so a new method is one class: defining it registers it in METHODS, here or in a
-module of its own (scaleshift.py, diffmean.py: imported by train.py, and by a Python user before loading one).
-"""
+A location is (site, layer, position[, head]). An intervention is an nn.Module called as `intervene(site, layer, h)`
+by gpt2.GPT's forward pass (other sites pass through), whose class attributes say what the rest of the code asks of
+it: a new method is one class, here, in a module of BUILT_IN or in a file of one's own (`methods`, `method_class`)."""
 
 import functools
+import importlib
 import json
 import math
 import os
@@ -32,10 +29,12 @@ from torch import nn
 from tqdm import tqdm
 
 from gpt2 import SITES, GPTConfig, UserError
+from loading import method_files
 from running import budget, parallel
+from running.parallel import by_length  # prompts of about one length at a time (prepare, the metrics, diffmean.py)
 from running.runfolder import write_atomically
 
-METHODS: dict[str, type] = {}  # every intervention class by its name (--method), filled as each is defined
+METHODS: dict[str, type] = {}  # every class by its name (--method), filled as each is defined (all of them: methods())
 BASELINES: dict[str, type] = {}  # the same for those computed, not trained by `fit` (learned = False: DiffMean)
 SCHEDULES = ("cosine", "constant")
 TARGETS = ("flip", "wrong", "correct")
@@ -285,14 +284,14 @@ def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return units.view(*units.shape, *[1] * (p.dim() - units.dim())).to(p.dtype)
 
 
-def make(method: str, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
-    """A fresh intervention (all parameters 0: the unchanged model). positions: the prompt length,
-    needed by the position-tied methods."""
-    cls = METHODS.get(method) or BASELINES.get(method)
-    if cls is None:
-        raise UserError(f"unknown method {method!r}; choose {', '.join([*METHODS, *BASELINES])}")
+def make(method: str | type, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
+    """A fresh intervention (all parameters 0: the unchanged model) of `method`, a name (method_class finds its
+    class) or a class (a method file's, from method_class). positions: the prompt length, needed by the
+    position-tied methods."""
+    cls = method if isinstance(method, type) else method_class(method)
     if cls.tied_to_positions and not positions:
-        raise UserError(f"{method} needs the prompt length (positions)")
+        raise UserError(f"{cls.method} has parameters per position: it needs the prompt length"
+                        " (positions)")
     return cls(cfg, sites, positions)
 
 
@@ -525,34 +524,36 @@ def check_finite(values: dict[str, torch.Tensor], step: int, lr: float) -> dict[
     return values
 
 
-# ----------------------------------------------------------------------------- 4. passes over a prompt set
-
-
-def by_length(batch: Batch, batch_size: int, shared: bool = True):
-    """Index tensors of up to batch_size prompts of about one length, shortest first (under torchrun this
-    process's share; shared=False: all of them in every process): for passes over the whole set."""
-    order = batch.answer_pos.argsort(stable=True)
-    for i in parallel.chunks(len(batch), batch_size) if shared else range(0, len(batch), batch_size):
-        yield order[i:i + batch_size]
-
-
-# ----------------------------------------------------------------------------- 5. save and load
+# ----------------------------------------------------------------------------- 4. save and load
 
 FORMAT = "ascale-intervention-1"
 FILE = "intervention.safetensors"  # its name in a run folder
+BUILT_IN = ("scaleshift", "diffmean")  # the modules of the built-in methods defined outside ascale.py
+
+
+def methods() -> dict[str, type]:
+    """Every method by name with nothing imported first: METHODS and BASELINES, once BUILT_IN's modules are."""
+    for module in BUILT_IN:
+        importlib.import_module(module)
+    return {**METHODS, **BASELINES}
+
+
+def method_class(name: str, file: str = "") -> type:
+    """The class of method `name`; with `file`, that of the method a Python file of one's own defines (train.py
+    --method FILE, a run's saved method_file), imported by its path. UserError if there is none."""
+    return method_files.find(name, file, Intervention, (METHODS, BASELINES), methods())
 
 
 def save(path, iv: Intervention, *, model, tokens=(), **run) -> None:
     """Write iv's parameters as safetensors, atomically (a temporary file, then os.replace). The
-    metadata says what it is and what it was trained for: method, sites, model id, revision and
+    metadata says what it is and what it was trained for: method (and its file), sites, model id, revision and
     shape, prompt length, the token strings of the positions, and `run` (task, target, seed, ...)."""
     from safetensors.torch import save as to_bytes
-    meta = {"format": FORMAT, "method": iv.method, "sites": ",".join(iv.sites),
-            "model": str(getattr(model, "name_or_path", "")), "revision": str(getattr(model, "revision", "") or ""),
-            "model_type": model.config.model_type, "n_layer": str(iv.n_layer), "n_head": str(iv.n_head),
-            "n_embd": str(iv.n_embd), "positions": str(iv.positions or ""), "tokens": json.dumps(list(tokens)),
-            "head_dim": str(iv.head_dim),
-            **{k: str(v) for k, v in run.items()}}
+    meta = {"format": FORMAT, "method": iv.method, "method_file": method_files.file_of(type(iv)),
+            "sites": ",".join(iv.sites), "model": str(getattr(model, "name_or_path", "")),
+            "revision": str(getattr(model, "revision", "") or ""), "model_type": model.config.model_type,
+            **{k: str(getattr(iv, k)) for k in ("n_layer", "n_head", "n_embd", "head_dim")},
+            "positions": str(iv.positions or ""), "tokens": json.dumps(list(tokens)), **{k: str(run[k]) for k in run}}
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in iv.state_dict().items()}
     write_atomically(path, to_bytes(tensors, metadata=meta))
 
@@ -575,7 +576,7 @@ def read_metadata(path) -> dict[str, str]:
 
 
 def load(path, model) -> tuple[Intervention, dict[str, str]]:
-    """Read an intervention saved by `save` for `model`; UserError if it was made for another shape."""
+    """Read an intervention saved by `save` for `model` (its class: method_class); UserError for another shape."""
     from safetensors.torch import load_file
     meta = read_metadata(path)
     cfg = model.config
@@ -583,11 +584,11 @@ def load(path, model) -> tuple[Intervention, dict[str, str]]:
     want += (int(meta.get("head_dim", want[2] // want[1])),)  # files saved before head_dim was
     have = (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.head_dim)
     if want != have:
-        raise UserError(f"{path} was trained on {meta['model'] or 'a model'} ({want[0]} layers, {want[1]} heads"
-                        f" of size {want[3]}, width {want[2]}); {getattr(model, 'name_or_path', 'this model')} has"
-                        f" {have[0]} layers, {have[1]} heads of size {have[3]}, width {have[2]}: train an intervention"
-                        " for this model")
-    iv = make(meta["method"], cfg, meta["sites"].split(","), int(meta["positions"]) if meta["positions"] else None)
+        raise UserError(f"{path} was trained on {meta['model'] or 'a model'} ({want[0]} layers, {want[1]} heads of"
+                        f" size {want[3]}, width {want[2]}); {getattr(model, 'name_or_path', 'this model')} has"
+                        f" {have[0]} layers, {have[1]} heads of size {have[3]}, width {have[2]}: train one for it")
+    iv = make(method_class(meta["method"], meta.get("method_file", "")), cfg, meta["sites"].split(","),
+              int(meta["positions"]) if meta["positions"] else None)
     try:
         iv.load_state_dict(load_file(str(path)))
     except RuntimeError as e:

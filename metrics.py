@@ -18,8 +18,9 @@ import hashlib
 import numpy as np
 import torch
 
-from ascale import ACTIVE, Batch, Intervention, answer_stats, at_slots, by_length, l1, n_params, with_original
+from ascale import ACTIVE, Batch, Intervention, answer_stats, at_slots, l1, n_params, with_original
 from running import parallel, stats
+from running.parallel import by_length
 
 
 @torch.no_grad()
@@ -37,6 +38,13 @@ def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dic
     return {"flip_rate": flips / len(batch), "flip_rate_ci": stats.wilson(flips, len(batch)), "kl": kl.mean().item(),
             "kl_ci": stats.bootstrap_mean(kl), "logit_diff_before": batch.diff_before.mean().item(),
             "logit_diff_after": diff.mean().item(), "n_prompts": len(batch), **yardsticks(diff > 0, kl, batch)}
+
+
+def balanced(rows: np.ndarray) -> float:
+    """The balanced flip of rows (n, 2) of (flipped, side): the mean of the two sides' flip rates; nan where a side
+    has no prompt (the resamples of a bootstrap without one are left out of its interval)."""
+    sides = stats.by_side(rows[:, 0], rows[:, 1])
+    return stats.balanced(sides) if all(len(x) for x in sides) else float("nan")
 
 
 def prefers_a(batch: Batch) -> torch.Tensor:
@@ -57,14 +65,13 @@ def yardsticks(flipped: torch.Tensor, kl: torch.Tensor, batch: Batch) -> dict:
         k, n = int(f[on_side].sum()), int(on_side.sum())
         sides[name] = {"flip_rate": k / n if n else None, "flip_rate_ci": stats.wilson(k, n), "n_prompts": n}
 
-    def balanced(rows):                                             # rows (n, 2): flipped, side
-        return stats.balanced(stats.by_side(rows[:, 0], rows[:, 1]))
     rows = np.stack([f, a.astype(float)], 1)
     per_prompt = {"flipped": f.astype(int).tolist(), "kl": [round(x, 6) for x in kl.cpu().tolist()],
                   "side": a.astype(int).tolist(), **({} if groups is None else {"group": groups.tolist()})}
     digest = hashlib.sha256(batch.ids.cpu().numpy().tobytes() + batch.answers.cpu().numpy().tobytes()).hexdigest()
-    return {"sides": sides, "balanced_flip": balanced(rows),
-            "balanced_flip_ci": stats.group_bootstrap(rows, groups, stat=balanced, n=1000),
+    value = balanced(rows)                                          # None where a side has no prompt
+    return {"sides": sides, "balanced_flip": None if np.isnan(value) else value,
+            "balanced_flip_ci": None if np.isnan(value) else stats.group_bootstrap(rows, groups, stat=balanced, n=1000),
             "flip_rate_ci_groups": stats.group_bootstrap(f, groups), "kl_ci_groups": stats.group_bootstrap(
                 kl.cpu().numpy(), groups), "n_groups": len(f) if groups is None else len(set(groups.tolist())),
             "per_prompt": per_prompt, "prompt_hash": digest[:16]}
@@ -83,15 +90,30 @@ def offset_control(choose: Batch, test: Batch) -> dict:
     the most of them, the smallest |b| among ties. It touches no activation and no other token, so its KL is 0 by
     construction; a one-way push, so its balanced flip is at most 0.5. Returns b, where it was chosen, and its
     rates on `test` (as evaluate's)."""
-    d_a = torch.where(choose.answers[:, 0] == choose.role_a, choose.diff_before, -choose.diff_before).double()
-    edges = torch.unique(-d_a).sort().values                              # where some prompt changes sides
-    mids = (edges[1:] + edges[:-1]) / 2 if len(edges) > 1 else edges[:0]
-    candidates = torch.cat([torch.zeros(1, dtype=d_a.dtype), mids, edges[:1] - 1, edges[-1:] + 1]).tolist()
-    best = max(candidates, key=lambda b: (int(offset_flips(choose, b).sum()), -abs(b)))
+    t_is_a = choose.answers[:, 0] == choose.role_a
+    d_a = torch.where(t_is_a, choose.diff_before, -choose.diff_before).double().cpu()   # ℓ(A) − ℓ(B) before
+    up, down = d_a[t_is_a.cpu()].sort().values, d_a[~t_is_a.cpu()].sort().values
+    edges = -d_a                                     # b = -d: that prompt's tie; just past it, it changes sides
+    candidates = torch.cat([torch.zeros(1, dtype=d_a.dtype), edges - 1e-4, edges + 1e-4])
+    flips = (len(up) - torch.searchsorted(up, -candidates, right=True)) + torch.searchsorted(down, -candidates)
+    best = min(zip(flips.tolist(), candidates.tolist()), key=lambda fb: (-fb[0], abs(fb[1]), fb[1]))[1]
     flipped = offset_flips(test, best)
     k = int(flipped.sum())
+    after = test.diff_before + torch.where(test.answers[:, 0] == test.role_a, best, -best)   # ℓ(t) − ℓ(o) after
     return {"offset": best, "flip_rate": k / len(test), "flip_rate_ci": stats.wilson(k, len(test)), "kl": 0.0,
-            "kl_ci": [0.0, 0.0], "n_prompts": len(test), **yardsticks(flipped, torch.zeros(len(test)), test)}
+            "kl_ci": [0.0, 0.0], "logit_diff_before": test.diff_before.mean().item(),
+            "logit_diff_after": after.mean().item(), "n_prompts": len(test),
+            **yardsticks(flipped, torch.zeros(len(test)), test)}
+
+
+def offset_row(batches: dict[str, Batch]) -> dict:
+    """The offset control as a run reports it beside the methods: chosen on the validation prompts where there are
+    any (else the training prompts), its rates on train and test; one parameter, nothing active."""
+    chosen_on = "val" if batches.get("val") is not None else "train"
+    rows = {s: offset_control(batches[chosen_on], batches[s]) for s in ("train", "test")}
+    b = rows["test"]["offset"]
+    return {**rows, "offset": b, "chosen_on": "validation" if chosen_on == "val" else "train", "n_params": 1,
+            "l1": abs(b), "n_active": 0.0}
 
 
 def gain(method: dict, control: dict, seed: int = 0) -> dict:
@@ -101,12 +123,12 @@ def gain(method: dict, control: dict, seed: int = 0) -> dict:
     groups = a.get("group")
     rows_a, rows_b = (np.stack([r["flipped"], r["side"]], 1).astype(float) for r in (a, b))
 
-    def balanced(rows):
-        return stats.balanced(stats.by_side(rows[:, 0], rows[:, 1]))
+    both = method["balanced_flip"] is not None
     return {"flip": method["flip_rate"] - control["flip_rate"],
             "flip_ci": stats.paired_bootstrap(a["flipped"], b["flipped"], groups, seed=seed),
-            "balanced_flip": method["balanced_flip"] - control["balanced_flip"],
-            "balanced_flip_ci": stats.paired_bootstrap(rows_a, rows_b, groups, stat=balanced, n=1000, seed=seed),
+            "balanced_flip": method["balanced_flip"] - control["balanced_flip"] if both else None,
+            "balanced_flip_ci": stats.paired_bootstrap(rows_a, rows_b, groups, stat=balanced, n=1000, seed=seed)
+            if both else None,
             "mcnemar_p": stats.mcnemar_exact(a["flipped"], b["flipped"])["p"]}
 
 
@@ -139,5 +161,8 @@ def active_locations(model, iv: Intervention, batch: Batch, threshold: float = A
     return parallel.total(count).item() / len(batch)
 
 
-def minimality(iv: Intervention) -> dict[str, float]:
-    return {"n_params": n_params(iv), "l1": l1(iv).item()}
+def measure(model, iv: Intervention, batches: dict[str, Batch], batch_size: int = 64) -> dict:
+    """A run's metrics as train.py writes them (docs/method.md, "Metrics"): `evaluate` per split, ℓ1, n_active."""
+    splits = {s: evaluate(model, iv, batches[s], batch_size) for s in ("train", "test")}
+    return {**splits, "n_params": n_params(iv), "l1": l1(iv).item(), "active_threshold": ACTIVE,
+            "n_active": active_locations(model, iv, batches["train"], batch_size=batch_size)}

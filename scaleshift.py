@@ -4,7 +4,8 @@ ScaleShift, ours: a scalar and a vector per location, h̃ = h·(1 + β·α) + β
 ActivScalar can only lengthen, shorten, switch off or reverse an activation along its own direction; SteerVec
 can move it anywhere. ScaleShift asks the paper's open question of an intervention that may do both at one
 location: is scaling enough, or does steering need a turn too? It is also the example of a new method as
-one class in a file of its own: defining it registers it (ascale.METHODS), and train.py imports this file.
+one class in a file of its own: defining it registers it (ascale.METHODS), and ascale.methods() imports
+this file (ascale.BUILT_IN) whenever a method is looked up by name.
 """
 
 import torch

@@ -20,11 +20,11 @@ import time
 import torch
 
 import ascale
+import metrics
 import selection
 import tasks
 from gpt2 import GPT
 from loading.tokenizer import get_tokenizer
-from train import measure
 
 SITES = ("attn_out", "mlp_out")
 
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
         iv, record = selection.choose(model, copy.deepcopy(fit), batches, refit_steps=R, finish_steps=F,
                                       select_prompts=P, seed=args.seed, progress=False)
         sel_s = time.time() - start
-        m = measure(model, iv, batches)
+        m = metrics.measure(model, iv, batches)
         tr, te = m["train"], m["test"]
         print(f"{R},{F},{P:<8} {sel_s:10.1f}  {sel_s / fit_s:12.2f}  {record['K']:<4} "
               f"{tr['flip_rate']:.2f} [{tr['flip_rate_ci'][0]:.2f}, {tr['flip_rate_ci'][1]:.2f}]  "

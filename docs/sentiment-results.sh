@@ -32,9 +32,10 @@ sides() {  # which reviews a run folder's intervention flips: those rated positi
   python - "$1/intervention.safetensors" <<'PY'
 import sys
 import torch
-import ascale, tasks, train
+import ascale, evaluate, tasks
+from loading import setup
 from running import stats
-model, tok, iv, task, batches = train.open_saved(train.parse_args(["--eval", sys.argv[1]]))
+model, tok, iv, task, batches = setup.open_saved(evaluate.parse_args([sys.argv[1]]))
 for split in ("train", "test"):
     batch, prompts = batches[split], getattr(task, split)
     diff = torch.zeros(len(batch))
@@ -62,9 +63,10 @@ offset() {  # the control for --target correct: the unchanged model with the one
   python - "$1/intervention.safetensors" <<'PY'
 import sys
 import torch
-import tasks, train
+import evaluate, tasks
+from loading import setup
 from running import stats
-model, tok, iv, task, batches = train.open_saved(train.parse_args(["--eval", sys.argv[1], "--target", "correct"]))
+model, tok, iv, task, batches = setup.open_saved(evaluate.parse_args([sys.argv[1], "--target", "correct"]))
 pos = tasks.first_token(tok, " positive")
 x, y = {}, {}
 for split in ("train", "test"):                          # x: ℓ(positive) - ℓ(negative) before, y: rated positive
@@ -111,7 +113,7 @@ fi
 # 2. The same intervention on other domains' texts (the template and so the slots are the same).
 if step 2; then
   for domain in tweets nyt; do
-    python train.py --eval "$out/flip/intervention.safetensors" --domain $domain | tee "$out/flip-on-$domain.txt"
+    python evaluate.py "$out/flip/intervention.safetensors" --domain $domain | tee "$out/flip-on-$domain.txt"
   done
 fi
 
@@ -208,7 +210,7 @@ fi
 # 10. Examples: the first test reviews before and after (steps 1, 8 and 5's files), the labels' probabilities and
 #     their logit difference (--show prints them).
 if step 10; then
-  python train.py --eval "$out/flip/intervention.safetensors" --show 6
-  python train.py --eval "$out/gemma/flip/intervention.safetensors" --show 6
-  python train.py --eval "$out/positive/activscalar/intervention.safetensors" --show 4
+  python evaluate.py "$out/flip/intervention.safetensors" --show 6
+  python evaluate.py "$out/gemma/flip/intervention.safetensors" --show 6
+  python evaluate.py "$out/positive/activscalar/intervention.safetensors" --show 4
 fi

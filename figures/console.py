@@ -8,15 +8,24 @@ import selection
 def print_table(results: dict[str, dict], task: str = "") -> None:
     """Methods side by side; cells with two numbers are train / test of `task` (named above the table)."""
     rows = [("flip rate", "flip_rate", "{:.2f}"), ("  95% interval (Wilson)", "flip_rate_ci", "[{:.2f}, {:.2f}]"),
+            ("  95% interval (groups)", "flip_rate_ci_groups", "[{:.2f}, {:.2f}]"),
             ("prompts", "n_prompts", "{}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
+            ("balanced flip (mean of the sides)", "balanced_flip", "{:.2f}"),
+            ("  95% interval (groups)", "balanced_flip_ci", "[{:.2f}, {:.2f}]"),
             ("logit diff after", "logit_diff_after", "{:+.2f}"), ("KL of the other tokens, nats", "kl", "{:.3f}"),
             ("  95% interval (bootstrap)", "kl_ci", "[{:.3f}, {:.3f}]")]
 
     def cell(value, fmt):
+        if value is None:
+            return "-"
         return fmt.format(*value) if isinstance(value, list) else fmt.format(value)
     table = [("(train / test)", *results)]
-    table += [(name, *(f"{cell(m['train'][key], fmt)} / {cell(m['test'][key], fmt)}"
+    table += [(name, *(f"{cell(m['train'][key], fmt)} / {cell(m['test'][key], fmt)}" if key in m["test"] else "-"
                        for m in results.values())) for name, key, fmt in rows]
+    table += [(f"flip on side {s} (preferred answer {s.upper()})", *(
+        "{} / {}".format(*(f"{m[split]['sides'][s]['flip_rate']:.2f} of {m[split]['sides'][s]['n_prompts']}"
+                           if m[split]["sides"][s]["flip_rate"] is not None else "-" for split in ("train", "test")))
+        if "sides" in m["test"] else "-" for m in results.values())) for s in ("a", "b")]
     table += [("parameters", *(f"{m['n_params']:,}" for m in results.values())),
               ("l1 of parameters", *(f"{m['l1']:.2f}" for m in results.values())),
               (f"active locations (>= {ascale.ACTIVE:.0%} change)",
@@ -84,3 +93,14 @@ def generations(model, tok, ivs: dict, ps, n: int, n_tokens: int) -> None:
             if tok.eot_token in new:
                 new = new[:new.index(tok.eot_token) + 1]
             print(f"  {label.ljust(width)}: {tok.decode(new)!r}")
+
+
+def print_gains(results: dict[str, dict]) -> None:
+    """Each method against the offset control on the test prompts: its gain in flip and balanced flip with paired
+    intervals, McNemar's p for the flips (metrics.gain)."""
+    for method, m in results.items():
+        g = m.get("gain_over_offset")
+        if g and g["balanced_flip"] is not None:
+            print(f"{method} over the offset control (test): flip {g['flip']:+.2f} [{g['flip_ci'][0]:+.2f},"
+                  f" {g['flip_ci'][1]:+.2f}] (McNemar p {g['mcnemar_p']:.2g}), balanced flip {g['balanced_flip']:+.2f}"
+                  f" [{g['balanced_flip_ci'][0]:+.2f}, {g['balanced_flip_ci'][1]:+.2f}]")

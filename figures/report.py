@@ -54,7 +54,7 @@ def save_figure(fig, path: Path | None, dpi: int = 110):
 def heatmap(model, iv, task, path: Path | None, title: str, metrics: dict):
     """One panel per site: layers x positions (the prompt's tokens on the axis), or layers x heads.
     A signed map (iv.signed: β·α) on a diverging colour map, white = no change; a size (‖β·v‖) white to red,
-    white = 0; the colour bar says which (iv.map_label). metrics: train.measure's (flip rates, parameters,
+    white = 0; the colour bar says which (iv.map_label). metrics: metrics.measure's (flip rates, parameters,
     active locations: the title). Returns the Figure."""
     import matplotlib.pyplot as plt
 

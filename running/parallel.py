@@ -97,6 +97,14 @@ def chunks(n: int, size: int) -> range:
     return range(rank() * size, n, world_size() * size)
 
 
+def by_length(batch, batch_size: int, shared: bool = True):
+    """Index tensors of up to batch_size prompts of a prepared set (ascale.Batch) of about one length, shortest
+    first (this process's share; shared=False: all of them in every process): for passes over the whole set."""
+    order = batch.answer_pos.argsort(stable=True)
+    for i in chunks(len(batch), batch_size) if shared else range(0, len(batch), batch_size):
+        yield order[i:i + batch_size]
+
+
 def deal(jobs: list) -> list:
     """This process's jobs, dealt round-robin (jobs of a similar cost stay spread over the processes)."""
     return jobs[rank()::world_size()]

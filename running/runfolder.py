@@ -1,6 +1,7 @@
 """
 How a run folder is written, so that the faults a real user meets lose nothing and never mix runs.
 
+    check_writable    the run folders a run will write, refused before any work where they cannot be written
     write_atomically  one file, complete or absent: a temporary file beside it, fsync, os.replace. A write
                       that fails (disk full, quota, file-size limit) raises WriteError, one line naming the
                       file and the cause, and leaves no temporary file
@@ -118,6 +119,23 @@ def unlock(folder: Path, fd: int) -> None:
 
 
 # ----------------------------------------------------------------------------- the run folder
+
+
+def check_writable(out: Path, folders: list[Path], files) -> None:
+    """Refuse, before any work, run folders that cannot be written: `out` a file, a folder under a file or where
+    it may not write, one of `files` (what a run writes there) not a file. (Those that already hold a run are
+    refused without --overwrite by RunFolder, once it holds their lock.)"""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for the run (it is created if missing)")
+    for folder in folders:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())   # the folder or its nearest ancestor
+        if not existing.is_dir():
+            raise UserError(f"cannot create run folder {folder}: {existing} is a file; choose another --out")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write into {existing} (permission denied); choose another --out")
+        for name in files:
+            if (folder / name).exists() and not (folder / name).is_file():
+                raise UserError(f"{folder / name} is not a file and cannot be replaced; choose another --out")
 
 
 class RunFolder:

@@ -92,7 +92,7 @@ def _replicates(columns: list[np.ndarray], groups, stat, n: int, seed: int) -> l
 
 
 def _percentile(reps: np.ndarray, level: float) -> list[float]:
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    lo, hi = np.nanquantile(reps, [(1 - level) / 2, (1 + level) / 2])   # a stat may be undefined on a draw: nan
     return [float(lo), float(hi)]
 
 

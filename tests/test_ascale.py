@@ -273,10 +273,10 @@ def test_the_preference_report_reads_prepare_as_its_own_pass_would(model, target
     from types import SimpleNamespace
 
     import tasks
-    import train
+    from loading import setup
     ps = prompts(N=12, swap=True)
     batch = ascale.prepare(model, ps, target, batch_size=5)
-    pref = train.report_preference(SimpleNamespace(train=ps, test=ps), {"train": batch, "test": batch})
+    pref = setup.report_preference(SimpleNamespace(train=ps, test=ps), {"train": batch, "test": batch})
     above, top1 = tasks.preference(model, ps)
     assert pref["train"] == {"correct_over_wrong": above, "correct_top1": top1} and 0 < above < 1
 

@@ -216,7 +216,7 @@ def test_toyworld_short_name_from_any_folder(tmp_path, monkeypatch):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     model = GPT.from_pretrained("toyworld")
     folder = GPT.from_pretrained(os.path.join(root, "models", "toyworld"))
-    assert model.name_or_path == "toyworld"     # what a saved intervention records, so --eval finds it again
+    assert model.name_or_path == "toyworld"     # what a saved intervention records, so evaluate.py finds it again
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), folder.state_dict().values(),
                                                 strict=True))
     assert get_tokenizer("toyworld").encode(" Paris") == get_tokenizer(os.path.join(root, "models", "toyworld")

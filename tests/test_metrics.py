@@ -44,7 +44,7 @@ def test_sides_and_the_balanced_flip_by_hand():
 def test_a_one_way_push_scores_at_most_half_on_the_balanced_flip():
     rng = np.random.default_rng(0)
     d_a = rng.normal(1.0, 2.0, 200).tolist()
-    b = batch_by_hand(d_a, [x > 0 for x in d_a])          # flip: t is the answer each prompt ranks lower
+    b = batch_by_hand(d_a, [x < 0 for x in d_a])          # flip: t is the answer each prompt ranks lower
     push = metrics.offset_flips(b, -100.0)                 # every prompt pushed toward B
     out = metrics.yardsticks(push, torch.zeros(200), b)
     assert out["sides"]["a"]["flip_rate"] == 1.0 and out["sides"]["b"]["flip_rate"] == 0.0
@@ -63,7 +63,7 @@ def test_the_offset_control_is_the_best_constant_by_hand():
     d, t_a = np.array(d_choose), choose.answers[:, 0].numpy() == 1
     best = max((np.where(t_a, d + g > 0, d + g < 0).sum(), -abs(g)) for g in grid)
     assert int(metrics.offset_flips(choose, row["offset"]).sum()) == best[0]
-    assert abs(row["offset"]) <= -best[1] + 1e-3
+    assert abs(row["offset"]) <= -best[1] + 2e-3           # the grid's step
     dt, tt = np.array(d_test), test.answers[:, 0].numpy() == 1
     assert row["flip_rate"] == np.where(tt, dt + row["offset"] > 0, dt + row["offset"] < 0).mean()
     assert row["kl"] == 0.0 and row["n_prompts"] == 40
@@ -91,7 +91,8 @@ def test_grouped_intervals_follow_the_groups():
     assert out["n_groups"] == 10
     assert out["flip_rate_ci_groups"] == stats.group_bootstrap(np.array(per_group, dtype=float))
     lo, hi = out["flip_rate_ci_groups"]
-    assert hi - lo > out["flip_rate_ci"][1] - out["flip_rate_ci"][0]
+    wilson = stats.wilson(int(flipped.sum()), 50)
+    assert hi - lo > wilson[1] - wilson[0]
 
 
 # ----------------------------------------------------------------------------- choices never read the test split

@@ -1,5 +1,5 @@
 """The sentiment task: the reader of VADER's rated texts (on a tiny archive written here, laid out as the
-vaderSentiment sdist), the task, train.py on it (slots, --domain, --eval on another domain, the knockout),
+vaderSentiment sdist), the task, train.py on it (slots, --domain, evaluate.py on another domain, the knockout),
 and one check of the real download."""
 
 import io
@@ -15,10 +15,11 @@ import torch
 from conftest import ROOT
 
 import ascale
+import evaluate
 import tasks
 import train
 from gpt2 import UserError
-from loading import sentiment_data
+from loading import sentiment_data, setup
 from loading.tokenizer import get_tokenizer
 
 TOY = str(ROOT / "models" / "toyworld")
@@ -170,7 +171,7 @@ def test_analyze_knockout_of_a_slot_run_in_both_modes(run, data):
 
 
 def test_eval_on_another_domain_names_it(run, data, capsys):
-    assert train.main(["--eval", str(run / "intervention.safetensors"), "--domain", "tweets", "--data", str(data),
+    assert evaluate.main([str(run / "intervention.safetensors"), "--domain", "tweets", "--data", str(data),
                        "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "sentiment (tweets) at beta 1.0" in out and "task sentiment (tweets):\n(train / test)" in out
@@ -187,7 +188,7 @@ def test_a_one_sided_target_and_diffmean_beside_the_learned_methods(data, tmp_pa
     assert m["steps"] == 0 and m["diffmean"]["strength"] > 0 and sum(m["diffmean"]["class_sizes"]) == 22
     assert {"load", "prepare", "fit", "evaluation", "figures"} <= set(m["timings"])   # fit: its means and strength
     tok = get_tokenizer(TOY)
-    batch = ascale.prepare(train.load_model(train.parse_args(["--model", TOY, "--device", "cpu"]))[0],
+    batch = ascale.prepare(setup.load_model(train.parse_args(["--model", TOY, "--device", "cpu"]))[0],
                            tasks.load_task("sentiment", tok, data=data).train, tok.encode(" positive")[0])
     assert (batch.answers[:, 0] == tok.encode(" positive")[0]).all()
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, gpt2_files, missing, save_checkpoint, tiny_hf_model
 
 import ascale
+import metrics
 import scaleshift
 import train
 from figures import console
@@ -20,7 +21,7 @@ CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spa
 TEMPLATE = "The capital of {country} is {city}. Q: What is the capital of {country}? A:"
 FLAGS = ["--model", "--revision", "--task", "--method", "--sites", "--target", "--lambda-f", "--lambda-m", "--margin",
          "--answers", "--beta", "--lr", "--steps", "--locations", "--runs", "--refit-steps", "--batch-size", "--seed",
-         "--device", "--dtype", "--out", "--overwrite", "--show", "--generate", "--eval"]
+         "--device", "--dtype", "--out", "--overwrite", "--show", "--generate"]
 
 
 def write_task(path, rows):
@@ -134,23 +135,6 @@ def test_runs_writes_its_frequency_map_and_the_first_fits_path(setup, tmp_path):
     assert "Jaccard of two fits' selections" in proc.stdout
 
 
-def test_eval_prints_the_saved_runs_numbers(one_run, capsys):
-    _, out = one_run
-    m = json.loads((out / "metrics.json").read_text())
-    assert train.main(["--eval", str(out / "intervention.safetensors")]) == 0
-    flips = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("flip rate"))
-    assert flips.split()[-3:] == [f"{m['train']['flip_rate']:.2f}", "/", f"{m['test']['flip_rate']:.2f}"]
-
-
-def test_eval_generates_without_and_with(one_run, capsys):
-    _, out = one_run
-    assert train.main(["--eval", str(out / "intervention.safetensors"), "--generate", "3", "--beta", "0"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    without = [line.split(": ", 1)[1] for line in lines if line.startswith("  without ")]
-    with_ = [line.split(": ", 1)[1] for line in lines if line.startswith("  with activscalar")]
-    assert len(without) == len(with_) == 3 and without == with_  # beta 0: the original model
-
-
 def test_generation_does_not_read_the_padding(setup, capsys):
     """DynScalar's test prompts have mixed lengths, right-padded: each is continued on its own."""
     import torch
@@ -171,13 +155,29 @@ def test_generation_does_not_read_the_padding(setup, capsys):
     assert shown == alone
 
 
-def test_help_explains_every_flag(capsys):
+def test_help_explains_every_flag(capsys, monkeypatch):
+    """Every flag has a help line of its own; the defaults are shown by the formatter, not written into each."""
+    from running import script
+
+    class Built(Exception):
+        pass
+
+    def caught(parser, argv=None):   # the parser train.py builds, before it parses
+        raise Built(parser)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(script.Parser, "parse_args", caught)
+        with pytest.raises(Built) as built:
+            train.parse_args([])
+    actions = [a for a in built.value.args[0]._actions if "--help" not in a.option_strings]
+    assert all(a.help and "(default:" not in a.help for a in actions)
     with pytest.raises(SystemExit) as e:
         train.main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in FLAGS:
         assert flag in text
+    assert "(default: activscalar)" in text and "(default: None)" not in text
 
 
 def test_same_seed_same_numbers(setup, tmp_path):
@@ -243,7 +243,7 @@ def test_ctrl_c_during_evaluation_keeps_the_parameters(setup, tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "measure", interrupted)
+    monkeypatch.setattr(ascale, "measure", interrupted)
     assert train.main([*argv, "--overwrite"]) == 130
     assert ascale.read_metadata(tmp_path / "intervention.safetensors")["seed"] == "0"   # the new one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["intervention.safetensors"]  # none of the earlier run's
@@ -268,14 +268,14 @@ def test_sigterm_during_training_saves_what_was_learned(setup, tmp_path, monkeyp
             os.kill(os.getpid(), signal.SIGTERM)   # as a scheduler's time limit sends it
         return objective(*args, **kwargs)
 
-    measure, in_place = train.measure, []
+    measure, in_place = metrics.measure, []
 
     def measure_and_look(*args):   # the parameters are in place before the evaluation: a SIGKILL may follow
         in_place.append(sorted(p.name for p in tmp_path.iterdir()))
         return measure(*args)
 
     monkeypatch.setattr(ascale, "objective", terminated_at_step_3)
-    monkeypatch.setattr(train, "measure", measure_and_look)
+    monkeypatch.setattr(metrics, "measure", measure_and_look)
     before = signal.getsignal(signal.SIGTERM)
     assert train.main(["--model", model, "--task", task, "--steps", "5", "--batch-size", "4",
                        "--out", str(tmp_path)]) == 0
@@ -458,13 +458,6 @@ def test_answers_must_be_single_tokens(setup, tmp_path, capsys):
     assert "must be exactly one" in bad(["--model", model, "--task", task, "--out", str(tmp_path)], capsys)
 
 
-def test_intervention_for_another_model(one_run, tmp_path, capsys):
-    _, out = one_run
-    deeper = save_checkpoint(tiny_hf_model("gpt2", n_layer=3), tmp_path / "deeper")
-    err = bad(["--eval", str(out / "intervention.safetensors"), "--model", str(deeper)], capsys)
-    assert "(2 layers" in err and "has 3 layers" in err
-
-
 def test_a_nan_loss(setup, tmp_path, capsys):
     model, task = setup
     err = bad(["--model", model, "--task", task, "--lr", "1e20", "--steps", "3", "--out", str(tmp_path)], capsys)
@@ -533,13 +526,26 @@ def test_generate_checks(setup, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_files_are_named_before_any_work(setup, tmp_path, one_run, capsys):
-    _, out = one_run
+def test_missing_files_are_named_before_any_work(setup, tmp_path, capsys):
     err = bad(["--model", str(tmp_path / "no-model"), "--task", str(tmp_path / "nope.jsonl")], capsys)
     assert f"task file {tmp_path / 'nope.jsonl'} does not exist; pass --task" in err
-    err = bad(["--eval", str(tmp_path / "nope.safetensors")], capsys)
-    assert "does not exist; pass the intervention.safetensors of a run folder" in err
-    err = bad(["--eval", str(out)], capsys)
-    assert f"is a folder; pass the intervention file in it, {out / 'intervention.safetensors'}" in err
-    err = bad(["--eval", str(out / "intervention.safetensors"), "--out", str(tmp_path)], capsys)
-    assert "--eval writes nothing" in err
+
+
+def test_the_machinery_imports_no_script():
+    """Imports run one way: loading/ and running/ never import a script (train, evaluate, analyze), and the model,
+    the method and the tasks never import the scripts' setup (loading/setup.py) or main (running/script.py)."""
+    import ast
+
+    def imported(path):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                found |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+        return found
+    for path in [*(ROOT / "loading").glob("*.py"), *(ROOT / "running").glob("*.py")]:
+        assert not imported(path) & {"train", "evaluate", "analyze"}, path
+    for name in ("gpt2", "ascale", "tasks", "scaleshift", "diffmean", "selection"):
+        assert not imported(ROOT / f"{name}.py") & {"loading.setup", "running.script", "train", "evaluate"}, name
+    assert not imported(ROOT / "loading" / "method_files.py") & {"ascale", "scaleshift", "diffmean"}

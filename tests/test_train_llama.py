@@ -8,6 +8,7 @@ from test_train import ccc_rows, check_run_folder, run_script, write_task
 from tokenizers import Tokenizer as HFTokenizer
 
 import ascale
+import evaluate
 import train
 
 
@@ -44,5 +45,5 @@ def test_jsonl_task_on_a_tiny_qwen3(tmp_path, llama_tokenizer_files, capsys):
         check_run_folder(out / method, method)
     tokens = json.loads(ascale.read_metadata(out / "activscalar" / "intervention.safetensors")["tokens"])
     assert tokens[0] == "The"  # Qwen adds no BOS
-    assert train.main(["--eval", str(out / "activscalar" / "intervention.safetensors")]) == 0
+    assert evaluate.main([str(out / "activscalar" / "intervention.safetensors")]) == 0
     assert "flip rate" in capsys.readouterr().out
