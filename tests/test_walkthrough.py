@@ -40,6 +40,9 @@ def test_walkthrough_runs_from_docs(monkeypatch):
     assert all(abs(float(a) - float(b)) <= 1e-5 * max(1.0, abs(float(a))) for _, a, b in terms)
     assert re.search(r"test: flip rate \d\.\d\d \[\d\.\d\d, \d\.\d\d\] of 100 prompts", out)
     assert re.search(r"chosen: K = \d+", out)
+    # the paper's central comparison beside the trivial baseline, on the same test prompts
+    assert all(re.search(rf"^{name}\s+\d\.\d\d \[", out, flags=re.M) for name in
+               ("activscalar", "steervec", "dynscalar", r"offset \(control\)"))
     assert images(nb) >= 6   # the α sweep, the loss curves, two heatmaps, the knockout check, the locations path
 
 
