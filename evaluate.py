@@ -61,7 +61,11 @@ def evaluate(args) -> None:
     model, tok, iv, task, batches = setup.open_saved(args)
     iv.beta = args.beta
     print(f"{task.name} at beta {args.beta}:")
-    console.print_table({iv.method: metrics.measure(model, iv, batches, args.eval_batch_size)}, task.name)
+    result = {iv.method: metrics.measure(model, iv, batches, args.eval_batch_size)}
+    control = metrics.offset_row(batches)                 # the trivial baseline, as train.py prints it
+    result[iv.method]["gain_over_offset"] = metrics.gain(result[iv.method]["test"], control["test"])
+    console.print_table({**result, "offset (control)": control}, task.name)
+    console.print_gains(result)
     if args.show:
         console.show(model, tok, iv, task.test, batches["test"], args.show)
     if args.generate:

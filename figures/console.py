@@ -9,9 +9,9 @@ def print_table(results: dict[str, dict], task: str = "") -> None:
     """Methods side by side; cells with two numbers are train / test of `task` (named above the table)."""
     rows = [("flip rate", "flip_rate", "{:.2f}"), ("  95% interval (Wilson)", "flip_rate_ci", "[{:.2f}, {:.2f}]"),
             ("  95% interval (groups)", "flip_rate_ci_groups", "[{:.2f}, {:.2f}]"),
-            ("prompts", "n_prompts", "{}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
             ("balanced flip (mean of the sides)", "balanced_flip", "{:.2f}"),
             ("  95% interval (groups)", "balanced_flip_ci", "[{:.2f}, {:.2f}]"),
+            ("prompts", "n_prompts", "{}"), ("logit diff before", "logit_diff_before", "{:+.2f}"),
             ("logit diff after", "logit_diff_after", "{:+.2f}"), ("KL of the other tokens, nats", "kl", "{:.3f}"),
             ("  95% interval (bootstrap)", "kl_ci", "[{:.3f}, {:.3f}]")]
 
