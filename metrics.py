@@ -96,7 +96,8 @@ def offset_control(choose: Batch, test: Batch) -> dict:
     edges = -d_a                                     # b = -d: that prompt's tie; just past it, it changes sides
     candidates = torch.cat([torch.zeros(1, dtype=d_a.dtype), edges - 1e-4, edges + 1e-4])
     flips = (len(up) - torch.searchsorted(up, -candidates, right=True)) + torch.searchsorted(down, -candidates)
-    best = min(zip(flips.tolist(), candidates.tolist()), key=lambda fb: (-fb[0], abs(fb[1]), fb[1]))[1]
+    pairs = zip(flips.tolist(), candidates.tolist(), strict=True)
+    best = min(pairs, key=lambda fb: (-fb[0], abs(fb[1]), fb[1]))[1]      # the most flips, then the smallest |b|
     flipped = offset_flips(test, best)
     k = int(flipped.sum())
     after = test.diff_before + torch.where(test.answers[:, 0] == test.role_a, best, -best)   # ℓ(t) − ℓ(o) after

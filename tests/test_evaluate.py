@@ -75,8 +75,10 @@ def test_prints_the_saved_runs_numbers(run, capsys):
     m = json.loads((run / "metrics.json").read_text())
     capsys.readouterr()
     assert evaluate.main([str(run / "intervention.safetensors")]) == 0
-    flips = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("flip rate"))
-    assert flips.split()[-3:] == [f"{m['train']['flip_rate']:.2f}", "/", f"{m['test']['flip_rate']:.2f}"]
+    printed = capsys.readouterr().out
+    flips = next(line for line in printed.splitlines() if line.startswith("flip rate"))
+    assert flips.split()[2:5] == [f"{m['train']['flip_rate']:.2f}", "/", f"{m['test']['flip_rate']:.2f}"]
+    assert "offset (control)" in printed   # the trivial baseline beside it
 
 
 def test_generates_without_and_with(run, capsys):

@@ -95,7 +95,7 @@ def test_one_run_folder_written_once(runs):
 WORKER = """
 import os, sys
 import torch
-import ascale, knockout, tasks, train
+import ascale, knockout, metrics, tasks, train
 from gpt2 import GPT
 from loading.tokenizer import get_tokenizer
 model_dir, task_file, out = sys.argv[1:4]
@@ -127,6 +127,7 @@ def worker(tmp_path_factory, toy_task):
     tmp = tmp_path_factory.mktemp("worker")
     (tmp / "worker.py").write_text(WORKER)
     proc = torchrun(tmp / "worker.py", TOY, toy_task, tmp / "two.pt", *RUN, "--task", toy_task, "--out", tmp / "run")
+    assert (tmp / "two.pt").exists(), proc.stderr[-3000:]
     return torch.load(tmp / "two.pt", weights_only=False), proc, tmp / "run"
 
 

@@ -183,7 +183,7 @@ def test_a_one_sided_target_and_diffmean_beside_the_learned_methods(data, tmp_pa
     assert train.main(["--task", "sentiment", "--model", TOY, "--data", str(data), "--steps", "3", "--locations", "all",
                        "--method", "all", "--target", "positive", "--out", str(out), "--device", "cpu"]) == 0
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("(train / test)"))
-    assert header.split()[3:] == [*ascale.METHODS, "diffmean"]
+    assert header.split()[3:] == [*ascale.METHODS, "diffmean", "offset", "(control)"]   # and the trivial baseline
     m = json.loads((out / "diffmean" / "metrics.json").read_text())
     assert m["steps"] == 0 and m["diffmean"]["strength"] > 0 and sum(m["diffmean"]["class_sizes"]) == 22
     assert {"load", "prepare", "fit", "evaluation", "figures"} <= set(m["timings"])   # fit: its means and strength

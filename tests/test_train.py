@@ -243,7 +243,7 @@ def test_ctrl_c_during_evaluation_keeps_the_parameters(setup, tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ascale, "measure", interrupted)
+    monkeypatch.setattr(metrics, "measure", interrupted)
     assert train.main([*argv, "--overwrite"]) == 130
     assert ascale.read_metadata(tmp_path / "intervention.safetensors")["seed"] == "0"   # the new one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["intervention.safetensors"]  # none of the earlier run's
