@@ -361,7 +361,7 @@ def test_p_rest_kept_or_recomputed_gives_the_same_numbers(model, monkeypatch):
 PEAK = """
 import sys, torch
 sys.path.insert(0, {root!r})
-import ascale
+import ascale, metrics
 from gpt2 import GPT, GPTConfig
 from tasks import PromptSet
 N, budget, V, T = int(sys.argv[1]), int(sys.argv[2]), 151936, 8

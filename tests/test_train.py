@@ -104,7 +104,7 @@ def test_all_methods_end_to_end(setup, tmp_path):
     for method in ascale.METHODS:
         check_run_folder(tmp_path / method, method)
     header = next(line for line in proc.stdout.splitlines() if line.startswith("(train / test)"))
-    assert header.split()[-len(ascale.METHODS):] == list(ascale.METHODS)   # every registered method
+    assert header.split()[-len(ascale.METHODS) - 2:-2] == list(ascale.METHODS)   # each method, then the offset
     # --generate: each of 3 test prompts continued once without and once with each method
     for label in ("without", *(f"with {m}" for m in ascale.METHODS)):
         assert sum(line.startswith("  ") and line.split(":")[0].strip() == label
