@@ -317,6 +317,36 @@ def run_compare(args) -> None:
         print(f"wrote {args.json}")
 
 
+def run_yardsticks(args) -> None:
+    """One markdown row per run folder: the test flip rate with its intervals (Wilson; over groups), each side,
+    the balanced flip, the KL, the offset control's flip and balanced flip, and the gain over it (paired interval,
+    McNemar), as the results pages show them (docs/method.md, "What a flip rate is read against")."""
+    def ci(pair, fmt=".2f"):
+        return "-" if pair is None else f"[{pair[0]:{fmt}}, {pair[1]:{fmt}}]"
+
+    def num(v, fmt=".2f"):
+        return "-" if v is None else format(v, fmt)
+    found = []
+    for run in args.runs:
+        path = Path(run) / "metrics.json" if Path(run).is_dir() else Path(run)
+        try:
+            m = json.loads(path.read_text())
+            found.append((run, m, m["test"], m["offset_control"]["test"], m["gain_over_offset"]))
+        except (OSError, ValueError, KeyError) as e:
+            what = "does not exist" if isinstance(e, FileNotFoundError) else f"lacks the offset ({type(e).__name__})"
+            raise UserError(f"{path} {what}: pass run folders written by train.py") from None
+    print("| run | flip test | over groups | side a | side b | balanced flip | KL test | offset: flip, balanced"
+          " | gain over the offset: flip (McNemar p), balanced | active |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for run, m, t, o, g in found:
+        sides = [f"{num(t['sides'][s]['flip_rate'])} of {t['sides'][s]['n_prompts']}" for s in ("a", "b")]
+        print(f"| {run} | {t['flip_rate']:.2f} {ci(t['flip_rate_ci'])} | {ci(t['flip_rate_ci_groups'])} |"
+              f" {sides[0]} | {sides[1]} | {num(t['balanced_flip'])} {ci(t['balanced_flip_ci'])} |"
+              f" {t['kl']:.2f} {ci(t['kl_ci'])} | {o['flip_rate']:.2f}, {num(o['balanced_flip'])} |"
+              f" {g['flip']:+.2f} {ci(g['flip_ci'], '+.2f')} (p {g['mcnemar_p']:.2g}),"
+              f" {num(g['balanced_flip'], '+.2f')} {ci(g['balanced_flip_ci'], '+.2f')} | {m['n_active']:.0f} |")
+
+
 # ----------------------------------------------------------------------------- shared output
 
 
@@ -390,6 +420,9 @@ def main(argv=None) -> int:
     c.add_argument("--json", metavar="FILE", help="also write the table to FILE (nothing is written without it)")
     c.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws of each interval (default: 2000)")
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default: 0)")
+    y = sub.add_parser("yardsticks", help="a markdown table of runs: test flip, its sides and balanced flip, KL, the"
+                       " offset control and the gain over it")
+    y.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their metrics.json)")
     args, rest = p.parse_known_args(argv)
     if rest and args.command != "lambda":
         p.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -397,7 +430,7 @@ def main(argv=None) -> int:
     if args.command == "compare" and len(args.runs) < 2:
         p.error("compare needs at least two runs")
     return script.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta,
-                       "parts": run_parts, "compare": run_compare}[args.command], args)
+                       "parts": run_parts, "compare": run_compare, "yardsticks": run_yardsticks}[args.command], args)
 
 
 if __name__ == "__main__":

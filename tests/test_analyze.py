@@ -212,3 +212,16 @@ def test_compare_refuses_runs_on_other_prompts(tmp_path, capsys):
     assert "no metrics.json there" in bad(["compare", first, str(tmp_path / "none")], capsys, analyze)
     assert "at least two runs" in bad(["compare", first], capsys, analyze)
     assert not (tmp_path / "table.json").exists()
+
+
+def test_yardsticks_table_of_a_run(run, capsys):
+    """One markdown row a run: the numbers of its metrics.json, the offset control and the gain over it."""
+    run = run[2]
+    m = json.loads((run / "metrics.json").read_text())
+    assert analyze.main(["yardsticks", str(run)]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith(f"| {run} | {m['test']['flip_rate']:.2f} [")
+    assert f"| {m['offset_control']['test']['flip_rate']:.2f}, " in row
+    assert f"{m['gain_over_offset']['flip']:+.2f} [" in row
+    assert analyze.main(["yardsticks", str(run / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
