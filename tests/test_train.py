@@ -107,9 +107,9 @@ def test_all_methods_end_to_end(setup, tmp_path):
     for method in ascale.METHODS:
         check_run_folder(tmp_path / method, method)
     header = next(line for line in proc.stdout.splitlines() if line.startswith("(train / test)"))
-    assert header.split()[-len(ascale.METHODS):] == list(ascale.METHODS)   # every registered method
+    assert header.split()[3:] == [*ascale.methods(), "offset", "(control)"]   # every method, DiffMean under flip too
     # --generate: each of 3 test prompts continued once without and once with each method
-    for label in ("without", *(f"with {m}" for m in ascale.METHODS)):
+    for label in ("without", *(f"with {m}" for m in ascale.methods())):
         assert sum(line.startswith("  ") and line.split(":")[0].strip() == label
                    for line in proc.stdout.splitlines()) == 3, label
     # the same command again: refused before any work, the first run kept
