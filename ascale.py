@@ -89,6 +89,12 @@ class Intervention(nn.Module):
         self.beta = 1.0
         self.keep = None  # after `restrict`: {site: bool (units)}, the units that may be non-zero
 
+    @classmethod
+    def check(cls, model, batches: dict, target) -> None:
+        """Raise a UserError, one line, where this method cannot run on these prepared prompts ({"train", "test"[,
+        "val"]}: Batch) and target; train.py asks every method before it trains any. Every built-in one runs on
+        any task and target (DiffMean: prompts one token short of the model's context)."""
+
     # A "unit" is what selection (selection.py) keeps or drops: one location for ActivScalar and SteerVec,
     # one probe (site, layer[, head]) for DynScalar; `effect` and `keep` hold one value per unit.
     def effect(self) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ saved. Many devices: torchrun or --device-map (docs/distributed.md). Every flag 
 
 import argparse
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -124,16 +125,15 @@ def check_numbers(p, args) -> None:
         p.error("--beta must be a finite number")
 
 
-def methods_of(method: str, target: str = "flip") -> dict[str, type]:
+def methods_of(method: str) -> dict[str, type]:
     """--method's classes by name: a built-in one, or a method file's (ascale.method_class); for `all`, every
-    built-in one, and the baselines (diffmean) where the target is one-sided (under flip no single direction
-    serves every prompt)."""
+    built-in one, the baselines (diffmean) included."""
     if method.endswith(".py"):
         cls = ascale.method_class("", method)
         return {cls.method: cls}
     if method != "all":
         return {method: ascale.method_class(method)}
-    return {m: cls for m, cls in ascale.methods().items() if cls.learned or target != "flip"}
+    return dict(ascale.methods())
 
 
 def fixed_length(classes: dict[str, type]) -> bool:
@@ -158,13 +158,9 @@ def main(argv=None) -> int:
 
 def train(args) -> None:
     sites = ascale.check_sites(s.strip() for s in args.sites.split(",") if s.strip())
-    classes = methods_of(args.method, args.target)              # a method file is imported here
+    classes = methods_of(args.method)                           # a method file is imported here
     if args.knockout and not fixed_length(classes):
         raise UserError(f"--knockout needs prompts of one length; use it with {', '.join(tied())} or all")
-    if args.target == "flip" and args.method != "all" and not all(cls.learned for cls in classes.values()):
-        raise UserError(f"{', '.join(classes)} adds one direction to every prompt, so it needs a one-sided --target:"
-                        " wrong, correct, or positive/negative for sentiment (flip asks each prompt for its other"
-                        " answer)")
     task_stem = Path(args.task).stem + (f"-{args.domain or 'movies'}" if args.task == "sentiment" else "")
     name = "all" if args.method == "all" else next(iter(classes))
     out = Path(args.out or f"runs/{task_stem}-{Path(args.model).name}-{name}")
@@ -181,10 +177,6 @@ def train(args) -> None:
         setup.check_generate(args, model, task)
         for note in task.notes:
             print(f"  {note}")
-        left_out = [m for m, cls in ascale.methods().items() if not cls.learned]
-        if args.method == "all" and args.target == "flip" and left_out:
-            print(f"  {', '.join(left_out)} left out: a baseline needs a one-sided --target (wrong, correct,"
-                  " positive, negative)")
         print(f"task {task.name}: {len(task.train)} train and {len(task.test)} test prompts;"
               f" model {args.model} ({model.config.n_layer} layers) on {device}")
         with phases("prepare"):
@@ -192,10 +184,16 @@ def train(args) -> None:
             batches = setup.prepare(model, task, tok, args)
             pref = setup.report_preference(task, batches)
             control = metrics.offset_row(batches)              # the trivial baseline every result stands beside
+        for cls in classes.values():                           # a method that cannot run says so before any trains
+            cls.check(model, batches, args.target)
         results, ivs = {}, {}
         for method, cls in classes.items():
-            results[method], ivs[method] = train_one(cls, sites, model, tok, task, batches, args, writing,
-                                                     folders[method], pref, phases, fixed_length(classes), control)
+            try:
+                results[method], ivs[method] = train_one(cls, sites, model, tok, task, batches, args, writing,
+                                                         folders[method], pref, phases, fixed_length(classes), control)
+            except Exception as e:                             # not Ctrl-C or SIGTERM: RunFolder puts all in place
+                keep_finished(writing, [folders[m] for m in results], folders[method], e)
+                raise
             if results[method]["interrupted"]:
                 break
         console.print_table({**results, "offset (control)": control}, task.name)
@@ -207,6 +205,20 @@ def train(args) -> None:
     print(f"wrote {out}/" + ("{" + ",".join(results) + "}/" if args.method == "all" else ""))
     if args.generate:
         console.generations(model, tok, ivs, task.test, args.show or 3, args.generate)
+
+
+def keep_finished(writing: runfolder.RunFolder, finished: list[Path], failed: Path, error: Exception) -> None:
+    """A method failed after others finished (--method all): put the finished methods' folders in place, not the
+    failed one's (its earlier run stays as it was), and say so; an error that is not a UserError (nor one that
+    script.run prints in a line: memory, OSError) becomes one, naming the method, so the whole is one line."""
+    if not finished:
+        return
+    shutil.rmtree(writing.staged(failed), ignore_errors=True)
+    writing.publish(finished)
+    print(f"kept the finished methods' folders: {', '.join(str(f) for f in finished)}")
+    if not isinstance(error, (UserError, OSError, torch.OutOfMemoryError)) and "can't allocate" not in str(error):
+        first = (str(error).splitlines() or [""])[0]
+        raise UserError(f"{failed.name} failed ({type(error).__name__}: {first})") from error
 
 
 def train_one(cls, sites, model, tok, task, batches, args, writing: runfolder.RunFolder, out: Path, pref: dict,

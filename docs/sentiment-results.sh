@@ -131,7 +131,8 @@ if step 4; then
 fi
 
 # 5. The learned methods and DiffMean on a one-sided target: every review read as positive. One run per method
-#    (--method all --target positive does the same in one command, DynScalar and ScaleShift included).
+#    (--method all --target positive does the same in one command, DynScalar and ScaleShift included). The page's
+#    DiffMean numbers are the class-mean contrast's (diffmean.fit(contrast="classes")); train.py now runs CAA's.
 if step 5; then
   for method in diffmean activscalar steervec dynscalar; do
     python train.py --task sentiment --model $model --method $method --target positive --out "$out/positive/$method" \
@@ -168,7 +169,8 @@ for loc in sorted(a & b):
 PY
 fi
 
-# 7. The other learned methods under --target flip (DiffMean is refused there: it has no direction to add).
+# 7. The other learned methods under --target flip (the page was made when DiffMean had no direction there; it now
+#    runs as a push, not measured here).
 if step 7; then
   for method in steervec dynscalar; do
     python train.py --task sentiment --model $model --method $method --out "$out/flip-$method" --overwrite

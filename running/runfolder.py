@@ -203,17 +203,19 @@ class RunFolder:
         folder.mkdir(parents=True, exist_ok=True)
         self.created += reversed(missing)  # outermost first
 
-    def publish(self) -> None:
+    def publish(self, folders=None) -> None:
         """Put the staged files in place now, and remove the earlier run's other files among `replaces`, so
         that a folder never mixes two runs; Ctrl-C and SIGTERM are held back until it is done. The end of
         the block does this; train.py also does it as soon as an interrupted run has saved its parameters
-        (a scheduler's SIGKILL may follow its SIGTERM before the evaluation is done)."""
+        (a scheduler's SIGKILL may follow its SIGTERM before the evaluation is done), and for the methods of
+        --method all that finished before another failed (`folders`: those only; the others stay as they were)."""
+        folders = self.folders if folders is None else [Path(f) for f in folders]
         new = {f: sorted(p.name for p in self.staged(f).iterdir() if p.is_file() and p.suffix != ".tmp")
-                  if self.staged(f).is_dir() else [] for f in self.folders}
+                  if self.staged(f).is_dir() else [] for f in folders}
         if not any(new.values()):  # stopped before anything was written: the earlier run stays as it was
             return
         with signals_held():
-            for folder in self.folders:
+            for folder in folders:
                 staged = self.staged(folder)
                 for name in self.replaces:
                     if name not in new[folder] and name not in self.published[folder] and (folder / name).is_file():

@@ -185,7 +185,7 @@ def test_a_one_sided_target_and_diffmean_beside_the_learned_methods(data, tmp_pa
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("(train / test)"))
     assert header.split()[3:] == [*ascale.METHODS, "diffmean", "offset", "(control)"]   # and the trivial baseline
     m = json.loads((out / "diffmean" / "metrics.json").read_text())
-    assert m["steps"] == 0 and m["diffmean"]["strength"] > 0 and sum(m["diffmean"]["class_sizes"]) == 22
+    assert m["steps"] == 0 and m["diffmean"]["strength"] > 0 and m["diffmean"]["n_prompts"] == 22
     assert {"load", "prepare", "fit", "evaluation", "figures"} <= set(m["timings"])   # fit: its means and strength
     tok = get_tokenizer(TOY)
     batch = ascale.prepare(setup.load_model(train.parse_args(["--model", TOY, "--device", "cpu"]))[0],
@@ -193,10 +193,12 @@ def test_a_one_sided_target_and_diffmean_beside_the_learned_methods(data, tmp_pa
     assert (batch.answers[:, 0] == tok.encode(" positive")[0]).all()
 
 
-def test_diffmean_under_flip_and_labels_elsewhere_are_one_line(data, tmp_path, capsys):
+def test_diffmean_runs_under_flip_through_slots_and_labels_elsewhere_are_one_line(data, tmp_path, capsys):
+    """Under flip DiffMean adds the mean push toward each review's lower-ranked reading, at the last slot."""
     assert train.main(["--task", "sentiment", "--model", TOY, "--data", str(data), "--method", "diffmean",
-                       "--out", str(tmp_path / "a")]) == 2
-    assert "needs a one-sided --target" in capsys.readouterr().err
+                       "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["diffmean"]["contrast"] == "caa" and m["diffmean"]["n_prompts"] == 22 and "balanced_flip" in m["test"]
     assert train.main(["--task", "ccc", "--model", TOY, "--target", "positive", "--out", str(tmp_path / "b")]) == 2
     assert "--target positive is for tasks whose answers are labels" in capsys.readouterr().err
 

@@ -10,10 +10,13 @@ import pytest
 from conftest import ROOT, gpt2_files, missing, save_checkpoint, tiny_hf_model
 
 import ascale
+import diffmean
 import metrics
 import scaleshift
+import tasks
 import train
 from figures import console
+from gpt2 import UserError
 
 CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
             ("Russia", "Moscow"), ("Egypt", "Cairo"), ("Greece", "Athens"), ("Poland", "Warsaw"),
@@ -104,9 +107,9 @@ def test_all_methods_end_to_end(setup, tmp_path):
     for method in ascale.METHODS:
         check_run_folder(tmp_path / method, method)
     header = next(line for line in proc.stdout.splitlines() if line.startswith("(train / test)"))
-    assert header.split()[-len(ascale.METHODS) - 2:-2] == list(ascale.METHODS)   # each method, then the offset
+    assert header.split()[3:] == [*ascale.methods(), "offset", "(control)"]   # every method, DiffMean under flip too
     # --generate: each of 3 test prompts continued once without and once with each method
-    for label in ("without", *(f"with {m}" for m in ascale.METHODS)):
+    for label in ("without", *(f"with {m}" for m in ascale.methods())):
         assert sum(line.startswith("  ") and line.split(":")[0].strip() == label
                    for line in proc.stdout.splitlines()) == 3, label
     # the same command again: refused before any work, the first run kept
@@ -215,6 +218,82 @@ def test_scaleshift_end_to_end_on_the_toy_world(tmp_path):
     assert m["knockout"]["n_prompts"] > 0 and "sign_agreement" in m["knockout"]
     meta = ascale.read_metadata(out / "intervention.safetensors")
     assert meta["method"] == "scaleshift" and meta["positions"] == "18" and meta["fixed_length"] == "1"
+
+
+TOY = str(ROOT / "models" / "toyworld")
+
+
+@pytest.fixture(scope="module")
+def one_pair(tmp_path_factory):
+    """A JSONL task on the toy world whose prompts all share one answer pair, " Paris" and " Berlin": its CCC
+    prompts with Paris in the context, on every one of which the toy world prefers Paris."""
+    from loading.tokenizer import get_tokenizer
+    prompts = tasks.load_task("ccc", get_tokenizer(TOY)).train.prompts
+    countries = sorted({p.split()[3] for p in prompts} - {"France", "Germany"})[:30]
+    rows = [{"prompt": f"The capital of {c} is Paris. Q: What is the capital of {c}? A:", "correct": " Paris",
+             "wrong": " Berlin"} for c in countries]
+    return write_task(tmp_path_factory.mktemp("task") / "paris.jsonl", rows)
+
+
+def test_every_method_runs_where_the_model_prefers_one_answer_everywhere(one_pair, tmp_path, capsys):
+    """--target wrong asks every prompt for " Berlin", which the model never prefers: DiffMean's contrast is there
+    all the same (CAA's), so --method all runs every method to the end, into one table."""
+    out = tmp_path / "all"
+    assert train.main(["--model", TOY, "--task", one_pair, "--method", "all", "--target", "wrong", "--steps", "2",
+                       "--locations", "all", "--out", str(out), "--device", "cpu"]) == 0
+    stdout = capsys.readouterr().out
+    assert "prefers the correct answer over the wrong one on 100%" in stdout
+    header = next(line for line in stdout.splitlines() if line.startswith("(train / test)"))
+    assert header.split()[3:] == [*ascale.methods(), "offset", "(control)"]
+    m = json.loads((out / "diffmean" / "metrics.json").read_text())
+    assert m["diffmean"]["contrast"] == "caa" and m["diffmean"]["n_prompts"] == m["train"]["n_prompts"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(ascale.methods())
+
+
+def test_diffmean_runs_under_flip_as_a_push(one_pair, tmp_path, capsys):
+    out = tmp_path / "dm"
+    assert train.main(["--model", TOY, "--task", one_pair, "--method", "diffmean", "--out", str(out),
+                       "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["target"] == "flip" and m["diffmean"]["strength"] > 0 and "balanced_flip" in m["test"]
+
+
+@pytest.mark.parametrize("error", [UserError("no room"), RuntimeError("a bug\nits details")], ids=["user", "bug"])
+def test_method_all_keeps_the_finished_methods_when_a_later_one_fails(one_pair, tmp_path, monkeypatch, capsys,
+                                                                       error):
+    fit_and_select, calls = train.fit_and_select, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise error
+        return fit_and_select(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit_and_select", second_fails)
+    out = tmp_path / "all"
+    assert train.main(["--model", TOY, "--task", one_pair, "--method", "all", "--steps", "2", "--locations", "all",
+                       "--out", str(out), "--device", "cpu"]) == 2
+    first, second = list(ascale.methods())[:2]
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    bug = f"error: {second} failed (RuntimeError: a bug)"
+    assert line == ("error: no room" if isinstance(error, UserError) else bug)
+    assert f"kept the finished methods' folders: {out / first}" in captured.out
+    assert sorted(p.name for p in (out / first).iterdir()) == ["heatmap.png", "intervention.safetensors",
+                                                              "metrics.json"]
+    assert json.loads((out / first / "metrics.json").read_text())["method"] == first
+    assert sorted(p.name for p in out.iterdir()) == [first]          # nothing of the failed one, nor of the rest
+
+
+def test_a_method_that_cannot_run_says_so_before_any_training(one_pair, tmp_path, monkeypatch, capsys):
+    def cannot(cls, model, batches, target):
+        raise UserError("diffmean cannot run here")
+
+    monkeypatch.setattr(diffmean.DiffMean, "check", classmethod(cannot))
+    monkeypatch.setattr(train, "fit_and_select", lambda *a, **k: pytest.fail("trained before the check"))
+    line = bad(["--model", TOY, "--task", one_pair, "--method", "all", "--out", str(tmp_path / "r"),
+                "--device", "cpu"], capsys)
+    assert line == "error: diffmean cannot run here" and not (tmp_path / "r").exists()
 
 
 def test_ctrl_c_evaluates_and_saves_what_was_learned(setup, tmp_path, monkeypatch, capsys):
