@@ -146,14 +146,16 @@ def majority_target(batch: Batch) -> str:
 @torch.no_grad()
 def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: int | None = None,
              progress: bool = True, mode: str = "zero", means: dict | None = None,
-             toward: str = "a") -> dict[str, torch.Tensor]:
+             toward: str = "a", per_side: bool = False) -> dict:
     """The knockout map: for every location (site, layer, position[, head]), switch that one activation
     off (α = -1 there, nothing else) and record the change of the mean logit difference of answer A over
     answer B (the fixed roles of metrics.py, whatever each prompt's target): mean over prompts of ℓ̃(A) - ℓ̃(B)
     minus the original ℓ(A) - ℓ(B). Returns {site: (L, T) or (L, T, nh)}: negative where the location
     supports A, positive where it supports B. One orientation for every prompt, so that what a location does on
     prompts of both sides adds up (measured toward each prompt's target, as toward="target" still does, the two
-    sides of a `flip` set pull opposite ways and cancel). Per side: `knockout_sides`.
+    sides of a `flip` set pull opposite ways and cancel). per_side: {"all": that map, "a": the map over the
+    prompts whose original model preferred A, "b": over the others}, from the same passes, each the mean over its
+    own prompts (a side without prompts: zeros), so that "all" = (n_a·"a" + n_b·"b") / n (`knockout_sides`).
     mode "mean" (mean ablation): the activation is replaced by its mean over the prompts at that location
     instead (`means`, default location_means of these prompts), so that what is measured is what this
     prompt's activation carries beyond the typical one, not what any activation at all does there.
@@ -171,28 +173,6 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     Batched: all locations at one (layer, position), every site and head, go through at once as K
     copies of a chunk of prompts (at most max_sequences sequences a pass); layers x positions passes.
     Data parallel (torchrun, parallel.py): the (layer, position) jobs are dealt out, the maps summed."""
-    def weigh(b: Batch) -> torch.Tensor:
-        return orientation(b, toward)[None] / len(b)
-    return _knockout(model, batch, sites, weigh, max_sequences, max_prompts, progress, mode, means)[0]
-
-
-@torch.no_grad()
-def knockout_sides(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: int | None = None,
-                   progress: bool = True, mode: str = "zero", means: dict | None = None) -> dict[str, dict]:
-    """The knockout map (ℓ(A) - ℓ(B), as `knockout`) and, from the same passes, one per side: {"all": maps,
-    "a": the map over the prompts whose original model preferred A, "b": over the others}, each the mean over
-    its own prompts (a side without prompts: zeros). So "all" = (n_a·"a" + n_b·"b") / n."""
-    def weigh(b: Batch) -> torch.Tensor:
-        s, side = orientation(b), sides(b)
-        return torch.stack([s / len(b)] + [s * side[k] / max(1, int(side[k].sum())) for k in ("a", "b")])
-    maps = _knockout(model, batch, sites, weigh, max_sequences, max_prompts, progress, mode, means)
-    return dict(zip(("all", "a", "b"), maps, strict=True))
-
-
-def _knockout(model, batch: Batch, sites, weigh, max_sequences: int, max_prompts: int | None, progress: bool,
-              mode: str, means: dict | None) -> list[dict[str, torch.Tensor]]:
-    """`knockout`'s passes: each location's per-prompt changes of ℓ(t) - ℓ(o), weighed by weigh(the prompts used)
-    (G, n) into G maps (the orientation's sign and the 1/n of a mean in the weights)."""
     from tqdm import tqdm
     T = batch.ids.shape[1]
     if batch.slots is None and not bool((batch.answer_pos == T - 1).all()):
@@ -207,7 +187,9 @@ def _knockout(model, batch: Batch, sites, weigh, max_sequences: int, max_prompts
     if batch.slots is not None:                 # many lengths: shortest first, so that a pass pads little
         batch = batch[batch.answer_pos.argsort(stable=True)]
     n, device, T = len(batch), batch.ids.device, batch.ids.shape[1]      # indexing cut the padding past the longest
-    weights = weigh(batch).float().to(device)                                               # (G, n)
+    groups = {"all": torch.ones(n, dtype=torch.bool, device=device), **(sides(batch) if per_side else {})}
+    sign = orientation(batch, toward)                    # (n,) ±1: each prompt's ℓ(t) - ℓ(o) -> the difference measured
+    weights = torch.stack([sign * g / max(1, int(g.sum())) for g in groups.values()])   # (G, n): each group's mean
     slots = batch.slots
     S = T if slots is None else int(slots.max()) + 1
     real = torch.arange(T, device=device) <= batch.answer_pos[:, None]                      # (n, T)
@@ -267,7 +249,13 @@ def _knockout(model, batch: Batch, sites, weigh, max_sequences: int, max_prompts
                 for (s, h), e in zip(variants[k0:k0 + K], effect, strict=True):
                     maps[s][(slice(None), layer, p) if h is None else (slice(None), layer, p, h)] += e
     maps = {s: parallel.total(m) for s, m in maps.items()}   # data parallel: each process filled its jobs
-    return [{s: m[g] for s, m in maps.items()} for g in range(len(weights))]
+    out = {g: {s: m[i] for s, m in maps.items()} for i, g in enumerate(groups)}
+    return out if per_side else out["all"]
+
+
+def knockout_sides(model, batch: Batch, sites, **kwargs) -> dict[str, dict[str, torch.Tensor]]:
+    """The knockout map of all the prompts and of each side, from one set of passes: knockout(per_side=True)."""
+    return knockout(model, batch, sites, per_side=True, **kwargs)
 
 
 def attribution(model, batch: Batch, sites, batch_size: int = 64, toward: str = "a") -> dict[str, torch.Tensor]:
