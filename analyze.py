@@ -11,12 +11,15 @@ does minimality cost, and what does the strength dial do?
 knockout  A reference map that does not depend on the objective: every location (site, layer,
           position[, head]) is switched off in turn (α = -1 there, nothing else) over the training
           prompts (as many as knockout.KNOCKOUT_FLOPS affords, evenly spread), and the change of the
-          mean logit difference toward the target is recorded (knockout.knockout). Compared with the
-          intervention's β·α: Spearman of |β·α| and |effect|, the share of large-effect locations
-          that are active, and sign agreement (knockout.agreement).
+          mean ℓ(A) - ℓ(B) is recorded, answer A against answer B on every prompt (knockout.knockout),
+          over all of them and over each side's (the prompts whose original model preferred A, the others).
+          Compared with the intervention's β·α: Spearman of |β·α| and |effect|, the share of large-effect
+          locations that are active, and sign agreement toward the answer most of the prompts target
+          (knockout.agreement), overall and against each side's map ("per_side").
           Writes knockout.png beside the heatmap and a "knockout" entry into the run's metrics.json.
           `train.py --knockout` does the same right after training. --knockout-mode mean: mean ablation,
-          each activation replaced by its mean over the training prompts there (knockout-mean.png).
+          each activation replaced by its mean over the training prompts there (knockout-mean.png; no
+          sign agreement: a scalar moves h toward 0, not toward the mean).
 lambda    The paper's trade-off: each method trained at several λM, flip rate and KL against active
           locations. Writes runs/<task>-<model>-lambda/: one run folder per (method, λM), sweep.json
           and tradeoff.png.

@@ -4,8 +4,10 @@ question 2: how do learned scalars compare with activation patching?). A heatmap
 intervention acts; these say where the behaviour *is*, so the two can be compared.
 
     knockout      switch one location off (α = -1 there only; or, mean ablation, replace its activation by
-                  its mean over the prompts) and record the change of ℓ(t) - ℓ(o)
-    attribution   its first-order estimate: ∂/∂α of ℓ(t) - ℓ(o) at α = 0, one backward pass
+                  its mean over the prompts) and record the change of ℓ(A) - ℓ(B), answer A against answer B
+                  (the fixed roles of metrics.py), the same way round on every prompt
+    knockout_sides  the same pass, also per side: over the prompts whose original model preferred A, and the others
+    attribution   its first-order estimate: ∂/∂α of ℓ(A) - ℓ(B) at α = 0, one backward pass
     agreement     how an intervention's map agrees with the knockout map (rank, large effects, signs)
 
 The knockout reuses what a location cannot change (the layers below it, the positions before it):
@@ -16,10 +18,12 @@ import torch
 
 from ascale import ACTIVE, ActivScalar, Batch, at_slots, check_sites
 from gpt2 import UserError
+from metrics import prefers_a
 from running import parallel
 
 MODES = ("zero", "mean")  # what a knocked-out activation becomes: 0, or its mean over the prompts there
 KNOCKOUT_FLOPS = 2.5e13  # the knockout map's default budget, which caps its prompts: ~4.5 min at 95 GFLOP/s (1 core)
+ORIENTATIONS = ("a", "target")  # the difference measured: ℓ(A) - ℓ(B) on every prompt, or each prompt's ℓ(t) - ℓ(o)
 SLOT_CHUNK = 8  # prompts of many lengths (a slot map) go through a knockout pass this many at a time, by length
 
 
@@ -114,13 +118,44 @@ def location_means(model, batch: Batch, sites, batch_size: int = 64) -> dict[str
                             for l in range(cfg.n_layer)]) for s in sites}
 
 
+def orientation(batch: Batch, toward: str = "a") -> torch.Tensor:
+    """(N,) ±1: what turns each prompt's ℓ(t) - ℓ(o) into the measured difference. toward "a" (the knockout map's
+    orientation): ℓ(A) - ℓ(B), +1 where the target t is answer A (batch.role_a), -1 where it is B; "target": ℓ(t) -
+    ℓ(o) itself, +1 everywhere (each prompt toward its own target, the objective's direction). A batch without
+    roles (role_a None, not made by ascale.prepare) counts each target as its A."""
+    if toward not in ORIENTATIONS:
+        raise UserError(f"unknown orientation {toward!r}; choose {', '.join(ORIENTATIONS)}")
+    if toward == "target" or batch.role_a is None:
+        return torch.ones(len(batch), device=batch.ids.device)
+    return (batch.answers[:, 0] == batch.role_a).float() * 2 - 1
+
+
+def sides(batch: Batch) -> dict[str, torch.Tensor]:
+    """{"a": (N,) bool, "b": (N,) bool}: the prompts on which the original model preferred answer A, and the others
+    (metrics.prefers_a; without roles, each target counted as A)."""
+    a = prefers_a(batch) if batch.role_a is not None else batch.diff_before > 0
+    return {"a": a, "b": ~a}
+
+
+def majority_target(batch: Batch) -> str:
+    """"A" where at least half of these prompts target answer A, else "B": the way the knockout map's sign
+    agreement is read (under `flip`, side a's prompts all target B and side b's all target A)."""
+    return "A" if 2 * int((orientation(batch) > 0).sum()) >= len(batch) else "B"
+
+
 @torch.no_grad()
 def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: int | None = None,
-             progress: bool = True, mode: str = "zero", means: dict | None = None) -> dict[str, torch.Tensor]:
+             progress: bool = True, mode: str = "zero", means: dict | None = None,
+             toward: str = "a", per_side: bool = False) -> dict:
     """The knockout map: for every location (site, layer, position[, head]), switch that one activation
-    off (α = -1 there, nothing else) and record the change of the mean logit difference toward the
-    target, mean over prompts of ℓ̃(t) - ℓ̃(o) minus the original ℓ(t) - ℓ(o).
-    Returns {site: (L, T) or (L, T, nh)}: negative where the location supports the target.
+    off (α = -1 there, nothing else) and record the change of the mean logit difference of answer A over
+    answer B (the fixed roles of metrics.py, whatever each prompt's target): mean over prompts of ℓ̃(A) - ℓ̃(B)
+    minus the original ℓ(A) - ℓ(B). Returns {site: (L, T) or (L, T, nh)}: negative where the location
+    supports A, positive where it supports B. One orientation for every prompt, so that what a location does on
+    prompts of both sides adds up (measured toward each prompt's target, as toward="target" still does, the two
+    sides of a `flip` set pull opposite ways and cancel). per_side: {"all": that map, "a": the map over the
+    prompts whose original model preferred A, "b": over the others}, from the same passes, each the mean over its
+    own prompts (a side without prompts: zeros), so that "all" = (n_a·"a" + n_b·"b") / n (`knockout_sides`).
     mode "mean" (mean ablation): the activation is replaced by its mean over the prompts at that location
     instead (`means`, default location_means of these prompts), so that what is measured is what this
     prompt's activation carries beyond the typical one, not what any activation at all does there.
@@ -152,6 +187,9 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
     if batch.slots is not None:                 # many lengths: shortest first, so that a pass pads little
         batch = batch[batch.answer_pos.argsort(stable=True)]
     n, device, T = len(batch), batch.ids.device, batch.ids.shape[1]      # indexing cut the padding past the longest
+    groups = {"all": torch.ones(n, dtype=torch.bool, device=device), **(sides(batch) if per_side else {})}
+    sign = orientation(batch, toward)                    # (n,) ±1: each prompt's ℓ(t) - ℓ(o) -> the difference measured
+    weights = torch.stack([sign * g / max(1, int(g.sum())) for g in groups.values()])   # (G, n): each group's mean
     slots = batch.slots
     S = T if slots is None else int(slots.max()) + 1
     real = torch.arange(T, device=device) <= batch.answer_pos[:, None]                      # (n, T)
@@ -160,7 +198,7 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
         return list(range(T)) if slots is None else [int(torch.where(real[rows] & (slots[rows] == s), torch.arange(
             T, device=device), T).min()) for s in range(S)]
     read = {T - 1} if slots is None else set(slots.gather(1, batch.answer_pos[:, None])[:, 0].tolist())
-    maps = {s: torch.zeros(_location_shape(model, s, S)) for s in sites}
+    maps = {s: torch.zeros(len(weights), *_location_shape(model, s, S)) for s in sites}
     variants = [(s, h) for s in sites for h in (range(cfg.n_head) if s == "head" else [None])]
     off = {s: torch.zeros(len(variants), 1, *((cfg.n_head,) if s == "head" else ()), 1, device=device) for s in sites}
     for k, (s, h) in enumerate(variants):
@@ -207,18 +245,26 @@ def knockout(model, batch: Batch, sites, max_sequences: int = 256, max_prompts: 
                 at = batch.answer_pos[rows].repeat(K)
                 out, _ = model.blocks(x, layer, past, stop, at)                      # (K·b, 1, D)
                 diff = logit_diff(out[:, 0], rows, K)                                 # (K·b,) ℓ̃(t) - ℓ̃(o)
-                effect = (diff.view(K, -1) - clean[rows]).sum(1).cpu() / n           # (K,)
+                effect = ((diff.view(K, -1) - clean[rows]).float() @ weights[:, rows].T.to(diff.device)).cpu()  # (K, G)
                 for (s, h), e in zip(variants[k0:k0 + K], effect, strict=True):
-                    maps[s][(layer, p) if h is None else (layer, p, h)] += e
-    return {s: parallel.total(m) for s, m in maps.items()}   # data parallel: each process filled its jobs
+                    maps[s][(slice(None), layer, p) if h is None else (slice(None), layer, p, h)] += e
+    maps = {s: parallel.total(m) for s, m in maps.items()}   # data parallel: each process filled its jobs
+    out = {g: {s: m[i] for s, m in maps.items()} for i, g in enumerate(groups)}
+    return out if per_side else out["all"]
 
 
-def attribution(model, batch: Batch, sites, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """The first-order estimate of the knockout map: ∂/∂α of the mean logit difference toward the
-    target, at α = 0 (one backward pass). Knocking a location out is α = -1, so its linear estimate is
-    minus this. It is also ActivScalar's first step: at α = 0 the KL and ℓ1 terms have zero gradient,
-    so while every prompt is inside the margin ∂L/∂α = -attribution, and Adam's first step moves each
-    α by lr·sign(attribution). Returns {site: (L, T) or (L, T, nh)}; prompts of one length (or a slot
+def knockout_sides(model, batch: Batch, sites, **kwargs) -> dict[str, dict[str, torch.Tensor]]:
+    """The knockout map of all the prompts and of each side, from one set of passes: knockout(per_side=True)."""
+    return knockout(model, batch, sites, per_side=True, **kwargs)
+
+
+def attribution(model, batch: Batch, sites, batch_size: int = 64, toward: str = "a") -> dict[str, torch.Tensor]:
+    """The first-order estimate of the knockout map: ∂/∂α of the mean logit difference of answer A over
+    answer B (the knockout map's orientation; toward="target": each prompt's ℓ(t) - ℓ(o)), at α = 0 (one
+    backward pass). Knocking a location out is α = -1, so its linear estimate is minus this. Toward the
+    target it is also ActivScalar's first step: at α = 0 the KL and ℓ1 terms have zero gradient, so while
+    every prompt is inside the margin ∂L/∂α = -attribution, and Adam's first step moves each α by
+    lr·sign(attribution). Returns {site: (L, T) or (L, T, nh)}; prompts of one length (or a slot
     map: then per slot), batch_size of them at a time (the gradients add up). It estimates the zero
     knockout; mean ablation moves an activation elsewhere than along its own direction."""
     S = batch.ids.shape[1] if batch.slots is None else int(batch.slots.max()) + 1
@@ -227,7 +273,7 @@ def attribution(model, batch: Batch, sites, batch_size: int = 64) -> dict[str, t
         mb = batch[i:i + batch_size]
         logits = model(mb.ids, intervene=at_slots(iv, mb.slots), at=mb.answer_pos).float()
         lt, lo = logits.gather(1, mb.answers).unbind(1)
-        ((lt - lo).sum() / len(batch)).backward()
+        ((orientation(mb, toward).to(lt.device) * (lt - lo)).sum() / len(batch)).backward()
     return {s: a.grad.detach().cpu() for s, a in iv.alpha.items()}
 
 
@@ -247,18 +293,26 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def agreement(acts: dict[str, torch.Tensor], effects: dict[str, torch.Tensor], threshold: float = ACTIVE,
-              large: float = 1.0) -> dict[str, float]:
+              large: float = 1.0, sign_toward: str | None = "A") -> dict[str, float]:
     """How well an intervention's map (β·α per location, e.g. ActivScalar.location_map) agrees with the
-    knockout map, over all locations of all sites:
+    knockout map (changes of ℓ(A) - ℓ(B)), over all locations of all sites:
         spearman        rank correlation of |β·α| and |knockout effect|
         large_active    share of the large-effect locations (|effect| >= `large` logits) that are active
-        sign_agreement  share of the active locations where α amplifies what supports the target and
-                        damps what opposes it: sign(α) = -sign(effect)
+        sign_agreement  share of the active locations where α pushes toward answer `sign_toward` ("A" or "B"):
+                        amplifies what supports it and damps what opposes it, sign(α) = -sign(effect) toward A,
+                        sign(α) = sign(effect) toward B. None: not reported (mean ablation: a scalar moves h
+                        toward 0, not toward the mean, so its sign says nothing about that effect)
     (n_large and n_active count the locations behind the two shares.)"""
     a = torch.cat([acts[s].float().cpu().flatten() for s in effects])
     e = torch.cat([effects[s].float().cpu().flatten() for s in effects])
     active, big = a.abs() >= threshold, e.abs() >= large
-    return {"spearman": spearman(a.abs(), e.abs()),
-            "large_active": active[big].float().mean().item() if big.any() else float("nan"),
-            "sign_agreement": (a.sign() == -e.sign())[active].float().mean().item() if active.any() else float("nan"),
-            "n_large": int(big.sum()), "n_active": int(active.sum()), "n_locations": len(a), "large_effect": large}
+    out = {"spearman": spearman(a.abs(), e.abs()),
+           "large_active": active[big].float().mean().item() if big.any() else float("nan")}
+    if sign_toward is not None:
+        if sign_toward not in ("A", "B"):
+            raise ValueError(f"sign_toward must be 'A', 'B' or None, not {sign_toward!r}")
+        toward = -e.sign() if sign_toward == "A" else e.sign()
+        out["sign_agreement"] = (a.sign() == toward)[active].float().mean().item() if active.any() else float("nan")
+        out["sign_toward"] = sign_toward
+    return {**out, "n_large": int(big.sum()), "n_active": int(active.sum()), "n_locations": len(a),
+            "large_effect": large}

@@ -9,9 +9,9 @@ a script can save it anywhere. None sets a backend: the scripts choose Agg in th
     heatmap         one panel per site: layers x positions (or heads), β·α or ‖β·v‖ per location
     plot_locations  the locations path of the selection: flip rate and KL against K (locations.png)
     stability       each location's selection frequency over --runs fits (stability.png)
-    knockout_check  the knockout map and its linear estimate, compared with an intervention
-                    (knockout.knockout, knockout.attribution, knockout.agreement): knockout.png and a
-                    "knockout" entry in the run's metrics.json
+    knockout_check  the knockout map (change of ℓ(A) − ℓ(B)), over all prompts and per side, and its linear
+                    estimate, compared with an intervention (knockout.knockout_sides, knockout.attribution,
+                    knockout.agreement): knockout.png and a "knockout" entry in the run's metrics.json
     plot_curves     flip rate and KL against λM (analyze.py lambda) or β (analyze.py beta)
 """
 
@@ -168,9 +168,13 @@ KNOCKOUT_NAMES = {"zero": "zero ablation", "mean": "mean ablation"}
 
 def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, title: str,
                    max_prompts: int | None = None, mode: str = "zero") -> dict:
-    """Compute the knockout map and the attribution once for the sites of `runs` ({method: (iv, run
-    folder)}, interventions on these prompts), compare each intervention with it, and write its
+    """Compute the knockout map (per side too) and the attribution once for the sites of `runs` ({method: (iv,
+    run folder)}, interventions on these prompts), compare each intervention with it, and write its
     knockout.png and the "knockout" entry of its metrics.json. Returns {method: agreement numbers}.
+    The maps are changes of ℓ(A) − ℓ(B) ("effect" says so); the sign agreement is read toward the answer most
+    of the prompts target ("sign_toward"), and is not reported for mean ablation (knockout.agreement).
+    "per_side": the same numbers against the map of side a (the prompts whose original model preferred A) and
+    of side b, each with its number of prompts (under `flip`, side a's prompts all target B, side b's all A).
     All of it on at most max_prompts of the prompts, evenly spread (None: as many as the knockout map
     affords within knockout.KNOCKOUT_FLOPS); the figure and the entry (n_prompts) say how many.
     mode "mean": mean ablation (knockout.knockout), each location's mean taken over all of `batch`; its
@@ -190,22 +194,32 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
     S = len(tokens)
     print(f"knockout map ({KNOCKOUT_NAMES[mode]}): {len(sites)} site(s) x {model.config.n_layer} layers x {S}"
           f" {'positions' if batch.slots is None else 'slots'}, {used}")
-    effects = knockout.knockout(model, batch, sites, max_prompts=len(batch), mode=mode, means=means)
+    maps = knockout.knockout_sides(model, batch, sites, max_prompts=len(batch), mode=mode, means=means)
+    effects, side_of = maps["all"], knockout.sides(batch)
+    side_batch = {k: batch[m.nonzero()[:, 0]] for k, m in side_of.items()}
     estimate = {s: -g for s, g in knockout.attribution(model, batch, sites).items()}  # linear estimate of knockout
     out = {}
     for method, (iv, folder) in runs.items():
         acts = location_map(model, iv, batch)
-        agree = knockout.agreement(acts, {s: effects[s] for s in iv.sites})
-        if not iv.signed:              # ‖β·v‖ has no sign
-            agree["sign_agreement"] = float("nan")
-        agree["attribution_spearman"] = knockout.agreement(estimate, effects)["spearman"]
-        agree = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in agree.items()}  # JSON: null
-        agree["n_prompts"], agree["mode"] = len(batch), mode
+
+        def agree_with(m, b, iv=iv, acts=acts):   # the agreement with map m of the prompts b
+            toward = knockout.majority_target(b) if mode == "zero" and len(b) else None
+            a = knockout.agreement(acts, {s: m[s] for s in iv.sites}, sign_toward=toward)
+            if not iv.signed and "sign_agreement" in a:              # ‖β·v‖ has no sign
+                a["sign_agreement"] = float("nan")
+            return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in a.items()}  # JSON: null
+
+        agree = agree_with(effects, batch)
+        attribution = knockout.agreement(estimate, effects, sign_toward=None)["spearman"]
+        agree["attribution_spearman"] = None if math.isnan(attribution) else attribution
+        agree["n_prompts"], agree["mode"], agree["effect"] = len(batch), mode, "l(A) - l(B)"
+        agree["per_side"] = {k: {"n_prompts": len(b), **(agree_with(maps[k], b) if len(b) else {})}
+                             for k, b in side_batch.items()}
         out[method] = agree
         name = "knockout" if mode == "zero" else f"knockout_{mode}"
         plot_knockout(folder / f"{name.replace('_', '-')}.png", tokens, effects, estimate, acts, agree,
                       f"{method} · {title} · knockout ({KNOCKOUT_NAMES[mode]}) over {used}",
-                      iv.map_label.split(",")[0])
+                      iv.map_label.split(",")[0], sides={k: maps[k] for k, b in side_batch.items() if len(b)})
         metrics_file = folder / "metrics.json"
         if metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())
@@ -216,12 +230,22 @@ def knockout_check(model, batch: ascale.Batch, tokens: list[str], runs: dict, ti
 
 
 def summary(agree: dict) -> str:
-    """The agreement numbers in one line (n/a where a number does not exist)."""
-    def num(key, fmt):
-        return "n/a" if agree[key] is None else format(agree[key], fmt)
-    return (f"Spearman(|β·α|, |knockout|) {num('spearman', '.2f')}; {num('large_active', '.0%')} of {agree['n_large']}"
-            f" large-effect locations active; sign agreement {num('sign_agreement', '.0%')}; attribution vs knockout"
+    """The agreement numbers in one line (n/a where a number does not exist; no sign agreement for mean
+    ablation), then each side's."""
+    def num(key, fmt, a=agree):
+        return "n/a" if a.get(key) is None else format(a[key], fmt)
+
+    def signs(a):
+        return f"sign agreement toward {a['sign_toward']} {num('sign_agreement', '.0%', a)}" if "sign_toward" in a \
+            else "no sign agreement"
+    line = (f"Spearman(|β·α|, |knockout|) {num('spearman', '.2f')}; {num('large_active', '.0%')} of {agree['n_large']}"
+            f" large-effect locations active; {signs(agree)}; attribution vs knockout"
             f" {num('attribution_spearman', '.2f')}")
+    for k, a in agree.get("per_side", {}).items():
+        if a["n_prompts"]:
+            line += (f"\n  side {k} ({a['n_prompts']} prompts): Spearman {num('spearman', '.2f', a)};"
+                     f" {num('large_active', '.0%', a)} of {a['n_large']} large active; {signs(a)}")
+    return line
 
 
 def location_map(model, iv, batch) -> dict[str, torch.Tensor]:
@@ -237,35 +261,41 @@ def _by_head(m: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return m.gather(1, where)[:, 0]
 
 
-def plot_knockout(path: Path | None, tokens, effects, estimate, acts, agree, title, map_name: str = "β·α"):
-    """One row per site: knockout effect | its linear estimate (attribution) | the intervention's map
-    (`map_name`: β·α, ‖β·v‖); then a scatter of |map| against |knockout effect| over all locations.
+def plot_knockout(path: Path | None, tokens, effects, estimate, acts, agree, title, map_name: str = "β·α",
+                  sides: dict | None = None):
+    """One row per site: knockout effect (change of ℓ(A) − ℓ(B)) | the same over side a's and side b's prompts
+    (`sides`: {"a": maps, "b": maps}, those there are) | its linear estimate (attribution) | the intervention's
+    map (`map_name`: β·α, ‖β·v‖); then a scatter of |map| against |knockout effect| over all locations.
     Returns the Figure."""
     import matplotlib.pyplot as plt
 
+    sides = sides or {}
     rows = []
-    for site in acts:
-        e, a, x = effects[site], estimate[site], acts[site].float()
+    for site in acts:  # each: site, [(map, what, vmax key, colour map)], labels, xname
+        e, x = effects[site], acts[site].float()
+        panels = [(e, "knockout: Δ(ℓ(A) − ℓ(B)), switched off", "logit", "PuOr")]
+        panels += [(m[site], f"the same, side {k} (preferred {k.upper()})", "logit", "PuOr")
+                   for k, m in sides.items()]
+        panels += [(estimate[site], "attribution's estimate of it, −∂Δ/∂α", "logit", "PuOr"),
+                   (x, f"the intervention, {map_name}", "act", "RdBu_r")]
         if e.dim() == 3:  # heads: each head at the position where its knockout effect is largest
             where = e.abs().argmax(1, keepdim=True)
-            e, a, x = _by_head(e, where), _by_head(a, where), _by_head(x, where)
+            panels = [(_by_head(m, where), *rest) for m, *rest in panels]
             labels, xname = [str(h) for h in range(e.shape[1])], "head (at its largest-effect position)"
         else:
             labels, xname = [t.replace("\n", "\\n") for t in tokens], "position"
-        rows.append((site, e, a, x, labels, xname))
-    L = rows[0][1].shape[0]
-    logit_max = max(float(torch.cat([r[1].flatten() for r in rows] + [r[2].flatten() for r in rows]).abs().max()), 1e-6)
-    act_max = max(max(float(r[3].abs().max()) for r in rows), 2 * ascale.ACTIVE)
-    width = max(12.0, 3 * (0.35 * max(len(r[4]) for r in rows) + 1.5))
+        rows.append((site, panels, labels, xname))
+    L = rows[0][1][0][0].shape[0]
+    vmax = {k: max(float(torch.cat([m.flatten() for r in rows for m, _, key, _ in r[1] if key == k]).abs().max()),
+                   1e-6 if k == "logit" else 2 * ascale.ACTIVE) for k in ("logit", "act")}
+    cols = len(rows[0][1])
+    width = max(12.0, cols * (0.35 * max(len(r[2]) for r in rows) + 1.5))
     fig = plt.figure(figsize=(width, len(rows) * (0.3 * L + 1.8) + 3.6), constrained_layout=True)
-    grid = fig.add_gridspec(len(rows) + 1, 3, height_ratios=[0.3 * L + 1.8] * len(rows) + [3.2])
-    for r, (site, e, a, x, labels, xname) in enumerate(rows):
-        for c, (m, what, vmax, cmap) in enumerate([
-                (e, "knockout: change of ℓ(t) − ℓ(o) when switched off", logit_max, "PuOr"),
-                (a, "attribution's estimate of it, −∂Δ/∂α", logit_max, "PuOr"),
-                (x, f"the intervention, {map_name}", act_max, "RdBu_r")]):
+    grid = fig.add_gridspec(len(rows) + 1, cols, height_ratios=[0.3 * L + 1.8] * len(rows) + [3.2])
+    for r, (site, panels, labels, xname) in enumerate(rows):
+        for c, (m, what, key, cmap) in enumerate(panels):
             ax = fig.add_subplot(grid[r, c])
-            im = ax.imshow(m.numpy(), cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto")
+            im = ax.imshow(m.numpy(), cmap=cmap, vmin=-vmax[key], vmax=vmax[key], aspect="auto")
             ax.set_title(f"{site}: {what}", fontsize=8, loc="left")
             ax.set_xticks(range(len(labels)), labels, rotation=60 if xname == "position" else 0, ha="right"
                           if xname == "position" else "center", rotation_mode="anchor", fontsize=6)

@@ -130,7 +130,7 @@ def brute_force_knockout(model, batch, sites, max_sequences: int = 256) -> dict[
                 mb = batch[i:i + prompts]
                 logits = model(mb.ids.repeat(K, 1), intervene=off, at=mb.answer_pos.repeat(K)).float()
                 lt, lo = logits.gather(1, mb.answers.repeat(K, 1)).unbind(1)
-                effect = (lt - lo).view(K, -1) - mb.diff_before
+                effect = knockout.orientation(mb) * ((lt - lo).view(K, -1) - mb.diff_before)   # of ℓ(A) - ℓ(B)
                 maps[site][layer].view(-1)[k0:k0 + K] += effect.sum(1) / N
     return maps
 

@@ -75,8 +75,11 @@ def test_two_processes_give_one_process_numbers(runs):
     assert m1["n_active"] == m2["n_active"] and m1["l1"] == pytest.approx(m2["l1"], abs=1e-3)
     for key, curve in m1["loss_curve"].items():
         assert curve == pytest.approx(m2["loss_curve"][key], abs=1e-4), key
-    for key, value in m1["knockout"].items():   # the agreement with the knockout map, from the same map
-        assert value == pytest.approx(m2["knockout"][key], abs=1e-6), key
+    k1, k2 = ({**{k: v for k, v in m.items() if k != "per_side"}, **{f"{side}.{k}": v for side, e in
+               m["per_side"].items() for k, v in e.items()}} for m in (m1["knockout"], m2["knockout"]))  # per side too
+    assert k1.keys() == k2.keys() and "a.n_prompts" in k1
+    for key, value in k1.items():                               # from the same maps
+        assert value == pytest.approx(k2[key], abs=1e-6), key
 
 
 @pytest.mark.slow
@@ -110,7 +113,7 @@ with torch.no_grad():
         p.normal_(0, 0.3)
 found = {"batch": batch, "eval": metrics.evaluate(model, iv, batch, batch_size=8),
          "active": metrics.active_locations(model, iv, batch, batch_size=8),
-         "knockout": knockout.knockout(model, batch, ["attn_out", "head"], progress=False)}
+         "knockout": knockout.knockout_sides(model, batch, ["attn_out", "head"], progress=False)}
 if train.parallel.is_main():
     torch.save(found, out)
 if os.environ["RANK"] == "1":
@@ -152,9 +155,10 @@ def test_prepare_evaluation_and_knockout_map_shared_out(worker, toy_task):
     assert one["flip_rate"] == two["eval"]["flip_rate"] and one["n_prompts"] == two["eval"]["n_prompts"] == len(batch)
     assert one["kl"] == pytest.approx(two["eval"]["kl"], abs=1e-5)
     assert metrics.active_locations(model, iv, batch, batch_size=8) == two["active"]
-    maps = knockout.knockout(model, batch, ["attn_out", "head"], progress=False)
-    for site, m in maps.items():
-        assert (m - two["knockout"][site]).abs().max() < 1e-5, site
+    maps = knockout.knockout_sides(model, batch, ["attn_out", "head"], progress=False)   # and per side
+    assert maps.keys() == two["knockout"].keys() == {"all", "a", "b"}
+    for group, site in [(g, s) for g in maps for s in maps[g]]:
+        assert (maps[group][site] - two["knockout"][group][site]).abs().max() < 1e-5, (group, site)
 
 
 def test_a_failing_process_stops_the_others(worker):

@@ -144,8 +144,8 @@ def activation(model, batch, site, layer) -> torch.Tensor:
 
 
 def hand_effect(model, batch, site, layer, where, value, head=None):
-    """The change of the mean ℓ(t) - ℓ(o) when h at (site, layer[, head]) and the tokens `where` (N, T)
-    becomes `value` (0 or a mean vector): a plain forward pass, no shortcut."""
+    """The change of the mean ℓ(A) - ℓ(B) (the knockout map's orientation) when h at (site, layer[, head]) and the
+    tokens `where` (N, T) becomes `value` (0 or a mean vector): a plain forward pass, no shortcut."""
     def edit(s, lyr, h):
         if (s, lyr) != (site, layer):
             return h
@@ -156,7 +156,7 @@ def hand_effect(model, batch, site, layer, where, value, head=None):
             h[..., head, :][where] = value
         return h
     lt, lo = model(batch.ids, intervene=edit, at=batch.answer_pos).gather(1, batch.answers).unbind(1)
-    return ((lt - lo) - batch.diff_before).mean()
+    return (knockout.orientation(batch) * ((lt - lo) - batch.diff_before)).mean()
 
 
 def test_mean_ablation_of_one_location_by_hand(model):
