@@ -52,10 +52,10 @@ import evaluate
 import metrics
 import tasks
 import train
+from cli import script, setup
 from figures import report
 from gpt2 import UserError
-from loading import setup
-from running import runfolder, script, stats
+from running import runfolder, stats
 
 # ----------------------------------------------------------------------------- knockout
 

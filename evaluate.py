@@ -18,9 +18,9 @@ import sys
 
 import ascale
 import metrics
+from cli import script, setup
 from figures import console
-from loading import sentiment_data, setup
-from running import script
+from loading import sentiment_data
 
 
 def parse_args(argv=None) -> argparse.Namespace:

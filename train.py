@@ -31,10 +31,11 @@ import knockout
 import metrics
 import selection
 import tasks
+from cli import script, setup
 from figures import console, report
 from gpt2 import UserError
-from loading import sentiment_data, setup
-from running import parallel, runfolder, script
+from loading import sentiment_data
+from running import parallel, runfolder
 from running.phases import Phases
 
 # What a run folder holds (analyze.py adds beta.json and beta.png): a new run replaces all of them.

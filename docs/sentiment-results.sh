@@ -33,7 +33,7 @@ sides() {  # which reviews a run folder's intervention flips: those rated positi
 import sys
 import torch
 import ascale, evaluate, tasks
-from loading import setup
+from cli import setup
 from running import stats
 model, tok, iv, task, batches = setup.open_saved(evaluate.parse_args([sys.argv[1]]))
 for split in ("train", "test"):
@@ -64,7 +64,7 @@ offset() {  # the control for --target correct: the unchanged model with the one
 import sys
 import torch
 import evaluate, tasks
-from loading import setup
+from cli import setup
 from running import stats
 model, tok, iv, task, batches = setup.open_saved(evaluate.parse_args([sys.argv[1], "--target", "correct"]))
 pos = tasks.first_token(tok, " positive")

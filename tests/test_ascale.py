@@ -273,7 +273,7 @@ def test_the_preference_report_reads_prepare_as_its_own_pass_would(model, target
     from types import SimpleNamespace
 
     import tasks
-    from loading import setup
+    from cli import setup
     ps = prompts(N=12, swap=True)
     batch = ascale.prepare(model, ps, target, batch_size=5)
     pref = setup.report_preference(SimpleNamespace(train=ps, test=ps), {"train": batch, "test": batch})

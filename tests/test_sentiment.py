@@ -18,8 +18,9 @@ import ascale
 import evaluate
 import tasks
 import train
+from cli import setup
 from gpt2 import UserError
-from loading import sentiment_data, setup
+from loading import sentiment_data
 from loading.tokenizer import get_tokenizer
 
 TOY = str(ROOT / "models" / "toyworld")
