@@ -117,3 +117,8 @@ cp "$out/ccc-runs5-seed1/heatmap.png" docs/smollm2-ccc-stable-heatmap.png
 cp "$out/ccc-activscalar/heatmap.png" docs/smollm2-ccc-heatmap.png
 cp "$out/ccc-activscalar/knockout.png" docs/smollm2-ccc-knockout.png
 cp "$out/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png
+
+# 7. Against a push (docs/results-smollm2.md, "Against a push"): the default run beside its offset control, sides and
+#    balanced flip, as one markdown row.
+python train.py --task ccc --model $model --out "$out/yardsticks/ccc" --overwrite
+python analyze.py yardsticks "$out/yardsticks/ccc"
