@@ -12,10 +12,10 @@ ascale.prepare set. Under --target flip, t is on each prompt the answer the mode
 push toward whichever answers are the targets: it runs as that push, and the sides, the balanced flip and the
 offset control (metrics.py) show what a push does. Ours: adding v at the answer position only, and the strength.
 
-contrast="classes" (Python only; the results pages' DiffMean numbers were made with it) keeps the earlier
-contrast: μ₊ − μ₋, the mean activations at the answer position over the training prompts on which the unchanged
-model already ranks t above o (ℓ(t) − ℓ(o) > 0 before) and over the others. It needs both classes, so a task on
-which the model prefers the same answer everywhere, or --target flip, has none.
+contrast="classes" (train.py --contrast classes; the results pages' DiffMean numbers were made with it) keeps
+the earlier contrast: μ₊ − μ₋, the mean activations at the answer position over the training prompts on which
+the unchanged model already ranks t above o (ℓ(t) − ℓ(o) > 0 before) and over the others. It needs both
+classes, so a task on which the model prefers the same answer everywhere, or --target flip, has none.
 
 One strength s, the same for every site and layer, is chosen on the training prompts only: the s of STRENGTHS with
 the lowest L_E + λF·L_F, the objective of the learned methods without its ℓ1 term (ties: the smaller s), read on at

@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--method", default="activscalar", help=f"{', '.join(ascale.methods())}; all: each built-in one"
                    " into its own subfolder; or a .py file that defines one (docs/method.md)")
     p.add_argument("--sites", default="attn_out,mlp_out", help=f"comma-separated, from {', '.join(report.SITE_NAMES)}")
+    p.add_argument("--contrast", default="caa", choices=["caa", "classes"], help="a baseline's (diffmean's) direction:"
+                   " the answers appended (CAA), or the earlier class means (docs/method.md)")
     p.add_argument("--target", default="flip", choices=[*ascale.TARGETS, *setup.LABEL_TARGETS],
                    help="the answer to steer to: flip (the one the model ranks lower), wrong, correct, or a label")
     p.add_argument("--lambda-f", type=float, default=1.0, help="weight of faithfulness (KL of the other tokens)")
@@ -289,7 +291,7 @@ def fit_and_select(cls, sites, positions, model, batches, args, phases: Phases):
         iv = make()
         with phases("fit"):                           # the class means and the strength's choice
             chosen = iv.compute(model, batches["train"], lambda_f=args.lambda_f, margin=args.margin,
-                                batch_size=args.eval_batch_size, choose=batches.get("val"))
+                                batch_size=args.eval_batch_size, choose=batches.get("val"), contrast=args.contrast)
         return iv, {"steps": 0, "interrupted": False, "stopped_by": None}, {cls.method: chosen}
     locations = None if args.locations in ("auto", "all") else int(args.locations)
     if args.runs > 1:

@@ -132,11 +132,11 @@ fi
 
 # 5. The learned methods and DiffMean on a one-sided target: every review read as positive. One run per method
 #    (--method all --target positive does the same in one command, DynScalar and ScaleShift included). The page's
-#    DiffMean numbers are the class-mean contrast's (diffmean.fit(contrast="classes")); train.py now runs CAA's.
+#    DiffMean numbers are the class-mean contrast's (--contrast classes, passed below; train.py's default is CAA's).
 if step 5; then
   for method in diffmean activscalar steervec dynscalar; do
     python train.py --task sentiment --model $model --method $method --target positive --out "$out/positive/$method" \
-      --overwrite
+      --overwrite --contrast classes
   done
   # ActivScalar with half the effectiveness margin: how much of its KL is the objective's setting
   python train.py --task sentiment --model $model --target positive --margin 2 --out "$out/positive/activscalar-margin2" \
@@ -191,7 +191,7 @@ if step 8; then
   python train.py --task sentiment --model gemma3-270m --target correct --out "$out/gemma/correct" --overwrite
   for method in diffmean activscalar steervec dynscalar; do
     python train.py --task sentiment --model gemma3-270m --method $method --target positive \
-      --out "$out/gemma/positive/$method" --overwrite
+      --out "$out/gemma/positive/$method" --overwrite --contrast classes
   done
   python train.py --task sentiment --model gemma3-270m --target negative --out "$out/gemma/negative/activscalar" --overwrite
   for run in flip flip-steervec flip-dynscalar; do
