@@ -24,10 +24,10 @@ from running.parallel import by_length
 
 
 @torch.no_grad()
-def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict[str, float]:
+def evaluate(model, iv: Intervention, batch: Batch, batch_size: int = 64) -> dict:
     """Effectiveness and faithfulness (docs/method.md, "Metrics") on a prepared prompt set, at iv's current β:
     flip rate (share of prompts with ℓ̃(t) > ℓ̃(o)) with its 95 % Wilson interval, mean ℓ(t) - ℓ(o)
-    before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts."""
+    before and after, mean KL (nats) with a 95 % bootstrap interval over the prompts; and the yardsticks."""
     diff, kl = torch.zeros(len(batch), device=batch.ids.device), torch.zeros(len(batch), device=batch.ids.device)
     for rows in by_length(batch, batch_size):                         # data parallel: this process's chunks
         mb = with_original(model, batch[rows])
