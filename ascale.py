@@ -492,7 +492,7 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
         lambda_f: float = 1.0, lambda_m: float = LAMBDA_M, margin: float = MARGIN, seed: int = 0,
         schedule: str = "cosine", progress: bool = True) -> dict:
     """Adam on iv's parameters for `steps` steps, the model frozen; batch_size None: budget.train_batch_size.
-    Returns the loss curve and how it ended; Ctrl-C or SIGTERM stops it, keeping what was learned (method.md)."""
+    Returns the loss curve and how it ended; Ctrl-C or SIGTERM stops it, keeping what was learned (docs/method.md)."""
     opt = torch.optim.Adam(iv.parameters(), lr=lr)
     batch_size = batch_size or budget.train_batch_size(model, batch)  # memory grows with the batch, not the prompts
     draws = minibatches(len(batch), batch_size, seed, batch.ids.device)
