@@ -40,3 +40,7 @@ for f in sorted(Path(sys.argv[1]).glob("**/metrics.json")):
           f"        {t.get('diff_before', float('nan')):+.2f} -> {t.get('diff_after', float('nan')):+.2f}"
           f"            {t['kl']:.3f}   {m['n_active']:5.0f}  {m.get('n_params', 0)}")
 PY
+
+# The CCC run of step 2 beside its offset control, sides and balanced flip, as one markdown row (docs/results-gemma3.md,
+# "Against a push").
+python analyze.py yardsticks "$out/ccc-activscalar"
