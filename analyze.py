@@ -225,7 +225,7 @@ def per_prompt(run) -> dict:
     rows = test.get(PER_PROMPT) if isinstance(test, dict) else None
     if not isinstance(rows, dict) or not {"flipped", "kl"} <= set(rows):
         raise UserError(f"{run} has no per-prompt test outcomes (metrics.json test.{PER_PROMPT} with flipped and kl);"
-                        " evaluate it again with a version that saves them (train.py --eval)")
+                        " train it again with this version of train.py, which saves them")
     lengths = {k: len(rows[k]) for k in ("flipped", "kl", "side", "group") if rows.get(k) is not None}
     if len(set(lengths.values())) > 1:
         raise UserError(f"{run}: the per-prompt lists differ in length"
