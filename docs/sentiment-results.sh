@@ -88,6 +88,7 @@ if step 1; then
   python train.py --task sentiment --model $model --out "$out/flip" --overwrite
   echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/flip.seconds"
   line "$out/flip"
+  python analyze.py yardsticks "$out/flip"     # beside its offset control, sides and balanced flip
 fi
 
 # 1b. Which reviews flip: the flip rate among the reviews the raters call positive and among the negative ones.
