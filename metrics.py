@@ -47,9 +47,15 @@ def balanced(rows: np.ndarray) -> float:
     return stats.balanced(sides) if all(len(x) for x in sides) else float("nan")
 
 
+def a_over_b(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) bool: the target t is answer A (batch.role_a); (N,) ℓ(A) − ℓ(B) of the original model."""
+    t_is_a = batch.answers[:, 0] == batch.role_a
+    return t_is_a, torch.where(t_is_a, batch.diff_before, -batch.diff_before)
+
+
 def prefers_a(batch: Batch) -> torch.Tensor:
     """(N,) bool: the original model ranked answer A (batch.role_a) above the other answer, B: the prompt's side."""
-    return torch.where(batch.answers[:, 0] == batch.role_a, batch.diff_before > 0, batch.diff_before < 0)
+    return a_over_b(batch)[1] > 0
 
 
 def yardsticks(flipped: torch.Tensor, kl: torch.Tensor, batch: Batch) -> dict:
@@ -79,42 +85,48 @@ def yardsticks(flipped: torch.Tensor, kl: torch.Tensor, batch: Batch) -> dict:
 
 def offset_flips(batch: Batch, b: float) -> torch.Tensor:
     """(N,) bool: whether t wins once the constant b is added to ℓ(A) − ℓ(B) on every prompt (no activation touched)."""
-    t_is_a = batch.answers[:, 0] == batch.role_a
-    d_a = torch.where(t_is_a, batch.diff_before, -batch.diff_before)     # ℓ(A) − ℓ(B) before
+    t_is_a, d_a = a_over_b(batch)
     return torch.where(t_is_a, d_a + b > 0, d_a + b < 0)
+
+
+def choose_offset(choose: Batch) -> float:
+    """The offset control's constant b: the one that flips the most prompts of `choose` (a validation split, or the
+    training prompts), the smallest |b| among ties. Only where b crosses some prompt's −(ℓ(A) − ℓ(B)) does the count
+    change, so just either side of each of those, and 0, are tried (a sorted count, no pass per b)."""
+    t_is_a, d_a = (x.cpu() for x in a_over_b(choose))
+    d_a = d_a.double()
+    up, down = d_a[t_is_a].sort().values, d_a[~t_is_a].sort().values   # targets A: flip where d + b > 0; B: < 0
+    candidates = torch.cat([torch.zeros(1, dtype=d_a.dtype), -d_a - 1e-4, -d_a + 1e-4])
+    flips = (len(up) - torch.searchsorted(up, -candidates, right=True)) + torch.searchsorted(down, -candidates)
+    pairs = zip(flips.tolist(), candidates.tolist(), strict=True)
+    return min(pairs, key=lambda fb: (-fb[0], abs(fb[1]), fb[1]))[1]      # the most flips, then the smallest |b|
+
+
+def offset_rates(b: float, batch: Batch) -> dict:
+    """The offset control's rates on `batch`, as evaluate's (KL 0: no other token moves)."""
+    flipped, (t_is_a, _) = offset_flips(batch, b), a_over_b(batch)
+    k = int(flipped.sum())
+    after = batch.diff_before + torch.where(t_is_a, b, -b)              # ℓ(t) − ℓ(o) after
+    return {"offset": b, "flip_rate": k / len(batch), "flip_rate_ci": stats.wilson(k, len(batch)), "kl": 0.0,
+            "kl_ci": [0.0, 0.0], "logit_diff_before": batch.diff_before.mean().item(),
+            "logit_diff_after": after.mean().item(), "n_prompts": len(batch),
+            **yardsticks(flipped, torch.zeros(len(batch)), batch)}
 
 
 def offset_control(choose: Batch, test: Batch) -> dict:
     """The trivial baseline beside every result: one constant b added to the logit of answer A against answer B,
-    the same for every prompt, chosen on the prompts `choose` (a validation split, or the training prompts) to flip
-    the most of them, the smallest |b| among ties. It touches no activation and no other token, so its KL is 0 by
-    construction; a one-way push, so its balanced flip is at most 0.5. Returns b, where it was chosen, and its
-    rates on `test` (as evaluate's)."""
-    t_is_a = choose.answers[:, 0] == choose.role_a
-    d_a = torch.where(t_is_a, choose.diff_before, -choose.diff_before).double().cpu()   # ℓ(A) − ℓ(B) before
-    up, down = d_a[t_is_a.cpu()].sort().values, d_a[~t_is_a.cpu()].sort().values
-    edges = -d_a                                     # b = -d: that prompt's tie; just past it, it changes sides
-    candidates = torch.cat([torch.zeros(1, dtype=d_a.dtype), edges - 1e-4, edges + 1e-4])
-    flips = (len(up) - torch.searchsorted(up, -candidates, right=True)) + torch.searchsorted(down, -candidates)
-    pairs = zip(flips.tolist(), candidates.tolist(), strict=True)
-    best = min(pairs, key=lambda fb: (-fb[0], abs(fb[1]), fb[1]))[1]      # the most flips, then the smallest |b|
-    flipped = offset_flips(test, best)
-    k = int(flipped.sum())
-    after = test.diff_before + torch.where(test.answers[:, 0] == test.role_a, best, -best)   # ℓ(t) − ℓ(o) after
-    return {"offset": best, "flip_rate": k / len(test), "flip_rate_ci": stats.wilson(k, len(test)), "kl": 0.0,
-            "kl_ci": [0.0, 0.0], "logit_diff_before": test.diff_before.mean().item(),
-            "logit_diff_after": after.mean().item(), "n_prompts": len(test),
-            **yardsticks(flipped, torch.zeros(len(test)), test)}
+    the same for every prompt, chosen on `choose` (choose_offset). It touches no activation and no other token,
+    so its KL is 0 by construction; a one-way push, so its balanced flip is at most 0.5. Its rates on `test`."""
+    return offset_rates(choose_offset(choose), test)
 
 
 def offset_row(batches: dict[str, Batch]) -> dict:
     """The offset control as a run reports it beside the methods: chosen on the validation prompts where there are
     any (else the training prompts), its rates on train and test; one parameter, nothing active."""
     chosen_on = "val" if batches.get("val") is not None else "train"
-    rows = {s: offset_control(batches[chosen_on], batches[s]) for s in ("train", "test")}
-    b = rows["test"]["offset"]
-    return {**rows, "offset": b, "chosen_on": "validation" if chosen_on == "val" else "train", "n_params": 1,
-            "l1": abs(b), "n_active": 0.0}
+    b = choose_offset(batches[chosen_on])
+    return {**{s: offset_rates(b, batches[s]) for s in ("train", "test")}, "offset": b,
+            "chosen_on": "validation" if chosen_on == "val" else "train", "n_params": 1, "l1": abs(b), "n_active": 0.0}
 
 
 def gain(method: dict, control: dict, seed: int = 0) -> dict:
@@ -123,7 +135,6 @@ def gain(method: dict, control: dict, seed: int = 0) -> dict:
     a, b = method["per_prompt"], control["per_prompt"]
     groups = a.get("group")
     rows_a, rows_b = (np.stack([r["flipped"], r["side"]], 1).astype(float) for r in (a, b))
-
     both = method["balanced_flip"] is not None
     return {"flip": method["flip_rate"] - control["flip_rate"],
             "flip_ci": stats.paired_bootstrap(a["flipped"], b["flipped"], groups, seed=seed),
