@@ -521,8 +521,9 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
 
 
 def check_finite(values: dict[str, torch.Tensor], step: int, lr: float) -> dict[str, float]:
-    """The loss and its terms as numbers; UserError once the loss is not finite, naming the first term that is not."""
-    values = {k: v.item() for k, v in values.items()}
+    """The loss and its terms as numbers (one copy to the host); UserError once the loss is not finite, naming the
+    first term that is not."""
+    values = dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist(), strict=True))
     if not math.isfinite(values["loss"]):
         bad = next((k for k, v in values.items() if k != "loss" and not math.isfinite(v)), "loss")
         raise UserError(f"the loss became {values['loss']} at step {step} ({bad} is not finite);"
