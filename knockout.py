@@ -18,7 +18,7 @@ import torch
 
 from ascale import ACTIVE, ActivScalar, Batch, at_slots, check_sites
 from gpt2 import UserError
-from metrics import prefers_a
+from metrics import a_over_b, prefers_a
 from running import parallel
 
 MODES = ("zero", "mean")  # what a knocked-out activation becomes: 0, or its mean over the prompts there
@@ -127,7 +127,7 @@ def orientation(batch: Batch, toward: str = "a") -> torch.Tensor:
         raise UserError(f"unknown orientation {toward!r}; choose {', '.join(ORIENTATIONS)}")
     if toward == "target" or batch.role_a is None:
         return torch.ones(len(batch), device=batch.ids.device)
-    return (batch.answers[:, 0] == batch.role_a).float() * 2 - 1
+    return a_over_b(batch)[0].float() * 2 - 1                    # t is A: +1, t is B: -1
 
 
 def sides(batch: Batch) -> dict[str, torch.Tensor]:
