@@ -458,7 +458,7 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
 
 def objective(model, iv: Intervention, batch: Batch, *, lambda_f: float = 1.0, lambda_m: float = LAMBDA_M,
               margin: float = MARGIN) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One step's loss L = L_E + λF·L_F + λM·L_M (the paper's Eq. 3; docs/method.md, "The objective") and its terms:
+    """One step's loss L = L_E + λF·L_F + λM·L_M (the paper's three-term objective; docs/method.md) and its terms:
         L_E = mean over prompts of max(0, m - (ℓ̃(t) - ℓ̃(o)))   effectiveness: hinge with margin m
         L_F = mean over prompts of KL(p⁻ ‖ p̃⁻)                faithfulness: the other tokens keep their odds
         L_M = ‖θ‖₁                                           minimality"""
