@@ -9,8 +9,8 @@ in the order they are used:
     top_k              the K largest units over all sites (Intervention.effect), as masks for Intervention.restrict
     refit              a copy restricted to the kept units, trained again without ℓ1 (REFIT_STEPS at REFIT_LR)
     selection_prompts  the training prompts (at most SELECTION_PROMPTS) on which the path reads its flip rates
-    choose             K from --locations, or the smallest on PATH whose refit stays within TOLERANCE of the
-                       reference (bisection); its refit, FINISH_STEPS more, is the result
+    choose             K from --locations, or the smallest on PATH whose refit stays within one standard error
+                       of the reference (bisection); its refit, FINISH_STEPS more, is the result
 
 and, for --runs N, stability selection (Meinshausen and Bühlmann, 2010):
 
@@ -28,9 +28,12 @@ import torch
 
 import ascale
 import metrics
+from running import stats
+from running.errors import UserError
 
 PATH = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-TOLERANCE = 0.03     # the chosen K's training flip rate may be this far below the reference (choose)
+TOLERANCE = None     # the chosen K's flip rate may be this far below the reference (choose); None: one standard
+                     # error of the reference's rate on the selection prompts (the one-standard-error rule)
 FREQUENCY = 0.5      # --runs: the final set is the locations kept by at least this share of the fits
 REFIT_STEPS = 3      # a refit: short, from the ℓ1 fit's values (near where it ends), at a constant rate
 REFIT_LR = 0.06      # of 0.06: 3 Adam steps move a scalar by up to 0.18
@@ -72,6 +75,24 @@ def refit(model, iv, batch, keep, *, steps: int = REFIT_STEPS, lr: float = REFIT
     return iv, curve
 
 
+def check_positions(at: list[int], n: int) -> None:
+    """--at: each position must be one of the prompts' n positions (slots), counted from 0 or from the end (-1)."""
+    wrong = [p for p in at if not -n <= p < n]
+    if wrong or not at:
+        raise UserError(f"--at {','.join(map(str, at))}: the prompts have {n} positions (slots); give some of 0 ..."
+                        f" {n - 1}, or -1 ... -{n} from the end")
+
+
+def at_positions(iv: ascale.Intervention, at: list[int]) -> dict[str, torch.Tensor]:
+    """The units of a position-tied intervention at the positions (slots) `at`, as masks for Intervention.restrict:
+    every layer (and head) there, nothing elsewhere. Its units have the position on their second axis, (L, T[, nh])."""
+    check_positions(at, iv.positions or 0)
+    keep = {s: torch.zeros(e.shape, dtype=torch.bool) for s, e in iv.effect().items()}
+    for m in keep.values():
+        m[:, at] = True
+    return keep
+
+
 def count(keep: dict[str, torch.Tensor]) -> int:
     return sum(int(k.sum()) for k in keep.values())
 
@@ -82,14 +103,16 @@ def selection_prompts(train: ascale.Batch, n: int = SELECTION_PROMPTS) -> ascale
     return train[::-(-len(train) // n)] if len(train) > n else train
 
 
-def choose(model, iv, batches, *, locations: int | None = None, tolerance: float = TOLERANCE,
+def choose(model, iv, batches, *, locations: int | None = None, tolerance: float | None = TOLERANCE,
            refit_steps: int = REFIT_STEPS, finish_steps: int = FINISH_STEPS, select_prompts: int = SELECTION_PROMPTS,
            seed: int = 0, progress: bool = True, **objective):
     """Prune the ℓ1 fit iv to K units and refit (docs/method.md, "The selection rule"). K = `locations`, or the smallest
     K on PATH whose refit (`refit`: refit_steps steps at REFIT_LR, from the ℓ1 fit's values) reaches the
-    reference training flip rate minus `tolerance`, found by bisection (the flip rate grows with K, near
-    enough). Flip rates are read on `selection_prompts` (training prompts only); the refits train on all
-    the training prompts. batches: {"train", "test"} (the test set is not read here).
+    reference flip rate minus `tolerance` (None: the reference's standard error over the selection prompts'
+    groups, stats.standard_error), found by bisection (the flip rate grows with K, near enough). Flip rates
+    are read on the validation split where batches has one ("val"), else on `selection_prompts` (training
+    prompts); the refits train on all the training prompts. batches: {"train", "test"[, "val"]} (the test
+    set is not read here).
     Returns (the chosen K's refit, trained finish_steps more, record): record["path"] lists each K tried
     with its flip rate and KL on the selection prompts (after its refit_steps, what the rule compares)."""
     train = batches["train"]
@@ -97,7 +120,7 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     select = batches["val"] if split == "validation" else selection_prompts(train, select_prompts)
     before = metrics.evaluate(model, iv, select)
     most = n_units(iv)
-    path, made = [], {}
+    path, made, flips = [], {}, {}
 
     def trial(K: int):
         out, curve = refit(model, iv, train, top_k(iv.effect(), K), steps=refit_steps, seed=seed, progress=progress,
@@ -106,7 +129,7 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
             raise KeyboardInterrupt(curve["stopped_by"])
         ev = metrics.evaluate(model, out, select)
         path.append({"K": K, "steps": refit_steps, "flip_rate_select": ev["flip_rate"], "kl_select": ev["kl"]})
-        made[K] = out
+        made[K], flips[K] = out, ev["per_prompt"]["flipped"]
         return ev["flip_rate"]
 
     record = {"measure": iv.measure, "tolerance": tolerance, "refit_steps": refit_steps, "refit_lr": REFIT_LR,
@@ -117,13 +140,18 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
         if locations is not None:
             K, record["rule"] = max(1, min(locations, most or locations)), f"--locations {locations}"
         else:
-            record["rule"] = (f"smallest K on the path with flip >= best of unpruned and its refit - {tolerance:g},"
-                              f" on {len(select)} {'validation' if split == 'validation' else 'training'} prompts")
             Ks = [k for k in PATH if k < most] + [max(most, 1)]
             # The reference: the ℓ1 fit, or the refit of all its active units where that does better (an ℓ1 fit
-            # that has not converged is no yardstick).
+            # that has not converged is no yardstick); the tolerance: its standard error over the groups.
             reference = max(before["flip_rate"], trial(Ks[-1]) if len(Ks) > 1 else 0.0)
-            record["unpruned"]["reference_flip_rate"] = reference
+            if tolerance is None:
+                ref = flips[Ks[-1]] if Ks[-1] in flips and reference > before["flip_rate"] else \
+                    before["per_prompt"]["flipped"]
+                tolerance = stats.standard_error(ref, None if select.groups is None else select.groups.cpu().numpy())
+                record["tolerance_rule"] = "one standard error of the reference (over the selection prompts' groups)"
+            record["unpruned"]["reference_flip_rate"], record["tolerance"] = reference, tolerance
+            record["rule"] = (f"smallest K on the path with flip >= best of unpruned and its refit - {tolerance:.3g},"
+                              f" on {len(select)} {'validation' if split == 'validation' else 'training'} prompts")
             lo, hi = 0, len(Ks) - 1                   # invariant: Ks[hi] is good enough
             while lo < hi:
                 mid = (lo + hi) // 2
@@ -193,7 +221,7 @@ def frequencies(selections: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
 
 def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_size: int, schedule: str,
            locations: int | None = None, refit_steps: int = REFIT_STEPS, seed: int = 0,
-           threshold: float = FREQUENCY, progress: bool = True, **objective):
+           threshold: float = FREQUENCY, tolerance: float | None = TOLERANCE, progress: bool = True, **objective):
     """--runs N: N ℓ1 fits on bootstrap resamples of the training prompts (fit r: resample and minibatch
     order from seed·1000 + r), each pruned to K units (fit 0 chooses K as `choose` does, unless
     `locations`), selection frequencies, and the refit of the units kept by >= threshold of the fits,
@@ -208,8 +236,8 @@ def stable(model, make_iv, batches, *, runs: int, steps: int, lr: float, batch_s
         curve = ascale.fit(model, iv, sample, steps=steps, lr=lr, batch_size=batch_size, schedule=schedule,
                            seed=seed * 1000 + r, progress=progress, **objective)
         if not curve["interrupted"] and K is None:       # the first fit's path sets K for all of them
-            _, path0 = choose(model, iv, {"train": sample, "test": batches["test"]}, refit_steps=refit_steps,
-                              seed=seed, progress=progress, **objective)
+            _, path0 = choose(model, iv, {**batches, "train": sample}, refit_steps=refit_steps, tolerance=tolerance,
+                              seed=seed, progress=progress, **objective)   # K read on validation, where there is one
             K, stopped_by = path0["K"], path0["stopped_by"]
         if curve["interrupted"] or stopped_by:
             stopped_by = stopped_by or curve["stopped_by"]

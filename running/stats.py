@@ -96,6 +96,20 @@ def _percentile(reps: np.ndarray, level: float) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def standard_error(values, groups=None) -> float:
+    """The standard error of the mean of values (N,) when whole groups are the independent draws (the
+    cluster-robust one): with group sums S_g of n_g values and the mean m, sqrt(G / (G − 1) · Σ_g (S_g − n_g·m)²) / N.
+    One value per group (groups None) gives the usual sqrt(s² / N) of the sample variance s² (divisor N − 1):
+    [1, 0, 1, 1] -> sqrt(0.25 / 4) = 0.25. 0 where there is one group or none."""
+    x = np.asarray(values, dtype=np.float64)
+    inv, G = _factorize(groups, len(x))
+    if G < 2:
+        return 0.0
+    m = x.mean()
+    resid = np.bincount(inv, weights=x - m, minlength=G)         # S_g − n_g·m
+    return float(math.sqrt(G / (G - 1) * (resid ** 2).sum()) / len(x))
+
+
 def group_bootstrap(values, groups=None, stat=mean, n: int = 2000, seed: int = 0, level: float = 0.95) -> list[float]:
     """The percentile-bootstrap interval [lo, hi] of stat(values) that resamples whole groups with replacement.
     values: per-prompt outcomes, (N,) 0/1 or real, or (N, k) rows (a stat of several columns, such as a balanced

@@ -1,6 +1,7 @@
 """selection.py on a tiny random GPT-2: pruning to exactly K units, the refit, the path, --runs; intervals."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import ascale
 import metrics
 import selection
 from gpt2 import GPT
+from running import stats
+from running.errors import UserError
 
 OBJECTIVE = dict(lambda_f=1.0, margin=1.0)
 
@@ -68,6 +71,10 @@ def test_choose_finds_k_on_the_path_and_records_it(model):
     assert len(chosen) == 1 and rec["finish_steps"] == selection.FINISH_STEPS
     reference = rec["unpruned"]["reference_flip_rate"]
     assert reference >= unpruned and chosen[0]["flip_rate_select"] >= reference - rec["tolerance"]
+    ref = metrics.evaluate(model, iv, batches["train"])["per_prompt"]["flipped"]   # the one-standard-error rule
+    if reference == unpruned:                                  # (the ℓ1 fit is the reference: its flips, by hand)
+        assert rec["tolerance"] == pytest.approx(stats.standard_error(ref, batches["train"].groups))
+    assert rec["tolerance_rule"].startswith("one standard error")
     good = [r["K"] for r in rec["path"] if r["flip_rate_select"] >= reference - rec["tolerance"]]
     assert all(k >= K for k in good)                          # no smaller tried K was good enough
     assert all(set(r) == {"K", "steps", "flip_rate_select", "kl_select"} for r in rec["path"])  # no test number
@@ -170,3 +177,30 @@ def test_overlap_and_chance_by_hand():
     assert sum(len(x & y) / 5 for x, y in draws) / len(draws) == pytest.approx(expected["overlap"], abs=0.01)
     with pytest.raises(ValueError):
         selection.chance(5, 3, 4)
+
+
+def test_at_positions_keeps_every_layer_there_and_nothing_else(model):
+    iv = ascale.make("activscalar", model.config, ("attn_out", "head"), 6)
+    keep = selection.at_positions(iv, [0, -1])
+    assert keep["attn_out"][:, [0, 5]].all() and not keep["attn_out"][:, 1:5].any()
+    assert keep["head"].shape == iv.effect()["head"].shape and keep["head"][:, 5].all() and not keep["head"][:, 2].any()
+    with pytest.raises(UserError, match="6 positions"):
+        selection.at_positions(iv, [6])
+
+
+def test_train_at_some_positions_leaves_the_others_at_zero(tmp_path, capsys):
+    import train
+    toy = str(Path(__file__).parents[1] / "models" / "toyworld")
+    out = tmp_path / "at"
+    assert train.main(["--model", toy, "--task", "ccc", "--at=-2,-1", "--steps", "5", "--locations", "all",
+                       "--out", str(out), "--device", "cpu"]) == 0
+    iv, _ = ascale.load(out / "intervention.safetensors", GPT.from_pretrained(toy))
+    for a in iv.alpha.values():
+        assert a[:, -2:].abs().sum() > 0 and (a[:, :-2] == 0).all()
+    for argv, line in ((["--at=-40"], "positions (slots)"), (["--at", "1", "--method", "dynscalar"], "--at keeps"),
+                       (["--at", "x"], "whole numbers")):
+        try:
+            code = train.main(["--model", toy, "--task", "ccc", "--out", str(tmp_path / "b"), *argv])
+        except SystemExit as e:
+            code = e.code
+        assert code == 2 and line in capsys.readouterr().err

@@ -82,3 +82,13 @@ def test_balanced():
     assert stats.balanced([[1, 1, 1, 0], [0, 1]]) == pytest.approx(0.625)
     assert stats.balanced([[1, 0], []]) == 0.5
     assert [s.tolist() for s in stats.by_side([5, 6, 7], [1, 0, 1])] == [[6], [5, 7]]
+
+
+def test_standard_error_by_hand_and_over_groups():
+    assert stats.standard_error([1, 0, 1, 1]) == pytest.approx(0.25)                   # sqrt(s² / N), s² = 0.25
+    # groups that agree inside: the standard error of one value per group, whatever each group's size
+    x, g = [1, 1, 1, 0, 0, 1, 1], ["a", "a", "a", "b", "b", "c", "c"]
+    S = np.array([3, 0, 2]) - np.array([3, 2, 2]) * (5 / 7)                             # S_g − n_g·m by hand
+    assert stats.standard_error(x, g) == pytest.approx(np.sqrt(3 / 2 * (S ** 2).sum()) / 7)
+    assert stats.standard_error([1, 1, 0, 0], [0, 0, 1, 1]) > stats.standard_error([1, 1, 0, 0])  # wider when grouped
+    assert stats.standard_error([1, 0, 1], [5, 5, 5]) == 0.0                            # one group: no spread to read
