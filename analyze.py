@@ -35,6 +35,10 @@ compare   Runs evaluated on the same test prompts, each against the first, from 
           groups of prompts where recorded), McNemar's exact test of the paired flips (all prompts and
           each side), Holm's adjustment over the table (docs/method.md, "Intervals and comparisons").
           Runs on different prompts are refused. Writes nothing unless --json FILE.
+slots     A saved position-tied map on a template task (sentiment: prefix · text · suffix, the answer read at
+          the last slot): its parameters set to 0 in one group of slots at a time (the prefix's, the text's,
+          the suffix's but the last, the last), the test rates of what is left (flip, balanced flip, each
+          side) and McNemar's exact test of its flips against the whole map's. Writes nothing.
 """
 
 import argparse
@@ -192,6 +196,45 @@ def run_parts(args) -> None:
         low, high = ev["flip_rate_ci"]
         print(f"{part} = 0: test flip {ev['flip_rate']:.2f} [{low:.2f}, {high:.2f}] of {ev['n_prompts']}, KL"
               f" {ev['kl']:.2f}")
+
+
+# ----------------------------------------------------------------------------- a map without one group of slots
+
+
+def slot_groups(names: list[str]) -> dict[str, list[int]]:
+    """A template's slots by part: the prefix's tokens, the text's slot ("<text>"), the suffix's tokens before
+    the last, and the last (where the answer is read). ["Review", ":", "<text>", "\\n", "Sent", ":"] ->
+    prefix [0, 1], text [2], suffix [3, 4], answer [5]."""
+    text = names.index("<text>")
+    groups = {"prefix": list(range(text)), "text": [text], "suffix": list(range(text + 1, len(names) - 1)),
+              "answer": [len(names) - 1]}
+    return {g: i for g, i in groups.items() if i}
+
+
+def run_slots(args) -> None:
+    targs = evaluate.parse_args([args.file, *(["--model", args.model] if args.model else []),
+                                 *(["--domain", args.domain] if args.domain else [])])
+    model, _, iv, task, batches = setup.open_saved(targs)
+    names = task.test.slot_names
+    if not iv.positions or names is None or "<text>" not in names:
+        raise UserError(f"{args.file}: slots reads a position-tied map (activscalar, steervec, scaleshift) trained on"
+                        " a template task with a text slot (sentiment)")
+    test = batches["test"]
+    whole = metrics.evaluate(model, iv, test, targs.eval_batch_size)
+    print(f"{iv.method} on {task.name}, {whole['n_prompts']} test prompts; slots {names}")
+    print("zeroed            flip                balanced flip        side a            side b            McNemar p")
+    for group, at in {"none": [], **slot_groups(names)}.items():
+        part = copy.deepcopy(iv)
+        with torch.no_grad():
+            for t in part.parameters():
+                t[:, at] = 0                       # (L, T, ...): every layer (and head) at these slots
+        ev = whole if not at else metrics.evaluate(model, part, test, targs.eval_batch_size)
+        p = stats.mcnemar_exact(whole["per_prompt"]["flipped"], ev["per_prompt"]["flipped"])["p"]
+        sides = "  ".join(f"{x['flip_rate'] or 0:.2f} of {x['n_prompts']:<4}" for x in ev["sides"].values())
+        bal = "-" if ev["balanced_flip"] is None else \
+            f"{ev['balanced_flip']:.2f} [{ev['balanced_flip_ci'][0]:.2f}, {ev['balanced_flip_ci'][1]:.2f}]"
+        print(f"{group + ' ' + ','.join(names[i] for i in at)!r:<18}{ev['flip_rate']:.2f} [{ev['flip_rate_ci'][0]:.2f},"
+              f" {ev['flip_rate_ci'][1]:.2f}]   {bal:<20} {sides}   {p:.2g}")
 
 
 # ----------------------------------------------------------------------------- compare runs on the same prompts
@@ -426,6 +469,10 @@ def main(argv=None) -> int:
     y = sub.add_parser("yardsticks", help="a markdown table of runs: test flip, its sides and balanced flip, KL, the"
                        " offset control and the gain over it")
     y.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their metrics.json)")
+    z = sub.add_parser("slots", help="a saved map on a template task with one group of slots set to 0 at a time")
+    z.add_argument("file", help="a run's intervention.safetensors (position-tied, on a task with slots: sentiment)")
+    z.add_argument("--domain", help="sentiment: evaluate on these texts (the same slots)")
+    z.add_argument("--model", help="model to load instead of the file's (same shape)")
     args, rest = p.parse_known_args(argv)
     if rest and args.command != "lambda":
         p.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -433,7 +480,8 @@ def main(argv=None) -> int:
     if args.command == "compare" and len(args.runs) < 2:
         p.error("compare needs at least two runs")
     return script.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta,
-                       "parts": run_parts, "compare": run_compare, "yardsticks": run_yardsticks}[args.command], args)
+                       "parts": run_parts, "compare": run_compare, "yardsticks": run_yardsticks,
+                       "slots": run_slots}[args.command], args)
 
 
 if __name__ == "__main__":

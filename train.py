@@ -41,6 +41,9 @@ from running.phases import Phases
 # What a run folder holds (analyze.py adds beta.json and beta.png): a new run replaces all of them.
 RUN_FILES = ("metrics.json", "intervention.safetensors", "heatmap.png", "locations.png", "stability.png",
              "knockout.png", "knockout-mean.png", "beta.json", "beta.png")
+# The share of the training groups held out as the validation split, which every choice of a run reads (K, DiffMean's
+# strength, the offset control): the test split is read once, at the end (docs/method.md, "Validation").
+VALIDATION = 0.2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,11 +80,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--refit-steps", type=int, default=selection.REFIT_STEPS, help="Adam steps of each refit (0:"
                    " prune without refitting)")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection over N bootstrap fits")
+    p.add_argument("--tolerance", type=float, metavar="T", help="--locations auto: how far below the reference flip"
+                   " rate the chosen K may be (unset: one standard error of the reference, over the prompts' groups)")
     p.add_argument("--batch-size", type=int, help="prompts per step and per evaluation pass (unset: chosen for the"
                    " task; docs/reliability.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split and the minibatch order")
-    p.add_argument("--validation", type=float, default=0.0, metavar="FRAC", help="hold out this share of the"
+    p.add_argument("--validation", type=float, default=VALIDATION, metavar="FRAC", help="hold out this share of the"
                    " training groups for the run's choices (K, strengths, the offset), so the test split is read once")
+    p.add_argument("--at", metavar="SLOTS", help=f"{', '.join(tied())} only: train at these positions only (the"
+                   " slots, where the task has them), comma-separated, from 0 or from the end: --at=-2,-1 the last two")
     p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts of"
                    " lengths no training prompt has")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cpu, cuda, cuda:1 or mps")
@@ -122,8 +129,15 @@ def check_numbers(p, args) -> None:
     args.eval_batch_size = args.batch_size or 32
     if args.runs < 1:
         p.error("--runs must be >= 1")
+    if args.tolerance is not None and not 0 <= args.tolerance < 1:
+        p.error("--tolerance must be at least 0 and below 1")
     if not 0 <= args.validation < 1:
         p.error("--validation must be at least 0 and below 1")
+    if args.at is not None:
+        try:
+            args.at = [int(x) for x in args.at.split(",") if x.strip()]
+        except ValueError:
+            p.error(f"--at takes positions as whole numbers, comma-separated (e.g. -4,-3,-2,-1), not {args.at!r}")
     if not math.isfinite(args.beta):
         p.error("--beta must be a finite number")
 
@@ -164,6 +178,8 @@ def train(args) -> None:
     classes = methods_of(args.method)                           # a method file is imported here
     if args.knockout and not fixed_length(classes):
         raise UserError(f"--knockout needs prompts of one length; use it with {', '.join(tied())} or all")
+    if args.at and not all(cls.tied_to_positions and cls.learned for cls in classes.values()):
+        raise UserError(f"--at keeps some positions' parameters: use it with {', '.join(tied())}")
     task_stem = Path(args.task).stem + (f"-{args.domain or 'movies'}" if args.task == "sentiment" else "")
     name = "all" if args.method == "all" else next(iter(classes))
     out = Path(args.out or f"runs/{task_stem}-{Path(args.model).name}-{name}")
@@ -189,6 +205,8 @@ def train(args) -> None:
             control = metrics.offset_row(batches)              # the trivial baseline every result stands beside
         for cls in classes.values():                           # a method that cannot run says so before any trains
             cls.check(model, batches, args.target)
+        if args.at:
+            selection.check_positions(args.at, task.train.n_slots)
         results, ivs = {}, {}
         for method, cls in classes.items():
             try:
@@ -285,7 +303,10 @@ def fit_and_select(cls, sites, positions, model, batches, args, phases: Phases):
     alternate). Returns (intervention, curve, {"selection": ...} or {"runs": ...}); Ctrl-C or SIGTERM stops it
     with what was learned (curve["interrupted"])."""
     def make():
-        return ascale.make(cls, model.config, sites, positions).to(model.lm_head.weight.device)
+        iv = ascale.make(cls, model.config, sites, positions).to(model.lm_head.weight.device)
+        if args.at:                                   # --at: every other position's parameters stay exactly 0
+            iv.restrict(selection.at_positions(iv, args.at))
+        return iv
     kw = dict(lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin)
     if not cls.learned:                               # computed, not trained: no l1, no selection, no --runs
         iv = make()
@@ -298,7 +319,8 @@ def fit_and_select(cls, sites, positions, model, batches, args, phases: Phases):
         with phases("runs"):
             iv, runs, _ = selection.stable(model, make, batches, runs=args.runs, steps=args.steps, lr=args.lr,
                                            batch_size=args.batch_size, schedule=args.schedule, locations=locations,
-                                           refit_steps=args.refit_steps, seed=args.seed, **kw)
+                                           refit_steps=args.refit_steps, seed=args.seed, tolerance=args.tolerance,
+                                           **kw)
         stopped = runs["stopped_by"]
         curve = {"steps": args.steps * len(runs["fits"]), "interrupted": stopped is not None, "stopped_by": stopped}
         return iv, curve, {"runs": runs}
@@ -310,7 +332,7 @@ def fit_and_select(cls, sites, positions, model, batches, args, phases: Phases):
         return iv, curve, {}
     with phases("selection"):
         iv, chosen = selection.choose(model, iv, batches, locations=locations, refit_steps=args.refit_steps,
-                                      seed=args.seed, **kw)
+                                      tolerance=args.tolerance, seed=args.seed, **kw)
     if chosen["stopped_by"]:
         curve.update(interrupted=True, stopped_by=chosen["stopped_by"])
     return iv, curve, {"selection": chosen}

@@ -21,7 +21,7 @@ def test_the_task_has_20000_distinct_prompts_of_one_length(tmp_path):
 
 def test_a_small_run(capsys):
     assert memory.main(["--prompts", "40", "--vocab", "4000", "--steps", "2"]) == 0
-    assert "40 prompts (30 train), vocabulary 4,000: train.py's peak memory" in capsys.readouterr().out
+    assert "40 prompts (24 train), vocabulary 4,000: train.py's peak memory" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- the default batch and its memory

@@ -152,9 +152,23 @@ def run(data, tmp_path_factory):
     return out
 
 
+def test_a_map_without_each_group_of_slots(run, capsys):
+    import analyze
+    assert analyze.slot_groups(["Review", ":", "<text>", "\n", "Sent", ":"]) == {
+        "prefix": [0, 1], "text": [2], "suffix": [3, 4], "answer": [5]}
+    assert analyze.main(["slots", str(run / "intervention.safetensors")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split("'")[1].split()[0]: line for line in out if line.startswith("'")}
+    assert list(rows) == ["none", "prefix", "text", "suffix", "answer"]
+    m = json.loads((run / "metrics.json").read_text())
+    assert rows["none"].split("'")[2].split()[0] == f"{m['test']['flip_rate']:.2f}"   # nothing zeroed: the map's
+    assert rows["none"].rstrip().endswith(" 1")                                       # McNemar against itself
+
+
 def test_train_on_sentiment_with_slots_and_a_mean_knockout(run):
     m = json.loads((run / "metrics.json").read_text())
-    assert m["train"]["n_prompts"] == 22 and m["test"]["n_prompts"] == 8   # 30 clear texts, a quarter to test
+    assert m["train"]["n_prompts"] == 18 and m["test"]["n_prompts"] == 8   # 30 clear texts, a quarter to test,
+    assert m["n_val_prompts"] == 4 and m["choices_read"] == "validation"  # a fifth of the other 22 to validate
     assert m["config"]["domain"] is None and m["knockout_mean"]["mode"] == "mean"
     assert (run / "knockout-mean.png").is_file() and (run / "heatmap.png").is_file()
     meta = ascale.read_metadata(run / "intervention.safetensors")
@@ -186,7 +200,7 @@ def test_a_one_sided_target_and_diffmean_beside_the_learned_methods(data, tmp_pa
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("(train / test)"))
     assert header.split()[3:] == [*ascale.METHODS, "diffmean", "offset", "(control)"]   # and the trivial baseline
     m = json.loads((out / "diffmean" / "metrics.json").read_text())
-    assert m["steps"] == 0 and m["diffmean"]["strength"] > 0 and m["diffmean"]["n_prompts"] == 22
+    assert m["steps"] == 0 and m["diffmean"]["strength"] > 0 and m["diffmean"]["n_prompts"] == 18
     assert {"load", "prepare", "fit", "evaluation", "figures"} <= set(m["timings"])   # fit: its means and strength
     tok = get_tokenizer(TOY)
     batch = ascale.prepare(setup.load_model(train.parse_args(["--model", TOY, "--device", "cpu"]))[0],
@@ -199,7 +213,7 @@ def test_diffmean_runs_under_flip_through_slots_and_labels_elsewhere_are_one_lin
     assert train.main(["--task", "sentiment", "--model", TOY, "--data", str(data), "--method", "diffmean",
                        "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert m["diffmean"]["contrast"] == "caa" and m["diffmean"]["n_prompts"] == 22 and "balanced_flip" in m["test"]
+    assert m["diffmean"]["contrast"] == "caa" and m["diffmean"]["n_prompts"] == 18 and "balanced_flip" in m["test"]
     assert train.main(["--task", "ccc", "--model", TOY, "--target", "positive", "--out", str(tmp_path / "b")]) == 2
     assert "--target positive is for tasks whose answers are labels" in capsys.readouterr().err
 

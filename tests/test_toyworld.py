@@ -126,7 +126,7 @@ def test_a_small_jsonl_task_converges_with_the_defaults(world, tmp_path):
     out = tmp_path / "run"
     assert train.main(["--model", str(TOYWORLD), "--task", str(path), "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["train"]["n_prompts"] == 18 and m["train"]["flip_rate"] >= 0.9, m["train"]
+    assert m["train"]["n_prompts"] == 14 and m["train"]["flip_rate"] >= 0.9, m["train"]   # 4 of 18 validate
 
 
 @pytest.mark.slow
