@@ -70,6 +70,9 @@ def run_knockout(args) -> None:
     with runfolder.RunFolder(folder) as writing:   # knockout.png and the new metrics.json go in together
         targs = evaluate.parse_args([args.file, *(["--model", args.model] if args.model else [])])
         model, _, iv, task, batches = setup.open_saved(targs)
+        if iv.shared:
+            raise UserError(f"{args.file} is position-free (--positions shared): one parameter for every position,"
+                            " so there is no map over positions to check against a knockout map")
         if not iv.tied_to_positions and not task.train.fixed_length:
             raise UserError(f"{args.file} is a {iv.method} trained on prompts of several lengths; the knockout map"
                             f" needs one length or a slot map (train it with --method all, or use"

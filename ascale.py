@@ -59,12 +59,16 @@ class Intervention(nn.Module):
     """Base class: parameters per site, `beta` the strength dial (training uses β = 1).
 
     `positions` is the prompt length that position-tied methods (ActivScalar, SteerVec) were made
-    for; DynScalar has none and applies to any length. A subclass names itself in `method` (which
+    for; DynScalar has none and applies to any length. Position-free (train.py --positions shared): a method that
+    can share its parameters (`shareable`), made with positions=None, keeps one parameter per (site, layer[, head])
+    for every position, generated ones included: its position axis has size 1 (`n_pos`), `apply` gets no pos and
+    that axis broadcasts over any length (`forward`). A subclass names itself in `method` (which
     registers it in METHODS) and says in the attributes below what train.py, selection.py and
     figures/report.py need to know; it defines `apply` (or `scale`), `effect` and `location_map`."""
     method = ""               # its name on the command line and in saved files
     about = ""                # one line for train.py --help
     tied_to_positions = True  # one parameter per position: prompts of one length only (else: any length)
+    shareable = False         # made with positions=None, one parameter shared by every position (n_pos = 1)
     signed = True             # its location_map has a sign (drawn red-blue, white = 0); else a size (white-red)
     # the heatmap's colour-bar label; before its first comma, the map's short name (the knockout figure's)
     map_label = "β·α, the activation is scaled by 1 + β·α:  −1 switched off,  0 unchanged (white),  +1 doubled"
@@ -86,6 +90,9 @@ class Intervention(nn.Module):
         self.n_layer, self.n_head, self.n_embd = cfg.n_layer, cfg.n_head, cfg.n_embd
         self.head_dim = cfg.head_dim  # n_embd // n_head unless the config sets it (Qwen3, Gemma)
         self.positions = positions
+        self.shared = positions is None and self.tied_to_positions   # position-free: one slot read by every position
+        self.tied_to_positions = positions is not None and self.tied_to_positions
+        self.n_pos = positions or 1  # the size of the parameters' position axis: the prompt length, or 1 when shared
         self.beta = 1.0
         self.keep = None  # after `restrict`: {site: bool (units)}, the units that may be non-zero
 
@@ -142,7 +149,7 @@ class Intervention(nn.Module):
             raise UserError(f"this {self.method} intervention has parameters for the {self.positions} positions of its"
                             f" training prompts; it cannot read a {h.shape[1]}-token prompt"
                             f" ({', '.join(m for m, c in METHODS.items() if not c.tied_to_positions)} can)")
-        out = self.apply(site, layer, h, pos)
+        out = self.apply(site, layer, h, None if self.shared else pos)   # shared: (1, ...) broadcasts over T
         if out.shape != h.shape:                      # a parameter broadcast against h would give a silent wrong number
             raise UserError(f"{self.method}.apply returned shape {tuple(out.shape)} for h of shape {tuple(h.shape)}")
         return out
@@ -152,7 +159,7 @@ class Intervention(nn.Module):
         positions beyond a position-tied method's `positions`: ActivScalar and SteerVec then act on the
         first `positions` tokens (the prompt, as in training) and let every later position pass through
         unchanged, whether a pass holds the whole sequence (no cache) or only the new token (pos >= P).
-        DynScalar is not tied to positions and acts on every position. Training and evaluation call
+        DynScalar and a position-free (shared) intervention act on every position. Training and evaluation call
         the intervention itself, which still refuses other lengths."""
         if self.positions is None:
             return self
@@ -175,7 +182,8 @@ class Intervention(nn.Module):
         return prompt_only
 
     def extra_repr(self) -> str:
-        return f"sites={','.join(self.sites)}, positions={self.positions}, beta={self.beta}"
+        positions = "shared" if self.shared else self.positions
+        return f"sites={','.join(self.sites)}, positions={positions}, beta={self.beta}"
 
 
 class Scaling(Intervention):
@@ -190,11 +198,11 @@ class ActivScalar(Scaling):
     """h̃ = h·(1 + β·α): one scalar α per (layer, position) of each site, and per head for `head`.
     α = 0 changes nothing (the initial state), α = -1 switches a location off, α = -2 reverses it."""
     method, about = "activscalar", "one scalar per location, h*(1+a)"
-    takes_positions = True
+    takes_positions = shareable = True
 
-    def __init__(self, cfg: GPTConfig, sites, positions: int):
+    def __init__(self, cfg: GPTConfig, sites, positions: int | None):
         super().__init__(cfg, sites, positions)
-        self.alpha = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)[:-1]))
+        self.alpha = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, self.n_pos, *self.site_shape(s)[:-1]))
                                        for s in self.sites})       # (L, T) or (L, T, nh) for head
 
     def scale(self, site: str, layer: int, h: torch.Tensor, pos=None) -> torch.Tensor:
@@ -215,12 +223,12 @@ class ActivScalar(Scaling):
 class SteerVec(Intervention):
     """h̃ = h + β·v: one vector v per location (the additive steering baseline)."""
     method, about = "steervec", "one vector per location, h+v"
-    signed, measure, takes_positions = False, "||v||", True
+    signed, measure, takes_positions, shareable = False, "||v||", True, True
     map_label = "‖β·v‖, the norm of the vector added to the activation (white: nothing added)"
 
-    def __init__(self, cfg: GPTConfig, sites, positions: int):
+    def __init__(self, cfg: GPTConfig, sites, positions: int | None):
         super().__init__(cfg, sites, positions)
-        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)))
+        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, self.n_pos, *self.site_shape(s)))
                                    for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
 
     def apply(self, site, layer, h, pos=None):
@@ -292,12 +300,13 @@ def per_parameter(units: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 def make(method: str | type, cfg: GPTConfig, sites, positions: int | None = None) -> Intervention:
     """A fresh intervention (all parameters 0: the unchanged model) of `method`, a name (method_class finds its
-    class) or a class (a method file's, from method_class). positions: the prompt length, needed by the
-    position-tied methods."""
+    class) or a class (a method file's, from method_class). positions: the prompt length of a position-tied
+    method; None makes it position-free (one parameter per (site, layer[, head]) for every position) where it
+    is `shareable`."""
     cls = method if isinstance(method, type) else method_class(method)
-    if cls.tied_to_positions and not positions:
-        raise UserError(f"{cls.method} has parameters per position: it needs the prompt length"
-                        " (positions)")
+    if cls.tied_to_positions and not positions and not cls.shareable:
+        raise UserError(f"{cls.method} has parameters per position and cannot share them: it needs the prompt"
+                        " length (positions)")
     return cls(cfg, sites, positions)
 
 

@@ -36,19 +36,22 @@ CONTRASTS = ("caa", "classes")  # h_t − h_o at an appended answer (the default
 
 
 class DiffMean(Intervention):
-    """h̃ = h + β·v at the last position (slot) of a prompt, v one fixed vector per site and layer."""
+    """h̃ = h + β·v at the last position (slot) of a prompt, v one fixed vector per site and layer; position-free
+    (positions=None, train.py --positions shared), at every position."""
     method, about = "diffmean", ("the baseline that learns nothing: the mean difference of the activations with"
                                  " the target and the other answer appended (CAA), added with one strength")
     learned, signed, measure = False, False, "||v||"
     map_label = "‖β·v‖, the norm of the vector added at the answer position (white: nothing added)"
-    takes_positions = True
+    takes_positions = shareable = True   # position-free (shared): v is added at every position, as CAA does
 
-    def __init__(self, cfg, sites, positions: int):
+    def __init__(self, cfg, sites, positions: int | None):
         super().__init__(cfg, sites, positions)
         self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, *self.site_shape(s)), requires_grad=False)
                                    for s in self.sites})           # (L, D) or (L, nh, hs) for head: never trained
 
     def apply(self, site, layer, h, pos=None):
+        if self.shared:                                             # every position, generated ones included
+            return h + (self.beta * self.v[site][layer].to(h.device)).to(h.dtype)
         if pos is None:                                             # h (B, T, ...) at positions 0 ... T-1
             pos = torch.arange(h.shape[1], device=h.device)[None]
         last = (pos.to(h.device) == self.positions - 1).view(*pos.shape, *[1] * (h.dim() - 2))  # (B or 1, T, 1[, 1])
@@ -58,7 +61,7 @@ class DiffMean(Intervention):
         """‖β·v‖ per location, (L, T) or (L, T, nh): all of it at the last position (slot)."""
         maps = {}
         for s, v in self.v.items():
-            m = torch.zeros(self.n_layer, self.positions, *self.site_shape(s)[:-1], device=v.device)
+            m = torch.zeros(self.n_layer, self.n_pos, *self.site_shape(s)[:-1], device=v.device)
             m[:, -1] = (self.beta * v).norm(dim=-1)
             maps[s] = m
         return maps

@@ -24,9 +24,9 @@ class ScaleShift(ActivScalar):
     measure = "|alpha| + ||v|| / max ||v||"
     map_label = "β·α, the scale part: the activation is scaled by 1 + β·α (the shift β·v is not drawn)"
 
-    def __init__(self, cfg: GPTConfig, sites, positions: int):
+    def __init__(self, cfg: GPTConfig, sites, positions: int | None):
         super().__init__(cfg, sites, positions)                     # alpha: (L, T) or (L, T, nh) for head
-        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, positions, *self.site_shape(s)))
+        self.v = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, self.n_pos, *self.site_shape(s)))
                                    for s in self.sites})           # (L, T, D) or (L, T, nh, hs) for head
 
     def apply(self, site, layer, h, pos=None):

@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="ccc: compare capitals by their first tokens, or keep one-token capitals only")
     p.add_argument("--method", default="activscalar", help=f"{', '.join(ascale.methods())}; all: each built-in one"
                    " into its own subfolder; or a .py file that defines one (docs/method.md)")
+    p.add_argument("--positions", default="tied", choices=["tied", "shared"], help="tied: one parameter per"
+                   " position, prompts of one length; shared: one per (site, layer[, head]) for every position, any"
+                   " length, generated tokens included (export.py writes these into llama.cpp files)")
     p.add_argument("--sites", default="attn_out,mlp_out", help=f"comma-separated, from {', '.join(report.SITE_NAMES)}")
     p.add_argument("--contrast", default="caa", choices=["caa", "classes"], help="a baseline's (diffmean's) direction:"
                    " the answers appended (CAA), or the earlier class means (docs/method.md)")
@@ -153,10 +156,13 @@ def methods_of(method: str) -> dict[str, type]:
     return dict(ascale.methods())
 
 
-def fixed_length(classes: dict[str, type]) -> bool:
+def fixed_length(classes: dict[str, type], positions: str = "tied") -> bool:
     """Whether the methods need prompts of one length: one of them is tied to positions (`all` compares the
-    methods on the same prompts)."""
-    return any(cls.tied_to_positions for cls in classes.values())
+    methods on the same prompts); with --positions shared none is. UserError where one cannot share."""
+    if positions == "shared" and (cannot := [m for m, c in classes.items() if c.tied_to_positions and not c.shareable]):
+        raise UserError(f"{', '.join(cannot)} cannot share its parameters over positions (--positions shared);"
+                        f" {', '.join(m for m, c in ascale.methods().items() if c.shareable)} can")
+    return positions == "tied" and any(cls.tied_to_positions for cls in classes.values())
 
 
 def tied(yes: bool = True) -> list[str]:
@@ -176,13 +182,16 @@ def main(argv=None) -> int:
 def train(args) -> None:
     sites = ascale.check_sites(s.strip() for s in args.sites.split(",") if s.strip())
     classes = methods_of(args.method)                           # a method file is imported here
-    if args.knockout and not fixed_length(classes):
-        raise UserError(f"--knockout needs prompts of one length; use it with {', '.join(tied())} or all")
-    if args.at and not all(cls.tied_to_positions and cls.learned for cls in classes.values()):
-        raise UserError(f"--at keeps some positions' parameters: use it with {', '.join(tied())}")
+    one_length = fixed_length(classes, args.positions)
+    if args.knockout and not one_length:
+        raise UserError(f"--knockout needs prompts of one length; use it with {', '.join(tied())} or all, and"
+                        " --positions tied")
+    if args.at and (args.positions == "shared" or not all(c.tied_to_positions and c.learned for c in classes.values())):
+        raise UserError(f"--at keeps some positions' parameters: use it with {', '.join(tied())} and --positions tied")
     task_stem = Path(args.task).stem + (f"-{args.domain or 'movies'}" if args.task == "sentiment" else "")
     name = "all" if args.method == "all" else next(iter(classes))
-    out = Path(args.out or f"runs/{task_stem}-{Path(args.model).name}-{name}")
+    shared = "-shared" if args.positions == "shared" else ""
+    out = Path(args.out or f"runs/{task_stem}-{Path(args.model).name}-{name}{shared}")
     folders = {method: out / method if args.method == "all" else out for method in classes}
     runfolder.check_writable(out, list(folders.values()), RUN_FILES)   # before any work: nothing is lost after it
     # Locked before any work; every file is written to writing.staged(folder) and put in place when the block ends.
@@ -192,7 +201,7 @@ def train(args) -> None:
         with phases("load"):
             model, tok = setup.load_model(args)
             device = model.lm_head.weight.device
-            task = setup.load_prompts(args, tok, fixed_length(classes), model)
+            task = setup.load_prompts(args, tok, one_length, model)
         setup.check_generate(args, model, task)
         for note in task.notes:
             print(f"  {note}")
@@ -211,7 +220,7 @@ def train(args) -> None:
         for method, cls in classes.items():
             try:
                 results[method], ivs[method] = train_one(cls, sites, model, tok, task, batches, args, writing,
-                                                         folders[method], pref, phases, fixed_length(classes), control)
+                                                         folders[method], pref, phases, one_length, control)
             except Exception as e:                             # not Ctrl-C or SIGTERM: RunFolder puts all in place
                 keep_finished(writing, [folders[m] for m in results], folders[method], e)
                 raise
@@ -248,7 +257,7 @@ def train_one(cls, sites, model, tok, task, batches, args, writing: runfolder.Ru
     metrics and the intervention. metrics.json's "timings" has the seconds of each phase: load and prepare
     (shared by the methods of --method all), and this method's fit, selection, evaluation and figures."""
     torch.manual_seed(args.seed)
-    method, positions = cls.method, task.train.n_slots if cls.tied_to_positions else None
+    method, positions = cls.method, task.train.n_slots if cls.tied_to_positions and one_length else None
     phases = phases.only("load", "prepare")          # this method's own phases are added to a copy
     start = time.time()
     iv, curve, chosen = fit_and_select(cls, sites, positions, model, batches, args, phases)

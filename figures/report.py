@@ -27,6 +27,7 @@ import knockout
 import selection
 
 PALETTE = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:red", "tab:brown")  # one colour per method
+EVERY = "every position"  # the one column of a position-free (shared) map
 SITE_NAMES = {"head": "attention heads", "attn_out": "attention output", "mlp_out": "MLP output",
               "resid": "residual stream after the block"}
 
@@ -58,7 +59,9 @@ def heatmap(model, iv, task, path: Path | None, title: str, metrics: dict):
     active locations: the title). Returns the Figure."""
     import matplotlib.pyplot as plt
 
-    if not iv.tied_to_positions:  # DynScalar: its scalars on one test prompt, which may have any length
+    if getattr(iv, "shared", False):  # position-free: one column, read by every position
+        maps, tokens, which = iv.location_map(), [EVERY], "any prompt: one value shared by every position"
+    elif not iv.tied_to_positions:  # DynScalar: its scalars on one test prompt, which may have any length
         T = int(task.test.answer_pos[0]) + 1
         maps, tokens, which = iv.location_map(model, task.test.ids[:1, :T]), task.test.tokens[0], "test prompt 1"
     else:
@@ -131,6 +134,8 @@ def stability(model, iv, task, path: Path | None, runs: dict, title: str):
         f = torch.tensor(f)
         if f.dim() == 1:                                              # a DynScalar probe per layer
             f, labels, xname = f[:, None], ["probe"], "one probe per layer"
+        elif getattr(iv, "shared", False) and f.dim() == 2:               # position-free: one column
+            labels, xname = [EVERY], "position"
         elif not iv.tied_to_positions or f.dim() == 3:                    # heads (DynScalar's, or ActivScalar's)
             f = f.amax(1) if f.dim() == 3 else f
             labels, xname = [str(h) for h in range(f.shape[1])], "head"

@@ -53,6 +53,7 @@ class GGUFFile:
             key = self._string()
             (kind,) = self._unpack("<I")
             self.metadata[key] = self._value(kind)
+        self.version, self.n_kv, self.kv_end = version, n_kv, self.pos   # the metadata's bytes: buf[24:kv_end]
         infos = []
         for _ in range(n_tensors):
             name = self._string()
@@ -60,7 +61,7 @@ class GGUFFile:
             shape = list(self._unpack(f"<{n_dims}Q"))
             kind, offset = self._unpack("<IQ")
             infos.append((name, shape, GGMLQuantizationType(kind), offset))
-        align = int(self.metadata.get("general.alignment", 32))
+        align = self.alignment = int(self.metadata.get("general.alignment", 32))
         start = -(-self.pos // align) * align
         self.tensors = []
         for name, shape, kind, offset in infos:

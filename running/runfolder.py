@@ -48,9 +48,10 @@ class WriteError(UserError):
         super().__init__(f"cannot write {path}: {cause.strerror or cause}")
 
 
-def write_atomically(path, data: bytes) -> None:
+def write_atomically(path, data) -> None:
     """Write a file so that it is either complete or absent (a temporary file beside it, flushed to disk,
-    then os.replace): an interrupted or failed write never leaves half a file or the temporary one.
+    then os.replace): an interrupted or failed write never leaves half a file or the temporary one. data: bytes,
+    or a function that writes the file's contents to the open binary file it is given (a large file, streamed).
     An OSError (ENOSPC, EDQUOT, EFBIG, ...) becomes a WriteError naming `path`. Under torchrun only rank 0
     writes: the others do nothing here."""
     if not parallel.is_main():
@@ -59,7 +60,7 @@ def write_atomically(path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            f.write(data) if isinstance(data, bytes) else data(f)
             f.flush()
             os.fsync(f.fileno())   # a full disk may only say so here
         os.replace(tmp, path)
