@@ -1,5 +1,7 @@
 """stats.py: the intervals of reported rates and the yardsticks of a comparison."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,21 @@ def test_balanced():
     assert stats.balanced([[1, 1, 1, 0], [0, 1]]) == pytest.approx(0.625)
     assert stats.balanced([[1, 0], []]) == 0.5
     assert [s.tolist() for s in stats.by_side([5, 6, 7], [1, 0, 1])] == [[6], [5, 7]]
+
+
+def test_auroc_by_hand():
+    from running.stats import auroc
+    # true scores 3 and 1, false 2, 0, 0: pairs (3>2, 3>0, 3>0, 1<2, 1>0, 1>0) -> 5 of 6
+    assert auroc([3, 2, 1, 0, 0], [1, 0, 1, 0, 0]) == pytest.approx(5 / 6)
+    assert auroc([1, 1, 1], [1, 0, 0]) == 0.5                                  # a constant map: ties, one half each
+    assert auroc([0, 1, 2], [1, 0, 0]) == 0.0
+    assert math.isnan(auroc([1, 2], [1, 1]))
+
+
+def test_precision_at_k_by_hand():
+    from running.stats import precision_at_k
+    assert precision_at_k([5, 4, 3, 2], [1, 0, 1, 0]) == 0.5                   # k = 2: 5 (true), 4 (false)
+    assert precision_at_k([5, 4, 3, 2], [1, 0, 1, 0], k=3) == pytest.approx(2 / 3)
+    # k = 2; 9 is true, then one of the three tied 1s (one of them true): 1 + 1/3, over 2
+    assert precision_at_k([9, 1, 1, 1], [1, 1, 0, 0]) == pytest.approx((1 + 1 / 3) / 2)
+    assert precision_at_k([0, 0, 0, 0], [1, 0, 0, 0]) == 0.25                  # an empty map: chance
