@@ -4,7 +4,8 @@ to weights by tracr (Lindner et al. 2023, "Tracr: Compiled Transformers as a Lab
 written as checkpoints that gpt2.GPT loads (the `tracr` family: no norms, ReLU MLPs), in models/tracr/NAME/.
 
     python -m world.tracrbuild                  rebuild every program in models/tracr/ (the committed files)
-    python -m world.tracrbuild --check          rebuild in memory and compare with the committed files
+    python -m world.tracrbuild --only hist --out /tmp/tracr     one program, elsewhere
+(tests/test_tracrbuild.py rebuilds each in memory and compares it with the committed files.)
 
 tracr, jax and dm-haiku are an optional dependency of this script alone (`pip install tracr-pypi==1.0.0 jax
 dm-haiku`); nothing else in the project imports it. Each program is compiled causal (tracr's `causal=True`), over
