@@ -440,7 +440,7 @@ def prepare(model, prompts, target: str = "flip", batch_size: int = 64, p_rest_b
     c, w = prompts.correct.to(device), prompts.wrong.to(device)
     if (c == w).any():
         raise UserError(f"prompt {int((c == w).nonzero()[0])} has the same token as correct and wrong answer")
-    N, V = len(ids), model.config.vocab_size
+    N, V = len(ids), model.lm_head.out_features
     keep = N * V * 4 <= (P_REST_BYTES if p_rest_bytes is None else p_rest_bytes)
     # Filled in place, chunk by chunk: small tensors kept between large ones would fragment the heap.
     out = Batch(ids, pos, torch.zeros(N, 2, dtype=c.dtype, device=device), torch.zeros(N, device=device),

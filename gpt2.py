@@ -17,6 +17,9 @@ One model serves the five families; the differences are a few switches in GPTCon
     Llama 3     rope_scaling "llama3": low rotary frequencies slowed down (llama3_frequencies)
     Qwen2       biases on q, k, v;   Qwen3  RMSNorm on each head's q and k, and head_dim ≠ n_embd / nh
 
+    tracr      programs compiled to weights (Lindner et al. 2023; world/tracrbuild.py): GPT-2's block with no norms
+               (no_norm), ReLU MLPs (relu) and an unembedding onto the program's output space (n_out rows)
+
     Gemma 2 / 3 are Llama's block with these changes (GEMMA below):
     norms       RMSNorm scaled by (1 + weight), and a second norm after each sublayer, before the residual sum:
                 x + ln_1_post(attn(ln_1 x)), then + ln_2_post(mlp(ln_2 ·))
@@ -102,6 +105,10 @@ class GPTConfig:
     final_softcap: float = 0.0      # logits -> c·tanh(logits / c); 0 = none
     rotary_base_local: float = 0.0  # rope base of local layers (Gemma 3); 0 = rotary_base
     rope_linear: float = 1.0        # global layers' rotation slowed down by this factor ("linear" rope scaling)
+    # tracr's compiled models (world/tracrbuild.py): no norms, ReLU, an unembedding onto the program's output space
+    no_norm: bool = False           # every norm is the identity
+    relu: bool = False              # ReLU MLP instead of GELU
+    n_out: int = 0                  # rows of the unembedding (lm_head): output tokens; 0 = vocab_size
 
     def __post_init__(self):
         self.n_kv_head = self.n_kv_head or self.n_head
@@ -176,6 +183,8 @@ class RMSNorm(nn.Module):
 
 
 def norm(cfg: GPTConfig, dim: int) -> nn.Module:
+    if cfg.no_norm:
+        return nn.Identity()
     if cfg.rms_norm:
         return RMSNorm(dim, cfg.layer_norm_eps, cfg.norm_plus_one)
     return nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
@@ -254,6 +263,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.gated, self.geglu, self.approximate = cfg.swiglu or cfg.geglu, cfg.geglu, cfg.gelu_approx
+        self.relu = cfg.relu
         width = 2 * cfg.n_inner if self.gated else cfg.n_inner     # SwiGLU, GeGLU: the gate's rows, then up's
         self.c_fc = nn.Linear(cfg.n_embd, width, bias=cfg.mlp_bias)
         self.c_proj = nn.Linear(cfg.n_inner, cfg.n_embd, bias=cfg.mlp_bias)
@@ -263,7 +273,7 @@ class MLP(nn.Module):
             gate, up = self.c_fc(x).chunk(2, dim=-1)               # (B, T, F) each
             gate = F.gelu(gate, approximate=self.approximate) if self.geglu else F.silu(gate)
             return self.c_proj(gate * up)
-        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        return self.c_proj(F.relu(self.c_fc(x)) if self.relu else F.gelu(self.c_fc(x), approximate=self.approximate))
 
 
 class Block(nn.Module):
@@ -310,7 +320,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd) if cfg.rotary_dim == 0 else None
         self.h = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.ln_f = norm(cfg, cfg.n_embd)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.n_out or cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
 

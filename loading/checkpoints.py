@@ -36,8 +36,8 @@ from running.errors import UserError
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # config.json model_types read as the Llama family
 GEMMA_TYPES = ("gemma2", "gemma3_text")                 # and as the Gemma family (Gemma 2, Gemma 3's text model)
-SUPPORTED = ("gpt2, gpt_neox (Pythia), llama (Llama 3.x, SmolLM2), mistral, qwen2 (Qwen2, Qwen2.5), qwen3, gemma2"
-             " or gemma3_text")
+SUPPORTED = ("gpt2, gpt_neox (Pythia), llama (Llama 3.x, SmolLM2), mistral, qwen2 (Qwen2, Qwen2.5), qwen3, gemma2,"
+             " gemma3_text or tracr (a compiled program: world/tracrbuild.py)")
 
 # Short names for models that ship with the project: name -> its folder, found from any working folder (the folder
 # beside loading/, so it resolves wherever the repository is, installed with `pip install -e .` or not).
@@ -114,6 +114,8 @@ def config_from_hf(hf: dict) -> dict:
                     parallel_residual=hf.get("use_parallel_residual", True),
                     attn_bias=hf.get("attention_bias", True), proj_bias=hf.get("attention_bias", True),
                     tie_embeddings=hf.get("tie_word_embeddings", False))
+    if kind == "tracr":  # a compiled program (world/tracrbuild.py): our own GPTConfig fields, under "gpt"
+        return {**hf["gpt"], "model_type": "tracr"}
     if kind in LLAMA_TYPES:
         return config_from_hf_llama(hf)
     if kind in GEMMA_TYPES:
@@ -269,6 +271,7 @@ def rename_checkpoint(state: dict, cfg: dict) -> dict:
                 t = t.t()                               # GPT-2's Conv1D stores (in, out); Linear wants (out, in)
         else:
             names = NEOX_NAMES if kind == "gpt_neox" else GEMMA_NAMES if kind in GEMMA_TYPES else LLAMA_NAMES
+            names = {} if kind == "tracr" else names    # a compiled program is written in our names
             for old, new in names.items():
                 key = key.replace(old, new)
             if kind == "gpt_neox" and ".attn.c_attn." in key:

@@ -158,3 +158,33 @@ def holm(pvalues) -> list:
         running = max(running, min(1.0, (m - j) * p))
         out[i] = running
     return out
+
+
+# ----------------------------------------------------------------------------- a map against a ground truth
+# A map scores each location; the ground truth says which locations are on the circuit. Both are read with ties
+# counted fairly: a map that scores many locations the same (zeros) is not helped by the order they are listed in.
+
+
+def auroc(scores, truth) -> float:
+    """The area under the ROC curve of scores (N,) against truth (N,) of 0/1: the chance that a true location
+    scores above a false one, ties counting one half (Mann-Whitney's U / (n_true · n_false)). 1: every true
+    location first; 0.5: no better than chance (or a constant map). nan without both kinds."""
+    s, t = np.asarray(scores, dtype=float), np.asarray(truth).astype(bool)
+    pos, neg = s[t], s[~t]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(above / (len(pos) * len(neg)))
+
+
+def precision_at_k(scores, truth, k: int | None = None) -> float:
+    """The share of true locations among the k highest scores (k: the truth's size), ties at the k-th score
+    taken at random: the expected share, those above it counting fully and the tied ones by their share."""
+    s, t = np.asarray(scores, dtype=float), np.asarray(truth).astype(bool)
+    k = int(t.sum()) if k is None else k
+    if k <= 0:
+        return float("nan")
+    kth = np.sort(s)[::-1][k - 1]
+    above, tied = s > kth, s == kth
+    fill = k - int(above.sum())                          # places left for the tied locations
+    return float((t[above].sum() + fill * t[tied].sum() / tied.sum()) / k)

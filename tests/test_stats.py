@@ -1,5 +1,7 @@
 """stats.py: the intervals of reported rates and the yardsticks of a comparison."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +94,21 @@ def test_standard_error_by_hand_and_over_groups():
     assert stats.standard_error(x, g) == pytest.approx(np.sqrt(3 / 2 * (S ** 2).sum()) / 7)
     assert stats.standard_error([1, 1, 0, 0], [0, 0, 1, 1]) > stats.standard_error([1, 1, 0, 0])  # wider when grouped
     assert stats.standard_error([1, 0, 1], [5, 5, 5]) == 0.0                            # one group: no spread to read
+
+
+def test_auroc_by_hand():
+    from running.stats import auroc
+    # true scores 3 and 1, false 2, 0, 0: pairs (3>2, 3>0, 3>0, 1<2, 1>0, 1>0) -> 5 of 6
+    assert auroc([3, 2, 1, 0, 0], [1, 0, 1, 0, 0]) == pytest.approx(5 / 6)
+    assert auroc([1, 1, 1], [1, 0, 0]) == 0.5                                  # a constant map: ties, one half each
+    assert auroc([0, 1, 2], [1, 0, 0]) == 0.0
+    assert math.isnan(auroc([1, 2], [1, 1]))
+
+
+def test_precision_at_k_by_hand():
+    from running.stats import precision_at_k
+    assert precision_at_k([5, 4, 3, 2], [1, 0, 1, 0]) == 0.5                   # k = 2: 5 (true), 4 (false)
+    assert precision_at_k([5, 4, 3, 2], [1, 0, 1, 0], k=3) == pytest.approx(2 / 3)
+    # k = 2; 9 is true, then one of the three tied 1s (one of them true): 1 + 1/3, over 2
+    assert precision_at_k([9, 1, 1, 1], [1, 1, 0, 0]) == pytest.approx((1 + 1 / 3) / 2)
+    assert precision_at_k([0, 0, 0, 0], [1, 0, 0, 0]) == 0.25                  # an empty map: chance
