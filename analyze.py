@@ -225,7 +225,7 @@ def run_slots(args) -> None:
     test = batches["test"]
     whole = metrics.evaluate(model, iv, test, targs.eval_batch_size)
     print(f"{iv.method} on {task.name}, {whole['n_prompts']} test prompts; slots {names}")
-    print("zeroed            flip                balanced flip        side a            side b            McNemar p")
+    print(f"{'zeroed':<30}flip                balanced flip        side a         side b         McNemar p")
     for group, at in {"none": [], **slot_groups(names)}.items():
         part = copy.deepcopy(iv)
         with torch.no_grad():
@@ -236,7 +236,7 @@ def run_slots(args) -> None:
         sides = "  ".join(f"{x['flip_rate'] or 0:.2f} of {x['n_prompts']:<4}" for x in ev["sides"].values())
         bal = "-" if ev["balanced_flip"] is None else \
             f"{ev['balanced_flip']:.2f} [{ev['balanced_flip_ci'][0]:.2f}, {ev['balanced_flip_ci'][1]:.2f}]"
-        print(f"{group + ' ' + ','.join(names[i] for i in at)!r:<18}{ev['flip_rate']:.2f} [{ev['flip_rate_ci'][0]:.2f},"
+        print(f"{group + ' ' + ','.join(names[i] for i in at)!r:<30}{ev['flip_rate']:.2f} [{ev['flip_rate_ci'][0]:.2f},"
               f" {ev['flip_rate_ci'][1]:.2f}]   {bal:<20} {sides}   {p:.2g}")
 
 

