@@ -1,7 +1,9 @@
 """The compiled programs of models/tracr/ (world/compiled.py): each loads through our forward pass with tracr's own
-logits on every input of its domain (committed reference, no jax needed), its task is what the program says, and
-the ground truth of the smallest program is the one found by hand. Offline, CPU, fast."""
+logits on every input of its domain (committed reference, no jax needed), its task is what the program says, the
+ground truth of two programs is the one found by hand, and activation patching finds the same truth on every
+program. Offline, CPU, fast."""
 
+import itertools
 import json
 
 import pytest
@@ -48,6 +50,59 @@ def test_prev_tokens_task_and_ground_truth_by_hand():
     assert task["truth"] == [["head", 1, 5, 0]]
     truth = compiled.truth("prev_token", model.config)
     assert truth["head"].sum() == 1 and truth["head"][1, 5, 0] == 1 and truth["mlp_out"].sum() == 0
+
+
+def test_two_hops_ground_truth_by_hand_reaches_back_two_positions():
+    """two_hops: out[i] = (f(x[i-2]) + g(x[i])) mod 3, f(t) = t + 1, g(t) = 2t (mod 3), f(x[i-2]) carried by two
+    previous-token heads. Positions count tracr's BOS as 0, so the answer is read at 5 and the contrast token (RASP
+    index 2) sits at 3. Its value reaches the answer through layer 0's MLP at 3 (f of it), layer 1's head at 4
+    (hop1 = f of the token before), layer 2's head at 5 (hop2 = hop1 of the position before) and layer 2's MLP at
+    5 (the sum). Everything else stays, or changes where nothing reads it (hop1 elsewhere reads other tokens; the
+    sum at 3 changes, g(x[2]) joins it, but the answer is read at 5)."""
+    config, task = compiled.read("two_hops", "config.json"), compiled.read("two_hops", "task.json")
+    where = {label.rsplit("_", 1)[0]: locs for label, locs in config["components"].items()}
+    assert where["f"] == where["g"] == where["prev_index"] == [["mlp_out", 0]]
+    assert where["hop1"] == [["head", 1, 0]] and where["hop2"] == [["head", 2, 0]]
+    assert where["hop2_plus_g"] == [["mlp_out", 2]]
+    assert task["contrast_position"] == 3 and len(task["pairs"]) == 3 ** 5 * 2   # f is one-to-one: every pair
+    for p in task["pairs"]:
+        x, y = p["input"], p["contrast"]
+        assert [i for i in range(5) if x[i] != y[i]] == [2]
+        assert config["outputs"][p["correct"]] == str((x[2] + 1 + 2 * x[4]) % 3)
+        assert config["outputs"][p["wrong"]] == str((y[2] + 1 + 2 * y[4]) % 3)
+    assert sorted(map(tuple, task["truth"])) == [("head", 1, 4, 0), ("head", 2, 5, 0), ("mlp_out", 0, 3),
+                                                 ("mlp_out", 2, 5)]
+
+
+@pytest.mark.parametrize("name", compiled.PROGRAMS)
+def test_patching_one_location_moves_the_answer_exactly_at_the_truth(name):
+    """A check of the ground truth that does not read the program: put one location's output on the contrast x'
+    into the run on x (activation patching). On these programs no two paths carry the same value, so the answer's
+    logits move (on at least half of the pairs) at the true locations and nowhere else."""
+    model = GPT.from_pretrained(str(compiled.folder(name)))
+    task = compiled.read(name, "task.json")
+    x = torch.tensor([p["ids"] for p in task["pairs"]])
+    y = torch.tensor([[p["ids"][0]] + p["contrast"] for p in task["pairs"]])
+    on_y = {}
+    with torch.no_grad():
+        model(y, intervene=lambda site, layer, h: on_y.setdefault((site, layer), h))
+        base = model(x)[:, -1]
+    moved = []
+    for (site, layer), hy in on_y.items():
+        if site not in compiled.SITES:
+            continue
+        for where in itertools.product(range(hy.shape[1]), *([range(hy.shape[2])] if site == "head" else [])):
+            def patch(s, lay, h, site=site, layer=layer, where=where, hy=hy):
+                if (s, lay) != (site, layer):
+                    return h
+                h = h.clone()
+                h[(slice(None), *where)] = hy[(slice(None), *where)]
+                return h
+            with torch.no_grad():
+                out = model(x, intervene=patch)[:, -1]
+            if ((out - base).abs().amax(-1) > 1e-3).float().mean() >= 0.5:
+                moved.append([site, layer, *where])
+    assert sorted(moved) == sorted(task["truth"])
 
 
 def test_the_task_splits_by_input_and_steers_to_the_contrasts_answer():

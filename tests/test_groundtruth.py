@@ -39,15 +39,14 @@ def test_every_map_is_scored_on_a_program():
     assert torch.equal(first["prev_token"]["truth"]["head"][1, 5], torch.ones(1))
 
 
-def test_the_ioi_script_scores_a_circuit_of_heads():
-    """groundtruth_ioi.py runs on GPT-2 with the network; here its scoring runs on the toy world's IOI, against a
+def test_the_ioi_scoring_scores_a_circuit_of_heads():
+    """groundtruth.py --ioi runs on GPT-2 with the network; here its scoring runs on the toy world's IOI, against a
     made-up circuit of two of its heads (only that it runs and scores: the circuit is GPT-2's)."""
-    import groundtruth_ioi
     from loading.tokenizer import get_tokenizer
     model, tok = GPT.from_pretrained("toyworld"), get_tokenizer("toyworld")
-    truth = groundtruth_ioi.circuit_map(model.config, {"made up": ("3.1", "2.0")})
+    truth = groundtruth.circuit_map(model.config, {"made up": ("3.1", "2.0")})
     assert truth.sum() == 2 and truth[3, 1] == 1
-    assert int(groundtruth_ioi.circuit_map(type("GPT2Small", (), {"n_layer": 12, "n_head": 12})).sum()) == 26
-    scores = groundtruth_ioi.score(model, tok, [0], steps=3, circuit={"made up": ("3.1", "2.0")}, n_train=24,
-                                   n_test=8)
+    assert int(groundtruth.circuit_map(type("GPT2Small", (), {"n_layer": 12, "n_head": 12})).sum()) == 26
+    scores = groundtruth.ioi_scores(model, tok, [0], steps=3, circuit={"made up": ("3.1", "2.0")}, n_train=24,
+                                    n_test=8)
     assert all(0 <= scores[m]["auroc"][0] <= 1 for m in groundtruth.MAPS)

@@ -21,7 +21,7 @@ from loading.prompts import PromptSet
 from running.errors import UserError
 
 FOLDER = Path(__file__).resolve().parent.parent / "models" / "tracr"
-PROGRAMS = ("prev_token", "prev_sum", "hist", "prev_plus_hist")
+PROGRAMS = ("prev_token", "prev_sum", "hist", "prev_plus_hist", "two_hops", "first_plus_prev")
 SITES = ("head", "mlp_out")      # the locations of a compiled model: each head, and each MLP, at each position
 TEST_FRAC = 0.25                 # the share of inputs (with all their pairs) held out for test
 

@@ -87,6 +87,40 @@ def prev_plus_hist():
     return rasp.categorical(rasp.SequenceMap(lambda a, c: (a + c) % 3, token, count)).named("prev_plus_count")
 
 
+def two_hops():
+    """A path across three positions: an MLP maps every token (f), a head copies f from the previous position
+    (hop1), a second head copies hop1 from the previous position (hop2 = f of the token two back); an MLP adds
+    another map of the token at the own position (g), mod 3. The contrast (the token two before the last) reaches
+    the answer through layer 0's MLP at its own position, layer 1's head one position later and layer 2's head and
+    MLP at the last; the same blocks everywhere else, and g, are active off the path."""
+    from tracr.rasp import rasp
+    prev = rasp.categorical(rasp.Map(lambda i: i - 1, rasp.indices)).named("prev_index")
+    f = rasp.categorical(rasp.Map(lambda t: (t + 1) % 3, rasp.tokens)).named("f")
+    g = rasp.categorical(rasp.Map(lambda t: (2 * t) % 3, rasp.tokens)).named("g")
+    hop1 = rasp.categorical(rasp.Aggregate(rasp.Select(rasp.indices, prev, rasp.Comparison.EQ), f)).named("hop1")
+    hop2 = rasp.categorical(rasp.Aggregate(rasp.Select(rasp.indices, prev, rasp.Comparison.EQ),
+                                           hop1)).named("hop2")
+    return rasp.categorical(rasp.SequenceMap(lambda a, b: (a + b) % 3, hop2, g)).named("hop2_plus_g")
+
+
+def first_plus_prev():
+    """Two heads of one layer: one copies f of the first token (its query, the constant index 0, an MLP), the other
+    g of the previous token; an MLP adds them mod 3. The contrast (the first token) reaches the answer through
+    layer 0's MLP at the first position, the first-token head and the MLP at the last; the previous-token head at
+    the last position is active off the path, and the first-token head at every other position carries the
+    changed value to where nothing reads it."""
+    from tracr.rasp import rasp
+    zero = rasp.categorical(rasp.Map(lambda i: 0, rasp.indices)).named("zero")
+    prev = rasp.categorical(rasp.Map(lambda i: i - 1, rasp.indices)).named("prev_index")
+    f = rasp.categorical(rasp.Map(lambda t: (t + 1) % 3, rasp.tokens)).named("f")
+    g = rasp.categorical(rasp.Map(lambda t: (2 * t) % 3, rasp.tokens)).named("g")
+    first = rasp.categorical(rasp.Aggregate(rasp.Select(rasp.indices, zero, rasp.Comparison.EQ),
+                                            f)).named("first_f")
+    before = rasp.categorical(rasp.Aggregate(rasp.Select(rasp.indices, prev, rasp.Comparison.EQ),
+                                             g)).named("prev_g")
+    return rasp.categorical(rasp.SequenceMap(lambda a, b: (a + b) % 3, first, before)).named("first_plus_prev")
+
+
 def same_count(x, y, program_fn) -> bool:
     """prev_plus_hist's filter: the histogram at the last position is the same on both inputs, so that the
     contrast reaches the output through the previous-token branch only."""
@@ -103,6 +137,8 @@ PROGRAMS = {
     "prev_sum": (prev_sum, None, LENGTH - 2, None),
     "hist": (hist, {"lib": "make_hist", "args": {}}, 0, None),
     "prev_plus_hist": (prev_plus_hist, None, LENGTH - 2, same_count),
+    "two_hops": (two_hops, None, LENGTH - 3, None),
+    "first_plus_prev": (first_plus_prev, None, 0, None),
 }
 
 
@@ -254,7 +290,7 @@ def state_dict(model, sink_label: str) -> tuple[dict, dict]:
     out)); ours x·Wᵀ + b: every matrix is transposed; q, k, v are stacked into c_attn as GPT-2 stores them."""
     p, cfg = {k: {n: np.asarray(a, dtype=np.float32) for n, a in v.items()} for k, v in model.params.items()}, \
         model.model_config
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32, order="C"))  # noqa: E731  (a writable copy)
     state = {"wte.weight": t(p["token_embed"]["embeddings"]), "wpe.weight": t(p["pos_embed"]["embeddings"])}
     for layer in range(cfg.num_layers):
         a, m = f"transformer/layer_{layer}/attn/", f"transformer/layer_{layer}/mlp/"
