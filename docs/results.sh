@@ -119,14 +119,14 @@ for task in ccc ioi; do
 done
 cp "$out/methods/ioi-all/scaleshift/heatmap.png" docs/toyworld-ioi-scaleshift-heatmap.png
 
-# 8. Against a push (docs/results-toyworld.md, "Against a push"): today's defaults over ten seeds of CCC and IOI, each
+# 8. Against a push (docs/results-toyworld.md, "Against a push"): today's defaults (no $earlier) over ten seeds of CCC and IOI, each
 #    run beside its offset control (one constant on the two answer logits), its sides and its balanced flip; then
 #    every method on CCC seed 0 the same way. One markdown row per run (analyze.py yardsticks).
 for task in ccc ioi; do
   for seed in 0 1 2 3 4 5 6 7 8 9; do
-    python train.py $earlier --model $model --task $task --seed $seed --out "$out/seeds/$task-$seed" --overwrite
+    python train.py --model $model --task $task --seed $seed --out "$out/seeds/$task-$seed" --overwrite
   done
   python analyze.py yardsticks "$out"/seeds/$task-{0,1,2,3,4,5,6,7,8,9}
 done
-python train.py $earlier --model $model --task ccc --method all --out "$out/seeds/ccc-all" --overwrite
+python train.py --model $model --task ccc --method all --out "$out/seeds/ccc-all" --overwrite
 python analyze.py yardsticks "$out"/seeds/ccc-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}
