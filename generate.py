@@ -144,7 +144,7 @@ def continue_prompts(model, tok, prompts: list[str], args, iv=None, instruction:
 
 
 def judge_all(texts: list[list[str]], prompts: list[str], judges: dict, analyser, batch_size: int) -> dict:
-    """The judges' verdicts on [P][S] continuations of prompts: compound, distinct2, nll/<judge> and n/<judge>, (P, S)."""
+    """The judges' verdicts on [P][S] continuations of prompts: compound, distinct2, nll/<judge>, n/<judge> (P, S)."""
     P, S = len(texts), len(texts[0])
     flat = [t for row in texts for t in row]
     flat_prompts = [p for p in prompts for _ in range(S)]
@@ -192,8 +192,8 @@ def print_table(results: dict, judges: list[str], split: str) -> None:
     rows = [(way, s, m) for way, by in results.items() for s, m in by.items()]
     print(f"\n{split}, {rows[0][2]['prompts']} prompts (95 % intervals over prompts):")
     for way, s, m in rows:
-        rises = "  ".join(f"ppl {name} {m[f'ppl/{name}']:.1f} ({m[f'rise/{name}']:+.0%} [{m[f'rise_ci/{name}'][0]:+.0%},"
-                          f" {m[f'rise_ci/{name}'][1]:+.0%}])" for name in judges)
+        rises = "  ".join(f"ppl {name} {m[f'ppl/{name}']:.1f} ({m[f'rise/{name}']:+.0%}"
+                          f" [{m[f'rise_ci/{name}'][0]:+.0%}, {m[f'rise_ci/{name}'][1]:+.0%}])" for name in judges)
         print(f"  {way:<12} {s[:30]:<30} compound {m['compound']:+.3f}  Δ {m['delta_compound']:+.3f}"
               f" [{m['delta_compound_ci'][0]:+.3f}, {m['delta_compound_ci'][1]:+.3f}]  {rises}"
               f"  distinct-2 {m['distinct2']:.2f}")

@@ -40,7 +40,8 @@ def summarize(judged: dict, unsteered: dict, n: int = 2000) -> dict:
     compound and its change, each judge's perplexity and its rise, mean distinct-2, with intervals."""
     a, b = per_prompt(judged), per_prompt(unsteered)
     P = len(a["compound"])
-    out = {"prompts": P, "compound": stats.mean(a["compound"]), "compound_ci": stats.group_bootstrap(a["compound"], n=n),
+    out = {"prompts": P, "compound": stats.mean(a["compound"]),
+           "compound_ci": stats.group_bootstrap(a["compound"], n=n),
            "delta_compound": stats.mean(a["compound"]) - stats.mean(b["compound"]),
            "delta_compound_ci": stats.paired_bootstrap(a["compound"], b["compound"], n=n)}
     ok = np.isfinite(a["distinct2"])
