@@ -373,9 +373,10 @@ class GPT(nn.Module):
         return x, kv
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, intervene=None):
+    def generate(self, idx, max_new_tokens: int, intervene=None, temperature: float = 0.0, generator=None):
         """Greedy decoding: append the most likely next token, max_new_tokens times. idx (B, T), every
-        row a whole prompt (no padding).
+        row a whole prompt (no padding). With temperature > 0, sampling instead: each next token is drawn from
+        softmax(logits / temperature), with `generator` (a torch.Generator, for seeded draws) where given.
 
         KV cache: one pass over the prompt keeps every layer's keys and values (GPT.blocks), then each new
         token is one pass over its one position, attending to the cached keys and values. N new tokens thus
@@ -405,7 +406,11 @@ class GPT(nn.Module):
                 logits = self.unembed(x[:, -1])                     # (B, V)
             else:
                 logits = self(idx[:, -cfg.n_ctx:], intervene=intervene)[:, -1]
-            new = logits.argmax(-1, keepdim=True)                   # (B, 1)
+            if temperature > 0:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                new = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            else:
+                new = logits.argmax(-1, keepdim=True)               # (B, 1)
             idx = torch.cat((idx, new), dim=1)
         return idx
 

@@ -94,6 +94,20 @@ def test_an_intervene_that_takes_no_positions_still_generates(model):
         for_generation=lambda: damp)))
 
 
+def test_sampling_is_seeded_and_draws_each_token_from_the_tempered_softmax(model):
+    """temperature > 0 samples: the same generator seed gives the same tokens, and the first one is the draw that
+    torch.multinomial makes from softmax(logits / temperature) with that seed."""
+    ids = random_prompts(model, N=3, T=5).ids
+
+    def draw(seed):
+        return model.generate(ids, 4, temperature=0.7, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+    with torch.no_grad():
+        probs = torch.softmax(model(ids)[:, -1].float() / 0.7, -1)
+    first = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(draw(1)[:, 5:6], first)
+
+
 def test_past_the_context_the_window_slides_without_the_cache(model):
     ids = random_prompts(model, N=1, T=8).ids
     n = model.config.n_ctx - 8 + 5

@@ -626,11 +626,13 @@ def test_the_machinery_imports_no_script():
                 found |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
         return {m.split(".")[0] for m in found} | found
     above = {"ascale", "metrics", "tasks", "scaleshift", "diffmean", "selection", "knockout", "figures", "cli", "train",
-             "evaluate", "analyze"}
+             "evaluate", "analyze", "generate", "judging"}
     for path in [*(ROOT / "loading").glob("*.py"), *(ROOT / "running").glob("*.py")]:
         assert not imported(path) & above, (path, imported(path) & above)
     for path in (ROOT / "running").glob("*.py"):
         assert not imported(path) & {"gpt2", "loading"}, path
+    for path in (ROOT / "judging").glob("*.py"):      # the judges: beside loading, below the model and the method
+        assert not imported(path) & ((above - {"judging"}) | {"gpt2"}), path
     for name in ("gpt2", "ascale", "metrics", "tasks", "scaleshift", "diffmean", "selection", "knockout"):
         assert not imported(ROOT / f"{name}.py") & {"cli", "train", "evaluate", "analyze"}, name
     assert not imported(ROOT / "loading" / "method_files.py") & {"ascale", "scaleshift", "diffmean"}
