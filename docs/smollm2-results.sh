@@ -122,8 +122,10 @@ cp "$out/ccc-activscalar/heatmap.png" docs/smollm2-ccc-heatmap.png
 cp "$out/ccc-activscalar/knockout.png" docs/smollm2-ccc-knockout.png
 cp "$out/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png
 
-# 7. Against a push (docs/results-smollm2.md, "Against a push"): the default run and the stable map (--runs 5 --seed 1)
-#    beside their offset control, sides and balanced flip, one markdown row each.
+# 7. Against a push (docs/results-smollm2.md, "Against a push"; the front page): today's defaults (no $earlier), the
+#    default run and the stable map (--runs 5 --seed 1) beside their offset control, sides and balanced flip.
 python train.py --task ccc --model $model --out "$out/yardsticks/ccc" --overwrite
 python train.py --task ccc --model $model --runs 5 --seed 1 --out "$out/yardsticks/ccc-runs5-seed1" --overwrite
 python analyze.py yardsticks "$out/yardsticks/ccc" "$out/yardsticks/ccc-runs5-seed1"
+cp "$out/yardsticks/ccc-runs5-seed1/heatmap.png" docs/smollm2-ccc-today-heatmap.png      # the front page's map
+cp "$out/yardsticks/ccc-runs5-seed1/stability.png" docs/smollm2-ccc-today-stability.png
