@@ -26,7 +26,8 @@ def open_llama(path: str, n_ctx: int = 512, cvec: str | None = None):
     """A llama_cpp.Llama on `path` with logits at every position (its `scores`); with cvec, that control vector
     set for layers 1 ... n_layer as llama.cpp's --control-vector does."""
     from llama_cpp import Llama, llama_cpp
-    llm = Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=1, n_batch=n_ctx, verbose=False)
+    llm = Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=1, n_threads_batch=1,
+                n_batch=n_ctx, verbose=False)
     if cvec is not None:
         import gguf
         n_layer, n_embd = int(llm.metadata[f"{llm.metadata['general.architecture']}.block_count"]), llm.n_embd()
