@@ -16,7 +16,8 @@ short="--task sentiment --positions shared --target positive --steps 50"
 
 for model in smollm2 gemma3-270m; do
   if step 1; then   # 1. the maps: 50 Adam steps each
-    python train.py $short --model $model --sites attn_out,mlp_out --out "$out/$model-activscalar"
+    keep=""; [ $model = smollm2 ] || keep="--locations all"   # Gemma: no location selection, to keep it short
+    python train.py $short --model $model --sites attn_out,mlp_out $keep --out "$out/$model-activscalar"
     python train.py $short --model $model --method steervec --sites resid --out "$out/$model-steervec"
   fi
   if step 2; then   # 2. the files
