@@ -2,7 +2,7 @@
 Our forward pass against llama.cpp's (llama-cpp-python) on the same GGUF file, and an exported file (export.py)
 against our forward under its map: does llama.cpp run the map as we do?
 
-    python -m benchmarks.llamacpp RUN_FOLDER EXPORTED.gguf [--prompts N] [--tokens 32] [--json FILE]
+    python -m benchmarks.llamacpp RUN_FOLDER EXPORTED.gguf [--model FILE.gguf] [--prompts N] [--tokens 32] [--json FILE]
 
 On N held-out prompts of the run's task (test split, one per text, the first N) it reports, for the unexported
 file (our forward without the map) and for the exported one (with it; a control vector is given to llama.cpp as
@@ -10,7 +10,9 @@ llama_set_adapter_cvec, in the layout its own loader builds from the file): the 
 position over the vocabulary (median and max over prompts), on how many prompts the top token agrees, and on how
 many the greedy continuation of --tokens tokens is the same token for token. The target (docs/export.md): the
 exported file within the unexported file's agreement. llama.cpp quantises activations in its quantised matmuls
-(Q4_1, Q8_0), so the unexported file already differs from us by about 1 logit on SmolLM2.
+(Q4_1, Q8_0), so the unexported file already differs from us by about 1 logit on SmolLM2. --model names the
+unexported file (unset: the run's model), for instance an F32 copy (loading/export_gguf.py's `dequantized`),
+on which llama.cpp computes as we do; the exported file must then have been written with export.py --model.
 """
 
 import argparse
@@ -26,7 +28,8 @@ def open_llama(path: str, n_ctx: int = 512, cvec: str | None = None):
     """A llama_cpp.Llama on `path` with logits at every position (its `scores`); with cvec, that control vector
     set for layers 1 ... n_layer as llama.cpp's --control-vector does."""
     from llama_cpp import Llama, llama_cpp
-    llm = Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=1, n_batch=n_ctx, verbose=False)
+    llm = Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=1, n_threads_batch=1,
+                n_batch=n_ctx, verbose=False)
     if cvec is not None:
         import gguf
         n_layer, n_embd = int(llm.metadata[f"{llm.metadata['general.architecture']}.block_count"]), llm.n_embd()
@@ -83,13 +86,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("run")
     p.add_argument("exported")
+    p.add_argument("--model", help="the unexported GGUF file (unset: the run's model)")
     p.add_argument("--prompts", type=int, default=10)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--json")
     args = p.parse_args(argv)
     file = f"{args.run}/{ascale.FILE}"
     meta = ascale.read_metadata(file)
-    src = checkpoints.resolve(meta["model"])
+    src = checkpoints.resolve(args.model or meta["model"])
     model, tok = GPT.from_pretrained(src), get_tokenizer(meta["model"])
     iv, _ = ascale.load(file, model)
     targs = argparse.Namespace(task=meta["task"], seed=int(meta["seed"]), unseen_lengths=False, domain=meta.get(

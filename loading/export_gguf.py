@@ -4,6 +4,8 @@ Writing GGUF files that llama.cpp (and so ollama) runs, from a position-free map
     fold            a copy of a model's GGUF file in which a scalar per (site, layer[, head]) is part of the weights:
                     an output scaled by f is its last linear map (or Gemma's post-norm) scaled by f
     control_vector  a llama.cpp control vector: one vector per layer, added to the residual stream after the layer
+    dequantized     a copy of a GGUF file with every tensor in F32: llama.cpp then computes in F32 as we do (it
+                    quantises activations only for quantised weights), so it checks an export to float rounding
 
 Where a factor f goes, per layer N (GGUF names; a matrix is stored [inputs, outputs], innermost first, so it is
 read here as torch's (outputs, inputs)):
@@ -72,6 +74,13 @@ def fold(src: str, out: str, factors: dict, dtype: str = "F32") -> list[str]:
     arrays = {n: t.float().numpy().astype(np.float16 if dtype == "F16" else np.float32) for n, t in changed.items()}
     write_atomically(out, lambda file: copy_with(reader, arrays, file))
     return sorted(arrays)
+
+
+def dequantized(src: str, out: str) -> None:
+    """Write `out`: the GGUF file `src` with every tensor dequantised to F32, the metadata as it was."""
+    meta, reader = gguf_file(src)
+    arrays = {t.name: _dequantize(t, src).float().numpy() for t in reader.tensors}
+    write_atomically(out, lambda file: copy_with(reader, arrays, file))
 
 
 def copy_with(reader, arrays: dict, file) -> None:

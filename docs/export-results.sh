@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The numbers in docs/export.md, "Does llama.cpp run it as we do?": short position-free maps on sentiment for
+# SmolLM2-135M-Instruct and Gemma 3 270M (an ActivScalar at attn_out,mlp_out folded into a copy of the model's GGUF
+# file; a SteerVec at resid written as a control vector), each run by llama.cpp (llama-cpp-python==0.3.36) beside
+# our forward on 10 held-out prompts. CPU, 2 cores, OMP_NUM_THREADS=1. Needs llama_cpp importable
+# (docs/export.md says how to build it).
+# Run from the project's root: bash docs/export-results.sh   (writes runs/export-results/)
+# bash docs/export-results.sh STEP runs one step only (1 ... 4).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=runs/export-results
+mkdir -p "$out"
+step() { [ -z "${only:-}" ] || [ "$only" = "$1" ]; }
+only=${1:-}
+short="--task sentiment --positions shared --target positive --steps 50"
+
+for model in smollm2 gemma3-270m; do
+  if step 1; then   # 1. the maps: 50 Adam steps each
+    keep=""; [ $model = smollm2 ] || keep="--locations all"   # Gemma: no location selection, to keep it short
+    python train.py $short --model $model --sites attn_out,mlp_out $keep --out "$out/$model-activscalar"
+    python train.py $short --model $model --method steervec --sites resid --out "$out/$model-steervec"
+  fi
+  if step 2; then   # 2. the files
+    python export.py "$out/$model-activscalar" "$out/$model-activscalar.gguf"
+    python export.py "$out/$model-steervec" "$out/$model-steervec-cv.gguf"
+  fi
+  if step 3; then   # 3. llama.cpp against our forward, the unexported file and the exported one
+    python -m benchmarks.llamacpp "$out/$model-activscalar" "$out/$model-activscalar.gguf" \
+      --json "$out/$model-activscalar.json" > /dev/null
+    python -m benchmarks.llamacpp "$out/$model-steervec" "$out/$model-steervec-cv.gguf" \
+      --json "$out/$model-steervec.json" > /dev/null
+  fi
+  if step 4; then   # 4. the same on an F32 copy of the model's file, where llama.cpp quantises no activations
+    python -c "from loading import checkpoints as c, export_gguf as e; e.dequantized(c.resolve('$model'), '$out/$model-f32.gguf')"
+    python export.py "$out/$model-activscalar" "$out/$model-activscalar-f32.gguf" --model "$out/$model-f32.gguf"
+    python -m benchmarks.llamacpp "$out/$model-activscalar" "$out/$model-activscalar-f32.gguf" \
+      --model "$out/$model-f32.gguf" --json "$out/$model-activscalar-f32.json" > /dev/null
+    rm "$out/$model-f32.gguf" "$out/$model-activscalar-f32.gguf"                     # 0.5 and 1 GB
+  fi
+done
+
+# the table: per file, max |Δ logit| at the last position (median, max over prompts), top token and greedy agreement
+python - "$out"/*.json <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    r = json.load(open(f))
+    for name in ("unexported", "exported_file"):
+        a = r[name]
+        print(f"{f.rsplit('/', 1)[-1][:-5]:24} {name:13} max|Δ logit| median {a['max_abs_dlogit_median']:.2f}"
+              f" max {a['max_abs_dlogit_max']:.2f}  top token {a['top_token_agree']}/{a['n_prompts']}"
+              f"  greedy {a['tokens']} tokens {a['greedy_same']}/{a['n_prompts']}")
+PY
