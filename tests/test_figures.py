@@ -38,4 +38,4 @@ def test_no_module_sets_a_backend_but_the_scripts_main():
     root = Path(__file__).resolve().parent.parent
     setting = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                      if ".venv" not in p.parts and "tests" not in p.parts and 'matplotlib.use("Agg")' in p.read_text())
-    assert setting == ["analyze.py", "groundtruth.py", "train.py"]
+    assert setting == ["analyze.py", "generate.py", "groundtruth.py", "train.py"]
