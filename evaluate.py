@@ -21,6 +21,7 @@ import metrics
 from cli import script, setup
 from figures import console
 from loading import sentiment_data
+from running.errors import UserError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", choices=[*ascale.TARGETS, *setup.LABEL_TARGETS], help="the answer to steer to")
     p.add_argument("--seed", type=int, help="seed of the train/test split")
     p.add_argument("--unseen-lengths", action="store_true", help="test prompts of lengths no training prompt has")
+    p.add_argument("--split", choices=["test", "validation"], default="test", help="the held-out prompts to read:"
+                   " the test split, or the run's validation split (for choices, such as a grid of settings)")
     p.add_argument("--batch-size", type=int, help="prompts per evaluation pass (unset: 32)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cpu, cuda, cuda:1 or mps")
     p.add_argument("--device-map", metavar="auto|balanced|FILE", help="split the model's layers over several devices")
@@ -60,11 +63,15 @@ def evaluate(args) -> None:
     """The saved intervention at --beta on the prompts it was trained on: the table (and --show, --generate)."""
     model, tok, iv, task, batches = setup.open_saved(args)
     iv.beta = args.beta
-    print(f"{task.name} at beta {args.beta}:")
+    if args.split == "validation":       # the validation prompts in the test column: a choice never reads test
+        if batches.get("val") is None:
+            raise UserError(f"{args.file} was trained without a validation split (--validation 0); use --split test")
+        batches = {**batches, "test": batches["val"]}
+    print(f"{task.name} at beta {args.beta}, train / {args.split} prompts:")
     result = {iv.method: metrics.measure(model, iv, batches, args.eval_batch_size)}
     control = metrics.offset_row(batches)                 # the trivial baseline, as train.py prints it
     result[iv.method]["gain_over_offset"] = metrics.gain(result[iv.method]["test"], control["test"])
-    console.print_table({**result, "offset (control)": control}, task.name)
+    console.print_table({**result, "offset (control)": control}, task.name, held_out=args.split)
     console.print_gains(result)
     if args.show:
         console.show(model, tok, iv, task.test, batches["test"], args.show)

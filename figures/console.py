@@ -5,8 +5,9 @@ import ascale
 import selection
 
 
-def print_table(results: dict[str, dict], task: str = "") -> None:
-    """Methods side by side; cells with two numbers are train / test of `task` (named above the table)."""
+def print_table(results: dict[str, dict], task: str = "", held_out: str = "test") -> None:
+    """Methods side by side; cells with two numbers are train / test of `task` (named above the table); held_out
+    names what the second number read (evaluate.py --split validation puts the validation prompts there)."""
     rows = [("flip rate", "flip_rate", "{:.2f}"), ("  95% interval (Wilson)", "flip_rate_ci", "[{:.2f}, {:.2f}]"),
             ("  95% interval (groups)", "flip_rate_ci_groups", "[{:.2f}, {:.2f}]"),
             ("balanced flip (mean of the sides)", "balanced_flip", "{:.2f}"),
@@ -19,7 +20,7 @@ def print_table(results: dict[str, dict], task: str = "") -> None:
         if value is None:
             return "-"
         return fmt.format(*value) if isinstance(value, list) else fmt.format(value)
-    table = [("(train / test)", *results)]
+    table = [(f"(train / {held_out})", *results)]
     table += [(name, *(f"{cell(m['train'][key], fmt)} / {cell(m['test'][key], fmt)}" if key in m["test"] else "-"
                        for m in results.values())) for name, key, fmt in rows]
     table += [(f"flip on side {s} (preferred answer {s.upper()})", *(

@@ -81,6 +81,28 @@ def test_prints_the_saved_runs_numbers(run, capsys):
     assert "offset (control)" in printed   # the trivial baseline beside it
 
 
+def test_reads_the_validation_split_in_place_of_test(run, capsys):
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["n_val_prompts"] > 0 and m["n_val_prompts"] != m["test"]["n_prompts"]
+    capsys.readouterr()
+    assert evaluate.main([str(run / "intervention.safetensors"), "--split", "validation"]) == 0
+    printed = capsys.readouterr().out
+    assert "(train / validation)" in printed
+    prompts = next(line for line in printed.splitlines() if line.startswith("prompts"))
+    assert prompts.split()[1:4] == [str(m["train"]["n_prompts"]), "/", str(m["n_val_prompts"])]
+
+
+def test_a_run_without_validation_refuses_the_split(tmp_path, capsys, tiktoken_cache):
+    if tiktoken_cache is None:
+        missing(gpt2_files()[1])
+    model = save_checkpoint(tiny_hf_model("gpt2"), tmp_path / "tiny-gpt2")
+    task = write_task(tmp_path / "caps.jsonl", ccc_rows())
+    assert train.main(["--model", str(model), "--task", task, "--steps", "2", "--validation", "0",
+                       "--locations", "all", "--out", str(tmp_path / "run")]) == 0
+    err = bad([str(tmp_path / "run" / "intervention.safetensors"), "--split", "validation"], capsys, evaluate)
+    assert "trained without a validation split (--validation 0); use --split test" in err
+
+
 def test_generates_without_and_with(run, capsys):
     assert evaluate.main([str(run / "intervention.safetensors"), "--generate", "3", "--beta", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
