@@ -278,6 +278,8 @@ def train_one(cls, sites, model, tok, task, batches, args, writing: runfolder.Ru
     iv.beta = args.beta
     with phases("evaluation"):
         measured = metrics.measure(model, iv, batches, args.eval_batch_size)
+        if "val" in batches:   # the final map on the validation prompts: what a grid of settings reads, never test
+            measured["validation"] = metrics.evaluate(model, iv, batches["val"], args.eval_batch_size)
     result = {"method": method, **measured, "choices_read": "validation" if "val" in batches else "train",
               "n_val_prompts": len(batches["val"]) if "val" in batches else 0,
               "offset_control": {s: {k: v for k, v in control[s].items() if k != "per_prompt"}

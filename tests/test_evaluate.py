@@ -90,6 +90,9 @@ def test_reads_the_validation_split_in_place_of_test(run, capsys):
     assert "(train / validation)" in printed
     prompts = next(line for line in printed.splitlines() if line.startswith("prompts"))
     assert prompts.split()[1:4] == [str(m["train"]["n_prompts"]), "/", str(m["n_val_prompts"])]
+    flips = next(line for line in printed.splitlines() if line.startswith("flip rate"))
+    assert m["validation"]["n_prompts"] == m["n_val_prompts"]    # train.py measured the final map there too
+    assert flips.split()[4] == f"{m['validation']['flip_rate']:.2f}"
 
 
 def test_a_run_without_validation_refuses_the_split(tmp_path, capsys, tiktoken_cache):
