@@ -13,6 +13,20 @@ model=gemma3-270m
 # fixed tolerance of 0.03), so that the numbers on the pages stay reproducible (docs/method.md, "Validation").
 earlier="--validation 0 --tolerance 0.03"
 
+# bash docs/gemma-results.sh methods: IOI with ActivScalar, SteerVec, DynScalar and DiffMean on the same prompts,
+# today's defaults but shortened as step 3 is (20 steps of 16 prompts; selection and DiffMean's strength read on
+# validation), each beside the offset control, its sides and balanced flip, compared paired with ActivScalar
+# (docs/results-gemma3.md, "IOI, the methods").
+if [ "${1:-}" = methods ]; then
+  for method in activscalar steervec dynscalar diffmean; do
+    python train.py --task ioi --model $model --method $method --steps 20 --batch-size 16 --out "$out/methods/ioi-$method" \
+      --overwrite
+  done
+  python analyze.py yardsticks "$out"/methods/ioi-{activscalar,steervec,dynscalar,diffmean}
+  python analyze.py compare "$out"/methods/ioi-{activscalar,steervec,dynscalar,diffmean}
+  exit 0
+fi
+
 # 1. IOI at the defaults (ActivScalar, the l1 fit and selection), with the knockout check of its map: about
 #    15 minutes on 2 cores (a default step takes about 3 s).
 start=$(date +%s)

@@ -15,28 +15,62 @@ earlier="--validation 0 --tolerance 0.03"
 # that, so the numbers of docs/results-smollm2.md stay reproducible; step 5 is the selected, seed-checked map.
 before="--answers one-token --locations all"
 
-# bash docs/smollm2-results.sh tune: the grid behind the defaults (docs/results-smollm2.md, "How the defaults were chosen"):
-# 100 steps, cosine lr 0.05, ActivScalar on CCC at each margin and λM, on SmolLM2 and on the toy world
-# (CCC and IOI), then one line per run. About 25 minutes.
+# bash docs/smollm2-results.sh tune [smollm2|toyworld|table]: the grid behind the defaults (docs/results-smollm2.md,
+# "How the defaults were chosen"), read on the validation split, never on test: ActivScalar at each margin and λM,
+# every other setting today's default (100 steps, cosine lr 0.05, selection on validation), on SmolLM2's CCC (seeds 0
+# and 1; about 40 minutes of one thread) and the toy world's CCC and IOI (seeds 0, 1, 2; about 25); then per setting
+# the final map's validation flip, balanced flip and KL (metrics.json's `validation`), the mean over the seeds.
 if [ "${1:-}" = tune ]; then
-  for cfg in "2 0.01" "2 0.03" "4 0.01" "4 0.02" "4 0.03" "6 0.02"; do
-    set -- $cfg
-    python train.py $earlier --model $model --task ccc --margin "$1" --lambda-m "$2" --out "$out/tune/smollm2-ccc-m$1-lm$2" \
-      --overwrite $before > /dev/null 2>&1
-    for task in ccc ioi; do
-      python train.py $earlier --model models/toyworld --task $task --margin "$1" --lambda-m "$2" \
-        --out "$out/tune/toyworld-$task-m$1-lm$2" --overwrite --locations all --batch-size 32 > /dev/null 2>&1
-    done
-  done
+  grid="2,0.01 2,0.03 4,0.01 4,0.02 4,0.03 6,0.02"
+  part=${2:-all}
+  if [ $part = all ] || [ $part = smollm2 ]; then
+    for seed in 0 1; do for cfg in $grid; do
+      m=${cfg%,*}; lm=${cfg#*,}
+      python train.py --model $model --task ccc --margin $m --lambda-m $lm --seed $seed \
+        --out "$out/tune/smollm2-ccc-m$m-lm$lm-seed$seed" --overwrite > /dev/null 2>&1
+    done; done
+  fi
+  if [ $part = all ] || [ $part = toyworld ]; then
+    for seed in 0 1 2; do for cfg in $grid; do for task in ccc ioi; do
+      m=${cfg%,*}; lm=${cfg#*,}
+      python train.py --model models/toyworld --task $task --margin $m --lambda-m $lm --seed $seed \
+        --out "$out/tune/toyworld-$task-m$m-lm$lm-seed$seed" --overwrite > /dev/null 2>&1
+    done; done; done
+  fi
   python - "$out/tune" <<'PY'
 import json, sys
+from collections import defaultdict
 from pathlib import Path
-print("run                         flip train / test  KL test  active")
-for f in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
+rows = defaultdict(list)
+for f in sorted(Path(sys.argv[1]).glob("*-seed*/metrics.json")):
     m = json.loads(f.read_text())
-    print(f"{f.parent.name:27} {m['train']['flip_rate']:.2f} / {m['test']['flip_rate']:.2f}        "
-          f"{m['test']['kl']:.3f}    {m['n_active']:.0f}")
+    rows[f.parent.name.rsplit("-seed", 1)[0]].append(m)
+print("| run | seeds | validation flip (per seed) | mean | balanced flip, mean | KL, mean | K kept, per seed |")
+print("|---|---|---|---|---|---|---|")
+for name, ms in rows.items():
+    v = [m["validation"] for m in ms]
+    def mean(key):   # over the seeds where it is defined (a balanced flip needs prompts on both sides)
+        xs = [x[key] for x in v if x[key] is not None]
+        return f"{sum(xs) / len(xs):.2f}" if xs else "-"
+    flips = " / ".join(f"{x['flip_rate']:.2f}" for x in v)
+    print(f"| {name} | {len(ms)} | {flips} of {v[0]['n_prompts']}"
+          f" | {mean('flip_rate')} | {mean('balanced_flip')} | {mean('kl')}"
+          f" | {' / '.join(str(m['selection']['K']) for m in ms)} |")
 PY
+  exit 0
+fi
+
+# bash docs/smollm2-results.sh methods: the methods side by side with today's defaults (docs/results-smollm2.md, "The
+# methods, and IOI"): CCC with ActivScalar, SteerVec, DynScalar and DiffMean on the same prompts (every K and
+# DiffMean's strength read on validation; ScaleShift is step 6), IOI with ActivScalar; each beside the offset control,
+# its sides and balanced flip; the methods compared paired with ActivScalar (McNemar, Holm). About 30 minutes.
+if [ "${1:-}" = methods ]; then
+  for method in activscalar steervec dynscalar diffmean; do
+    python train.py --task ccc --model $model --method $method --out "$out/methods/ccc-$method" --overwrite
+  done
+  python train.py --task ioi --model $model --out "$out/methods/ioi-activscalar" --overwrite
+  python analyze.py yardsticks "$out"/methods/ccc-{activscalar,steervec,dynscalar,diffmean} "$out/methods/ioi-activscalar"
+  python analyze.py compare "$out"/methods/ccc-{activscalar,steervec,dynscalar,diffmean}
   exit 0
 fi
 
