@@ -128,8 +128,12 @@ if step 1d; then
   python train.py --task sentiment --model $model $suffix --method steervec --locations all --out "$sparse/suffix-steervec" \
     --overwrite
   python train.py --task sentiment --model $model --lambda-m 0 --steps 300 --locations all --out "$sparse/dense" --overwrite
+  python train.py --task sentiment --model $model --lambda-m 0 --steps 300 --locations all --method steervec \
+    --out "$sparse/dense-steervec" --overwrite     # vectors at every slot, as the dense scalars
   python analyze.py yardsticks "$sparse/suffix-k25" "$sparse/suffix-k50" "$sparse/suffix-steervec" "$sparse/dense"
   python analyze.py compare "$sparse/suffix-k50" "$sparse/suffix-k25" "$sparse/suffix-steervec" "$sparse/dense"
+  python analyze.py yardsticks "$sparse/dense-steervec"
+  python analyze.py compare "$sparse/dense" "$sparse/suffix-steervec" "$sparse/dense-steervec"   # vectors against scalars
   for domain in movies tweets nyt; do
     python analyze.py slots "$sparse/dense/intervention.safetensors" --domain $domain
     for run in suffix-k25 suffix-k50 suffix-steervec; do
