@@ -48,6 +48,17 @@ for model in ${MODELS:-smollm2 gemma3-270m}; do
     python -m benchmarks.llamacpp "$out/$model-activscalar" "$out/$model-retyped.gguf" --beta 1e-9 \
       --json "$out/$model-retyped.json" > /dev/null
     rm "$out/$model-retyped.gguf"
+    for beta in 0.5 2; do     # the map at half and twice its strength: does the gap grow with it?
+      python export.py "$out/$model-activscalar" "$out/$model-beta$beta.gguf" --beta $beta
+      python -m benchmarks.llamacpp "$out/$model-activscalar" "$out/$model-beta$beta.gguf" --beta $beta \
+        --json "$out/$model-beta$beta.json" > /dev/null
+      rm "$out/$model-beta$beta.gguf"
+    done
+    python -c "from loading import checkpoints as c, export_gguf as e; e.dequantized(c.resolve('$model'), '$out/$model-f32.gguf')"
+    python export.py "$out/$model-activscalar" "$out/$model-beta2-f32.gguf" --beta 2 --model "$out/$model-f32.gguf"
+    python -m benchmarks.llamacpp "$out/$model-activscalar" "$out/$model-beta2-f32.gguf" --beta 2 \
+      --model "$out/$model-f32.gguf" --json "$out/$model-beta2-f32.json" > /dev/null     # twice the map, no rounding
+    rm "$out/$model-f32.gguf" "$out/$model-beta2-f32.gguf"
   fi
 done
 
