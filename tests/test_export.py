@@ -175,3 +175,44 @@ def test_llama_cpp_runs_the_exported_files_as_we_run_the_map(tmp_path):
             assert steered["top_token_agree"] >= base["top_token_agree"] - 1, why
             assert steered["greedy_same"] >= base["greedy_same"] - 1, why
     f32.unlink()                                                          # 540 MB
+
+
+class FakeLlama:
+    """What benchmarks.llamacpp reads of a llama_cpp.Llama (reset, eval, scores, n_tokens), computed by our model
+    with `bend` applied to its logits: llama.cpp as some function of ours."""
+
+    def __init__(self, model, bend):
+        self.model, self.bend, self.tokens = model, bend, []
+
+    def reset(self):
+        self.tokens = []
+
+    def eval(self, ids):
+        self.tokens += list(ids)
+        with torch.no_grad():
+            self.scores = self.bend(self.model(torch.tensor([self.tokens]))[0]).numpy()
+
+    @property
+    def n_tokens(self):
+        return len(self.tokens)
+
+
+def test_agreement_tells_scale_and_near_ties_from_error(tmp_path):
+    from benchmarks.llamacpp import agreement, margins
+    _, model = gguf_model(tmp_path, "qwen2", "F32")
+    prompts = [p.tolist() for p in ids(T=6, seed=3)]
+    same = agreement(FakeLlama(model, lambda x: x), model, prompts, tokens=6, tie=1e9)
+    assert same["max_abs_dlogit_max"] < 1e-4 and same["greedy_same"] == 2 and same["margin_at_split"] == []
+    assert same["near_tie_steps"] == 2 * 6                                # every step is within 1e9 logits
+    scaled = agreement(FakeLlama(model, lambda x: 3 * x), model, prompts, tokens=6)
+    with torch.no_grad():
+        last = model(torch.tensor(prompts))[:, -1]
+    want = 2 * last.abs().amax(-1) / last.std(-1, correction=0)                       # |3x − x| / std(x), per prompt
+    assert scaled["dlogit_over_std_max"] == pytest.approx(float(want.max()), rel=1e-4)
+    assert scaled["greedy_same"] == 2                                     # a scale changes no choice
+    # llama.cpp picks another token wherever our margin is below 0.5: the first such step is where it leaves us
+    flip = agreement(FakeLlama(model, lambda x: torch.where(margins(x)[..., None] < 0.5, -x, x)), model, prompts,
+                     tokens=6)
+    assert flip["greedy_same"] < 2 and len(flip["margin_at_split"]) == 2 - flip["greedy_same"], flip
+    assert all(m < 0.5 for m in flip["margin_at_split"]), flip
+    assert torch.equal(margins(torch.tensor([[1.0, 3.0, 2.5]])), torch.tensor([0.5]))
