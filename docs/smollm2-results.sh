@@ -24,7 +24,7 @@ if [ "${1:-}" = tune ]; then
   grid="2,0.01 2,0.03 4,0.01 4,0.02 4,0.03 6,0.02"
   part=${2:-all}
   if [ $part = all ] || [ $part = smollm2 ]; then
-    for seed in 0 1; do for cfg in $grid; do
+    for seed in ${SEEDS:-0 1}; do for cfg in $grid; do   # SEEDS=1 runs one seed's share
       m=${cfg%,*}; lm=${cfg#*,}
       python train.py --model $model --task ccc --margin $m --lambda-m $lm --seed $seed \
         --out "$out/tune/smollm2-ccc-m$m-lm$lm-seed$seed" --overwrite > /dev/null 2>&1
