@@ -23,7 +23,7 @@ if [ "${1:-}" = methods ]; then
       --overwrite
   done
   python analyze.py yardsticks "$out"/methods/ioi-{activscalar,steervec,dynscalar,diffmean}
-  python analyze.py compare "$out"/methods/ioi-{activscalar,steervec,dynscalar,diffmean}
+  python analyze.py compare "$out"/methods/ioi-{activscalar,steervec,diffmean}   # DynScalar reads all lengths: other prompts
   exit 0
 fi
 

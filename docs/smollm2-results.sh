@@ -61,16 +61,17 @@ PY
 fi
 
 # bash docs/smollm2-results.sh methods: the methods side by side with today's defaults (docs/results-smollm2.md, "The
-# methods, and IOI"): CCC with ActivScalar, SteerVec, DynScalar and DiffMean on the same prompts (every K and
-# DiffMean's strength read on validation; ScaleShift is step 6), IOI with ActivScalar; each beside the offset control,
-# its sides and balanced flip; the methods compared paired with ActivScalar (McNemar, Holm). About 30 minutes.
+# methods, and IOI"): CCC with ActivScalar, SteerVec, DynScalar and DiffMean (every K and DiffMean's strength read
+# on validation; ScaleShift is step 6), IOI with ActivScalar; each beside the offset control, its sides and balanced
+# flip; the methods on the same prompts compared paired with ActivScalar (McNemar, Holm; DynScalar, not tied to
+# positions, reads every template length, so other test prompts). About 40 minutes of one thread.
 if [ "${1:-}" = methods ]; then
   for method in activscalar steervec dynscalar diffmean; do
     python train.py --task ccc --model $model --method $method --out "$out/methods/ccc-$method" --overwrite
   done
   python train.py --task ioi --model $model --out "$out/methods/ioi-activscalar" --overwrite
   python analyze.py yardsticks "$out"/methods/ccc-{activscalar,steervec,dynscalar,diffmean} "$out/methods/ioi-activscalar"
-  python analyze.py compare "$out"/methods/ccc-{activscalar,steervec,dynscalar,diffmean}
+  python analyze.py compare "$out"/methods/ccc-{activscalar,steervec,diffmean}   # DynScalar reads all lengths: other prompts
   exit 0
 fi
 
