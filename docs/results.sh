@@ -130,6 +130,7 @@ for task in ccc ioi; do
 done
 python train.py --model $model --task ccc --method all --out "$out/seeds/ccc-all" --overwrite
 python analyze.py yardsticks "$out"/seeds/ccc-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}
+python analyze.py compare "$out"/seeds/ccc-all/{activscalar,steervec,scaleshift,diffmean}   # paired (DynScalar: other prompts)
 # The IOI seeds whose ℓ1 fit stops short, with three times the steps and with half the minimality weight.
 for seed in 5 7 8 9; do
   python train.py --model $model --task ioi --seed $seed --steps 300 --out "$out/ioi-frontier/steps300-$seed" --overwrite
