@@ -227,6 +227,16 @@ def test_at_layers_keeps_every_unit_of_those_layers_and_nothing_else(model, meth
         selection.at_layers(iv, [1])
 
 
+def test_layers_with_at_keeps_the_units_at_both(model):
+    import argparse
+
+    import train
+    iv = train.restricted(ascale.make("activscalar", model.config, ("attn_out", "head"), 6),
+                          argparse.Namespace(at=[-1], layers=[1]))
+    assert iv.keep["attn_out"].nonzero().tolist() == [[1, 5]]
+    assert iv.keep["head"][1, 5].all() and int(iv.keep["head"].sum()) == iv.n_head
+
+
 def test_pruning_never_brings_back_a_dropped_layer(model):
     iv, batch, _ = trained(model, sites=("attn_out",))
     assert iv.alpha["attn_out"][0].abs().sum() > 0
