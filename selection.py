@@ -65,10 +65,10 @@ def top_k(effect: dict[str, torch.Tensor], K: int) -> dict[str, torch.Tensor]:
 
 def refit(model, iv, batch, keep, *, steps: int = REFIT_STEPS, lr: float = REFIT_LR, seed: int = 0,
           progress: bool = True, **objective) -> tuple[ascale.Intervention, dict]:
-    """A copy of iv restricted to `keep` and trained again for `steps` steps at a constant lr, without ℓ1
-    (objective: lambda_f, margin; lambda_m, if given, is ignored). Returns (intervention, curve)."""
+    """A copy of iv restricted to `keep` (and to iv.keep: --at, --layers) and trained again for `steps` steps at a
+    constant lr, without ℓ1 (objective: lambda_f, margin; lambda_m, if given, is ignored). Returns (iv, curve)."""
     iv = copy.deepcopy(iv)
-    iv.restrict(keep if iv.keep is None else {s: keep[s].to(iv.device) & iv.keep[s] for s in iv.sites})  # within it
+    iv.restrict(keep if iv.keep is None else {s: keep[s].to(iv.device) & iv.keep[s] for s in iv.sites})
     objective = {k: v for k, v in objective.items() if k != "lambda_m"}
     curve = ascale.fit(model, iv, batch, steps=steps, lr=lr, seed=seed, schedule="constant", lambda_m=0.0,
                        progress=progress, **objective)
