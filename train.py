@@ -92,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " training groups for the run's choices (K, strengths, the offset), so the test split is read once")
     p.add_argument("--at", metavar="SLOTS", help=f"{', '.join(tied())} only: train at these positions only (the"
                    " slots, where the task has them), comma-separated, from 0 or from the end: --at=-2,-1 the last two")
+    p.add_argument("--layers", metavar="SPEC", type=layer_spec, help="train these layers only, the others held at 0:"
+                   " 1-29, 1- (1 to the last), 3,7,12; with --at, at those layers and positions")
     p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts of"
                    " lengths no training prompt has")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, then cpu), cpu, cuda, cuda:1 or mps")
@@ -200,6 +202,7 @@ def train(args) -> None:
         phases = Phases()
         with phases("load"):
             model, tok = setup.load_model(args)
+            args.layers = layers_of(args, classes, model.config.n_layer)   # a list from here on (metrics.json)
             device = model.lm_head.weight.device
             task = setup.load_prompts(args, tok, one_length, model)
         setup.check_generate(args, model, task)
@@ -313,11 +316,8 @@ def fit_and_select(cls, sites, positions, model, batches, args, phases: Phases):
     --runs N, stability selection over N bootstrap fits (timed as one phase, "runs": fits and selection
     alternate). Returns (intervention, curve, {"selection": ...} or {"runs": ...}); Ctrl-C or SIGTERM stops it
     with what was learned (curve["interrupted"])."""
-    def make():
-        iv = ascale.make(cls, model.config, sites, positions).to(model.lm_head.weight.device)
-        if args.at:                                   # --at: every other position's parameters stay exactly 0
-            iv.restrict(selection.at_positions(iv, args.at))
-        return iv
+    def make():                                       # --at, --layers: every other unit's parameters stay 0
+        return restricted(ascale.make(cls, model.config, sites, positions).to(model.lm_head.weight.device), args)
     kw = dict(lambda_f=args.lambda_f, lambda_m=args.lambda_m, margin=args.margin)
     if not cls.learned:                               # computed, not trained: no l1, no selection, no --runs
         iv = make()
@@ -347,6 +347,34 @@ def fit_and_select(cls, sites, positions, model, batches, args, phases: Phases):
     if chosen["stopped_by"]:
         curve.update(interrupted=True, stopped_by=chosen["stopped_by"])
     return iv, curve, {"selection": chosen}
+
+
+def layer_spec(text: str) -> list[tuple[int, int | None]]:
+    """--layers' type: selection.parse_layers; its error in one line (argparse's)."""
+    try:
+        return selection.parse_layers(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give layers and ranges from 0, comma-separated (1-, 1-29 or 3,7,12),"
+                                         f" not {text!r}") from None
+
+
+def layers_of(args, classes: dict[str, type], n_layer: int) -> list[int] | None:
+    """--layers as the model's layers (selection.check_layers); a UserError for a method that is not trained."""
+    if args.layers is None:
+        return None
+    if not all(cls.learned for cls in classes.values()):
+        raise UserError("--layers holds the other layers' parameters at 0 while training: use it with "
+                        f"{', '.join(m for m, c in ascale.methods().items() if c.learned)}, not a computed baseline")
+    return selection.check_layers(args.layers, n_layer)
+
+
+def restricted(iv: ascale.Intervention, args) -> ascale.Intervention:
+    """iv restricted to --at's positions and --layers' layers (both: the units at both); unrestricted without them."""
+    keep = ([selection.at_positions(iv, args.at)] if args.at else []) + \
+        ([selection.at_layers(iv, args.layers)] if args.layers else [])
+    if keep:
+        iv.restrict({s: torch.stack([k[s] for k in keep]).all(0) for s in iv.sites})
+    return iv
 
 
 if __name__ == "__main__":

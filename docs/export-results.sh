@@ -18,12 +18,13 @@ for model in ${MODELS:-smollm2 gemma3-270m}; do
   if step 1; then   # 1. the maps: 50 Adam steps each
     keep=""; [ $model = smollm2 ] || keep="--locations all"   # Gemma: no location selection, to keep it short
     python train.py $short --model $model --sites attn_out,mlp_out $keep --out "$out/$model-activscalar"
-    python train.py $short --model $model --method steervec --sites resid --out "$out/$model-steervec"
+    # --layers 1-: llama.cpp's control vectors have no layer 0 (docs/export.md); unrestricted, both keep layer 0 only
+    python train.py $short --model $model --method steervec --sites resid --layers 1- --out "$out/$model-steervec"
   fi
   if step 2; then   # 2. the files
     python export.py "$out/$model-activscalar" "$out/$model-activscalar.gguf"
-    rm -f "$out/$model-steervec-cv.gguf" "$out/$model-steervec"*.json   # no stale numbers where it is refused
-    python export.py "$out/$model-steervec" "$out/$model-steervec-cv.gguf" || echo "$model: no control vector"
+    rm -f "$out/$model-steervec-cv.gguf" "$out/$model-steervec"*.json   # no stale numbers where export fails
+    python export.py "$out/$model-steervec" "$out/$model-steervec-cv.gguf"
   fi
   if step 3; then   # 3. llama.cpp against our forward, the unexported file and the exported one
     python -m benchmarks.llamacpp "$out/$model-activscalar" "$out/$model-activscalar.gguf" \

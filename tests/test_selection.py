@@ -204,3 +204,69 @@ def test_train_at_some_positions_leaves_the_others_at_zero(tmp_path, capsys):
         except SystemExit as e:
             code = e.code
         assert code == 2 and line in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ascale.METHODS)
+@pytest.mark.parametrize("positions", [6, None])
+def test_at_layers_keeps_every_unit_of_those_layers_and_nothing_else(model, method, positions):
+    if positions is None and not ascale.METHODS[method].shareable and ascale.METHODS[method].tied_to_positions:
+        pytest.skip("not position-free")
+    iv = ascale.make(method, model.config, ("attn_out", "head"), positions)
+    keep = selection.at_layers(iv, [1])
+    for s, e in iv.effect().items():
+        assert keep[s].shape == e.shape and keep[s][1].all() and not keep[s][0].any()
+    assert selection.parse_layers("1-") == [(1, None)] and selection.parse_layers("3,7-8") == [(3, 3), (7, 8)]
+    assert selection.check_layers([(1, None)], 3) == [1, 2]
+    for spec in ("x", "3-1", "", "1,", "-1"):
+        with pytest.raises(ValueError):
+            selection.parse_layers(spec)
+    with pytest.raises(UserError, match="has 2 layers"):
+        selection.check_layers([(2, None)], 2)
+    iv.effect = lambda: {"attn_out": torch.zeros(())}       # a method whose units have no layer axis first
+    with pytest.raises(UserError, match="no layer axis"):
+        selection.at_layers(iv, [1])
+
+
+def test_layers_with_at_keeps_the_units_at_both(model):
+    import argparse
+
+    import train
+    iv = train.restricted(ascale.make("activscalar", model.config, ("attn_out", "head"), 6),
+                          argparse.Namespace(at=[-1], layers=[1]))
+    assert iv.keep["attn_out"].nonzero().tolist() == [[1, 5]]
+    assert iv.keep["head"][1, 5].all() and int(iv.keep["head"].sum()) == iv.n_head
+
+
+def test_pruning_never_brings_back_a_dropped_layer(model):
+    iv, batch, _ = trained(model, sites=("attn_out",))
+    assert iv.alpha["attn_out"][0].abs().sum() > 0
+    iv.restrict(selection.at_layers(iv, [1]))
+    everything = {"attn_out": torch.ones_like(iv.keep["attn_out"]).cpu()}
+    assert not selection.top_k_kept(iv, 10 ** 6)["attn_out"][0].any()
+    out, _ = selection.refit(model, iv, batch, everything, steps=5, lr=0.05, progress=False, **OBJECTIVE)
+    assert (out.alpha["attn_out"][0] == 0).all() and out.alpha["attn_out"][1].abs().sum() > 0
+
+
+SHARED = ["--positions", "shared", "--method", "steervec", "--sites", "resid"]
+
+
+@pytest.mark.parametrize("argv", [["--runs", "2"], SHARED])
+def test_train_some_layers_leaves_the_others_at_zero(tmp_path, capsys, argv):
+    import json
+
+    import train
+    toy = str(Path(__file__).parents[1] / "models" / "toyworld")
+    out = tmp_path / "layers"                         # the fit and the selection (--locations auto), or --runs
+    assert train.main(["--model", toy, "--task", "ccc", "--layers", "1", "--steps", "5", "--out", str(out),
+                       "--device", "cpu", *argv]) == 0
+    iv, _ = ascale.load(out / "intervention.safetensors", GPT.from_pretrained(toy))
+    params = [p for p in iv.parameters()]
+    assert all((p[[0, 2, 3]] == 0).all() for p in params) and any(p[1].abs().sum() > 0 for p in params)
+    assert json.loads((out / "metrics.json").read_text())["config"]["layers"] == [1]
+    for bad, line in ((["--layers", "4"], "has 4 layers"), (["--layers", "2-1"], "argument --layers"),
+                      (["--layers", "1", "--method", "diffmean"], "computed baseline")):
+        try:
+            code = train.main(["--model", toy, "--task", "ccc", "--out", str(tmp_path / "b"), *bad])
+        except SystemExit as e:
+            code = e.code
+        assert code == 2 and line in capsys.readouterr().err
