@@ -23,6 +23,7 @@ and, for --runs N, stability selection (Meinshausen and Bühlmann, 2010):
 """
 
 import copy
+import re
 
 import torch
 
@@ -91,6 +92,47 @@ def at_positions(iv: ascale.Intervention, at: list[int]) -> dict[str, torch.Tens
     for m in keep.values():
         m[:, at] = True
     return keep
+
+
+def parse_layers(spec: str) -> list[tuple[int, int | None]]:
+    """--layers: comma-separated layers and ranges, A-B or A- (A to the last layer), as (first, last or None);
+    ValueError where it is not that."""
+    ranges = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(-(\d*))?", part.strip())
+        if not m or (m[3] and int(m[3]) < int(m[1])):
+            raise ValueError(part)
+        ranges.append((int(m[1]), int(m[1]) if not m[2] else int(m[3]) if m[3] else None))
+    return ranges
+
+
+def check_layers(ranges: list[tuple[int, int | None]], n_layer: int) -> list[int]:
+    """--layers: the layers parse_layers' ranges name (sorted), each one of the model's 0 ... n_layer - 1, some."""
+    layers = sorted({i for a, b in ranges for i in range(a, n_layer if b is None else b + 1)})
+    if not layers or layers[-1] >= n_layer:
+        spec = ",".join(f"{a}" if a == b else f"{a}-{'' if b is None else b}" for a, b in ranges)
+        raise UserError(f"--layers {spec}: the model has {n_layer} layers; give some of 0 ... {n_layer - 1}")
+    return layers
+
+
+def at_layers(iv: ascale.Intervention, layers: list[int]) -> dict[str, torch.Tensor]:
+    """The units of an intervention at `layers`, as masks for Intervention.restrict: every position (and head)
+    there, nothing elsewhere. Its units have the layer on their first axis, (L[, T][, nh]), tied or position-free."""
+    keep = {}
+    for s, e in iv.effect().items():
+        if e.dim() == 0 or e.shape[0] != iv.n_layer:
+            raise UserError(f"--layers: {iv.method}'s units have no layer axis first (shape {tuple(e.shape)} at {s})")
+        keep[s] = torch.zeros(e.shape, dtype=torch.bool)
+        keep[s][layers] = True
+    return keep
+
+
+def top_k_kept(iv: ascale.Intervention, K: int) -> dict[str, torch.Tensor]:
+    """top_k of iv's effect, within iv.keep where iv is restricted (--at, --layers): a dropped unit is never kept."""
+    if iv.keep is None:
+        return top_k(iv.effect(), K)
+    keep = top_k({s: torch.where(iv.keep[s].to(e.device), e, -1.0) for s, e in iv.effect().items()}, K)
+    return {s: k & iv.keep[s].cpu() for s, k in keep.items()}
 
 
 def count(keep: dict[str, torch.Tensor]) -> int:
@@ -173,52 +215,6 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     path.sort(key=lambda r: r["K"])
     record["K"] = K
     return made[K], record
-
-
-# ----------------------------------------------------------------------------- --layers (beside --at: at_positions)
-# Here, after choose, so that the README's line ranges of this file stay as they are.
-
-
-def parse_layers(spec: str) -> list[tuple[int, int | None]]:
-    """--layers: comma-separated layers and ranges, A-B or A- (A to the last layer), as (first, last or None);
-    ValueError where it is not that."""
-    import re
-    ranges = []
-    for part in spec.split(","):
-        m = re.fullmatch(r"(\d+)(-(\d*))?", part.strip())
-        if not m or (m[3] and int(m[3]) < int(m[1])):
-            raise ValueError(part)
-        ranges.append((int(m[1]), int(m[1]) if not m[2] else int(m[3]) if m[3] else None))
-    return ranges
-
-
-def check_layers(ranges: list[tuple[int, int | None]], n_layer: int) -> list[int]:
-    """--layers: the layers parse_layers' ranges name (sorted), each one of the model's 0 ... n_layer - 1, some."""
-    layers = sorted({i for a, b in ranges for i in range(a, n_layer if b is None else b + 1)})
-    if not layers or layers[-1] >= n_layer:
-        spec = ",".join(f"{a}" if a == b else f"{a}-{'' if b is None else b}" for a, b in ranges)
-        raise UserError(f"--layers {spec}: the model has {n_layer} layers; give some of 0 ... {n_layer - 1}")
-    return layers
-
-
-def at_layers(iv: ascale.Intervention, layers: list[int]) -> dict[str, torch.Tensor]:
-    """The units of an intervention at `layers`, as masks for Intervention.restrict: every position (and head)
-    there, nothing elsewhere. Its units have the layer on their first axis, (L[, T][, nh]), tied or position-free."""
-    keep = {}
-    for s, e in iv.effect().items():
-        if e.dim() == 0 or e.shape[0] != iv.n_layer:
-            raise UserError(f"--layers: {iv.method}'s units have no layer axis first (shape {tuple(e.shape)} at {s})")
-        keep[s] = torch.zeros(e.shape, dtype=torch.bool)
-        keep[s][layers] = True
-    return keep
-
-
-def top_k_kept(iv: ascale.Intervention, K: int) -> dict[str, torch.Tensor]:
-    """top_k of iv's effect, within iv.keep where iv is restricted (--at, --layers): a dropped unit is never kept."""
-    if iv.keep is None:
-        return top_k(iv.effect(), K)
-    keep = top_k({s: torch.where(iv.keep[s].to(e.device), e, -1.0) for s, e in iv.effect().items()}, K)
-    return {s: k & iv.keep[s].cpu() for s, k in keep.items()}
 
 
 # ----------------------------------------------------------------------------- --runs: stability selection
