@@ -35,8 +35,8 @@ report.save_figure(frontier.plot(r['validation'], r['test'], r['judges'][0], s['
     "$out/sweep/results.json" docs/smollm2-generation-frontier.png
 fi
 
-# 5. six validation prompts, the first sample of each way at each strength (none was chosen for the test split, so
-# the test split shows the unsteered model only; these are the "after" beside its "before").
+# 5. six validation prompts, the first sample of each way at each strength (the "after" beside the unsteered model's
+# "before"; the test prompts' continuations of the ways chosen on validation are in the sweep's continuations.jsonl).
 if step 5; then
   python - "$out/sweep/continuations.jsonl" <<'PY' | tee "$out/examples.txt"
 import json, sys
