@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " training groups for the run's choices (K, strengths, the offset), so the test split is read once")
     p.add_argument("--at", metavar="SLOTS", help=f"{', '.join(tied())} only: train at these positions only (the"
                    " slots, where the task has them), comma-separated, from 0 or from the end: --at=-2,-1 the last two")
-    p.add_argument("--layers", metavar="SPEC", type=layer_spec, help="train these layers only, the others held at 0:"
+    p.add_argument("--layers", metavar="LAYERS", type=layer_spec, help="train these layers only, the others held at 0:"
                    " 1-29, 1- (1 to the last), 3,7,12; with --at, at those layers and positions")
     p.add_argument("--unseen-lengths", action="store_true", help=f"{', '.join(tied(False))} only: test prompts of"
                    " lengths no training prompt has")
