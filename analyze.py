@@ -7,6 +7,7 @@ does minimality cost, and what does the strength dial do?
     python analyze.py beta runs/ccc-toyworld-activscalar/intervention.safetensors
     python analyze.py parts runs/ccc-toyworld-scaleshift/intervention.safetensors
     python analyze.py compare runs/ccc-toyworld-activscalar runs/ccc-toyworld-steervec
+    python analyze.py agree runs/A/intervention.safetensors runs/B/intervention.safetensors
 
 knockout  A reference map that does not depend on the objective: every location (site, layer,
           position[, head]) is switched off in turn (α = -1 there, nothing else) over the training
@@ -35,6 +36,10 @@ compare   Runs evaluated on the same test prompts, each against the first, from 
           groups of prompts where recorded), McNemar's exact test of the paired flips (all prompts and
           each side), Holm's adjustment over the table (docs/method.md, "Intervals and comparisons").
           Runs on different prompts are refused. Writes nothing unless --json FILE.
+agree     Two saved maps of one model, method and sites, from other seeds or splits (e.g. two `--runs 5`
+          stable maps): the units each moves noticeably (effect >= the method's floor, as `active`), how many
+          both do, Jaccard and the overlap share |A∩B| / min(|A|, |B|) beside random sets of the same sizes
+          (selection.chance), and on the shared units how many have the same sign. Writes nothing.
 slots     A saved position-tied map on a template task (sentiment: prefix · text · suffix, the answer read at
           the last slot): its parameters set to 0 in one group of slots at a time (the prefix's, the text's,
           the suffix's but the last, the last), the test rates of what is left (flip, balanced flip, each
@@ -54,6 +59,7 @@ import torch
 import ascale
 import evaluate
 import metrics
+import selection
 import tasks
 import train
 from cli import script, setup
@@ -199,6 +205,49 @@ def run_parts(args) -> None:
         low, high = ev["flip_rate_ci"]
         print(f"{part} = 0: test flip {ev['flip_rate']:.2f} [{low:.2f}, {high:.2f}] of {ev['n_prompts']}, KL"
               f" {ev['kl']:.2f}")
+
+
+# ----------------------------------------------------------------------------- two maps from other seeds
+
+
+def active_units(iv) -> dict[str, torch.Tensor]:
+    """{site: bool} the units iv moves noticeably (effect >= its floor: selection.n_units counts the same)."""
+    effect = iv.effect()
+    floor = max(iv.floor(effect), 1e-12)
+    return {s: (e >= floor).cpu() for s, e in effect.items()}
+
+
+def agree(a, b) -> dict:
+    """Two maps of one method and shape: sizes, shared units, Jaccard and overlap share with their chance levels,
+    and for one scalar per unit (α) how many of the shared units have the same sign."""
+    keep_a, keep_b = active_units(a), active_units(b)
+    if a.method != b.method or keep_a.keys() != keep_b.keys() or any(keep_a[s].shape != keep_b[s].shape for s in keep_a):
+        raise UserError(f"the two maps differ in sites or shape ({a.method} on {','.join(a.sites)}, {b.method} on"
+                        f" {','.join(b.sites)}): train both with the same method, sites and prompt length")
+    units = sum(m.numel() for m in keep_a.values())
+    out = {"units": units, "size_a": selection.count(keep_a), "size_b": selection.count(keep_b),
+           "shared": sum(int((keep_a[s] & keep_b[s]).sum()) for s in keep_a),
+           "jaccard": selection.jaccard(keep_a, keep_b), "overlap": selection.overlap(keep_a, keep_b),
+           "chance": selection.chance(selection.count(keep_a), selection.count(keep_b), units)}
+    if a.signed and hasattr(a, "alpha"):                    # a scalar per unit: its sign is the direction
+        out["same_sign"] = sum(int(((a.alpha[s].detach().cpu() * b.alpha[s].detach().cpu()) > 0)
+                                    [keep_a[s] & keep_b[s]].sum()) for s in keep_a)
+    return out
+
+
+def run_agree(args) -> None:
+    meta = ascale.read_metadata(args.files[0])
+    targs = evaluate.parse_args([args.files[0], *(["--model", args.model] if args.model else [])])
+    targs.model = targs.model or meta["model"]
+    targs.revision = targs.revision or meta.get("revision") or None
+    model, _ = setup.load_model(targs)
+    (a, _), (b, _) = (ascale.load(f, model) for f in args.files)
+    r = agree(a, b)
+    ch = r["chance"]
+    print(f"{r['size_a']} and {r['size_b']} of {r['units']:,} units active, {r['shared']} in both"
+          + (f" ({r['same_sign']} of them with the same sign)" if "same_sign" in r else ""))
+    print(f"Jaccard {r['jaccard']:.2f} (random sets of these sizes: {ch['jaccard']:.3f}); overlap share"
+          f" {r['overlap']:.2f} ({ch['overlap']:.3f})")
 
 
 # ----------------------------------------------------------------------------- a map without one group of slots
@@ -472,6 +521,11 @@ def main(argv=None) -> int:
     y = sub.add_parser("yardsticks", help="a markdown table of runs: test flip, its sides and balanced flip, KL, the"
                        " offset control and the gain over it")
     y.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their metrics.json)")
+    g = sub.add_parser("agree", help="two saved maps from other seeds: shared active units, Jaccard and overlap"
+                       " beside chance, signs")
+    g.add_argument("files", nargs=2, metavar="FILE", help="two runs' intervention.safetensors (one model, method,"
+                   " sites and prompt length)")
+    g.add_argument("--model", help="model to load instead of the first file's (same shape)")
     z = sub.add_parser("slots", help="a saved map on a template task with one group of slots set to 0 at a time")
     z.add_argument("file", help="a run's intervention.safetensors (position-tied, on a task with slots: sentiment)")
     z.add_argument("--domain", help="sentiment: evaluate on these texts (the same slots)")
@@ -484,7 +538,7 @@ def main(argv=None) -> int:
         p.error("compare needs at least two runs")
     return script.run({"knockout": run_knockout, "lambda": run_lambda, "beta": run_beta,
                        "parts": run_parts, "compare": run_compare, "yardsticks": run_yardsticks,
-                       "slots": run_slots}[args.command], args)
+                       "slots": run_slots, "agree": run_agree}[args.command], args)
 
 
 if __name__ == "__main__":

@@ -225,3 +225,36 @@ def test_yardsticks_table_of_a_run(run, capsys):
     assert f"{m['gain_over_offset']['flip']:+.2f} [" in row
     assert analyze.main(["yardsticks", str(run / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_agree_two_maps_by_hand(run, tmp_path, capsys):
+    """A keeps 3 units, B 2 of them (one with the other sign) and 2 others: 2 shared, Jaccard 2/5, overlap share
+    2/3, 1 with the same sign; the chance levels are selection.chance's; a map of another method is refused."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import selection
+    with safe_open(str(run[2] / "intervention.safetensors"), "pt") as f:
+        meta, shapes = f.metadata(), {k: f.get_tensor(k).shape for k in f.keys()}
+
+    def saved(name, units, method=None):
+        t = {k: torch.zeros(s) for k, s in shapes.items()}
+        for (k, layer, pos), v in units.items():
+            t[k][layer, pos] = v
+        t["alpha.mlp_out"][0, 1] = 0.04                    # below the floor (0.05): not active in either
+        path = tmp_path / f"{name}.safetensors"
+        save_file(t, str(path), metadata={**meta, **({"method": method} if method else {})})
+        return str(path)
+
+    a = saved("a", {("alpha.attn_out", 0, 0): -0.5, ("alpha.attn_out", 1, 2): 0.3, ("alpha.mlp_out", 1, 0): 0.2})
+    b = saved("b", {("alpha.attn_out", 0, 0): -0.1, ("alpha.attn_out", 1, 2): -0.3, ("alpha.mlp_out", 0, 0): 0.9,
+                    ("alpha.mlp_out", 1, 3): 0.06})
+    assert analyze.main(["agree", a, b]) == 0
+    out = capsys.readouterr().out
+    units = sum(s.numel() for s in shapes.values())
+    ch = selection.chance(3, 4, units)
+    assert f"3 and 4 of {units:,} units active, 2 in both (1 of them with the same sign)" in out
+    assert f"Jaccard {2 / 5:.2f} (random sets of these sizes: {ch['jaccard']:.3f}); overlap share {2 / 3:.2f}" in out
+    other = saved("c", {("alpha.attn_out", 0, 0): -0.5}, method="scaleshift")
+    assert analyze.main(["agree", a, other]) == 2
