@@ -221,7 +221,8 @@ def agree(a, b) -> dict:
     """Two maps of one method and shape: sizes, shared units, Jaccard and overlap share with their chance levels,
     and for one scalar per unit (α) how many of the shared units have the same sign."""
     keep_a, keep_b = active_units(a), active_units(b)
-    if a.method != b.method or keep_a.keys() != keep_b.keys() or any(keep_a[s].shape != keep_b[s].shape for s in keep_a):
+    if a.method != b.method or keep_a.keys() != keep_b.keys() or \
+            any(keep_a[s].shape != keep_b[s].shape for s in keep_a):
         raise UserError(f"the two maps differ in sites or shape ({a.method} on {','.join(a.sites)}, {b.method} on"
                         f" {','.join(b.sites)}): train both with the same method, sites and prompt length")
     units = sum(m.numel() for m in keep_a.values())
