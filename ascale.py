@@ -78,6 +78,9 @@ class Intervention(nn.Module):
     # layer at the answer positions only, and generation may use its KV cache. Left False, every call gets whole
     # prompts from position 0: slower, never wrong.
     takes_positions = False
+    # {parameter name: its share of the learning rate} where a step of lr would move it further than one scalar's
+    # (DynScalar's probe weights); the others take lr itself (`fit`)
+    lr_scale: dict[str, float] = {}
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -264,6 +267,9 @@ class DynScalar(Scaling):
                                    for s in self.sites})           # (L, D) or (L, nh, hs) for head
         self.b = nn.ParameterDict({s: nn.Parameter(torch.zeros(self.n_layer, *self.site_shape(s)[:-1]))
                                    for s in self.sites})           # (L,) or (L, nh) for head
+        # w at lr/√D (our choice): Adam moves every weight by about lr a step, which moves α(h) = w·ĥ by up to
+        # lr·‖ĥ‖₁ = lr·√D where ĥ is spread evenly; at lr/√D a step moves α about as far as one scalar's
+        self.lr_scale = {f"w.{s}": self.site_shape(s)[-1] ** -0.5 for s in self.sites}
 
     def scale(self, site, layer, h, pos=None):
         """α(h) for every location of the batch: (B, T) or (B, T, nh) for head (pos: not needed)."""
@@ -502,7 +508,8 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
         schedule: str = "cosine", progress: bool = True) -> dict:
     """Adam on iv's parameters for `steps` steps, the model frozen; batch_size None: budget.train_batch_size.
     Returns the loss curve and how it ended; Ctrl-C or SIGTERM stops it, keeping what was learned (docs/method.md)."""
-    opt = torch.optim.Adam(iv.parameters(), lr=lr)
+    opt = torch.optim.Adam([{"params": [p], "lr_scale": iv.lr_scale.get(name, 1.0)}   # DynScalar's w: lr/√D
+                            for name, p in iv.named_parameters()], lr=lr)
     batch_size = batch_size or budget.train_batch_size(model, batch)  # memory grows with the batch, not the prompts
     draws = minibatches(len(batch), batch_size, seed, batch.ids.device)
     loss_fn = functools.partial(objective, model, iv, lambda_f=lambda_f, lambda_m=lambda_m, margin=margin)
@@ -516,7 +523,8 @@ def fit(model, iv: Intervention, batch: Batch, *, steps: int = STEPS, lr: float 
             loss.backward()                                        # gradients reach iv's parameters only
             if iv.keep is not None:                                # restricted (selection): dropped units stay 0
                 iv.zero_outside_keep(grads=True)
-            opt.param_groups[0]["lr"] = cosine_lr(lr, step, steps) if schedule == "cosine" else lr
+            for group in opt.param_groups:
+                group["lr"] = group["lr_scale"] * (cosine_lr(lr, step, steps) if schedule == "cosine" else lr)
             opt.step()
             for k, v in values.items():
                 curve[k].append(v)

@@ -429,6 +429,26 @@ def test_dynscalar_trained_on_one_length_applies_to_others(model):
         assert iv.location_map(model, other.ids[:1])["mlp_out"].shape == (2, T)
 
 
+@pytest.mark.parametrize("method", ["activscalar", "dynscalar"])
+def test_the_first_step_moves_a_scalar_about_lr(model, method):
+    """Adam's first step moves every parameter by lr·sign(gradient); DynScalar's probe weights take lr/√D, so that
+    α(h) = w·ĥ moves by at most lr·‖ĥ‖₁/√D <= lr, as one ActivScalar α does (DynScalar.lr_scale)."""
+    ps = prompts(swap=True)
+    iv, _, _ = trained(model, method, ps=ps, steps=1, lambda_m=0.0, schedule="constant")
+    D = model.config.n_embd
+    if method == "activscalar":
+        moved = torch.cat([a[a != 0].abs() for a in iv.alpha.values()])
+        torch.testing.assert_close(moved, torch.full_like(moved, FAST["lr"]))
+    else:
+        for s in iv.sites:
+            w = iv.w[s][iv.w[s] != 0].abs()
+            torch.testing.assert_close(w, torch.full_like(w, FAST["lr"] / D ** 0.5))
+            b = iv.b[s][iv.b[s] != 0].abs()
+            torch.testing.assert_close(b, torch.full_like(b, FAST["lr"]))
+        h = torch.randn(3, 5, D)
+        assert iv.scale("mlp_out", 0, h).sub(iv.b["mlp_out"][0]).abs().max() <= FAST["lr"] + 1e-6
+
+
 def test_dynscalar_on_right_padded_prompts_of_mixed_lengths(model):
     """Padding sits after each prompt's answer position, so it cannot change the answer."""
     ps = prompts(N=4, T=10)
