@@ -158,9 +158,12 @@ cp "$out/ccc-activscalar/knockout.png" docs/smollm2-ccc-knockout.png
 cp "$out/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png
 
 # 7. Against a push (docs/results-smollm2.md, "Against a push"; the front page): today's defaults (no $earlier), the
-#    default run and the stable map (--runs 5 --seed 1) beside their offset control, sides and balanced flip.
+#    default run and the stable maps of two splits (--runs 5 --seed 1 and 2) beside their offset control, sides and
+#    balanced flip; then how far the two stable maps agree.
 python train.py --task ccc --model $model --out "$out/yardsticks/ccc" --overwrite
 python train.py --task ccc --model $model --runs 5 --seed 1 --out "$out/yardsticks/ccc-runs5-seed1" --overwrite
-python analyze.py yardsticks "$out/yardsticks/ccc" "$out/yardsticks/ccc-runs5-seed1"
+python train.py --task ccc --model $model --runs 5 --seed 2 --out "$out/yardsticks/ccc-runs5-seed2" --overwrite
+python analyze.py yardsticks "$out/yardsticks/ccc" "$out/yardsticks/ccc-runs5-seed1" "$out/yardsticks/ccc-runs5-seed2"
+python analyze.py agree "$out"/yardsticks/ccc-runs5-seed{1,2}/intervention.safetensors   # the map from another seed
 cp "$out/yardsticks/ccc-runs5-seed1/heatmap.png" docs/smollm2-ccc-today-heatmap.png      # the front page's map
 cp "$out/yardsticks/ccc-runs5-seed1/stability.png" docs/smollm2-ccc-today-stability.png
