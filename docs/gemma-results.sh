@@ -27,6 +27,16 @@ if [ "${1:-}" = methods ]; then
   exit 0
 fi
 
+# bash docs/gemma-results.sh today: the two default runs with today's defaults (a validation split that every choice
+# reads, the one-standard-error rule; no $earlier), CCC and IOI with its knockout check, each beside the offset
+# control, its sides and balanced flip (docs/results-gemma3.md, "Against a push"; the front page).
+if [ "${1:-}" = today ]; then
+  python train.py --task ccc --model $model --out "$out/today/ccc-activscalar" --overwrite
+  python train.py --task ioi --model $model --knockout --out "$out/today/ioi-activscalar" --overwrite
+  python analyze.py yardsticks "$out"/today/{ccc,ioi}-activscalar
+  exit 0
+fi
+
 # 1. IOI at the defaults (ActivScalar, the l1 fit and selection), with the knockout check of its map: about
 #    15 minutes on 2 cores (a default step takes about 3 s).
 start=$(date +%s)
