@@ -139,6 +139,13 @@ def count(keep: dict[str, torch.Tensor]) -> int:
     return sum(int(k.sum()) for k in keep.values())
 
 
+def one_standard_error(flipped, groups=None) -> float:
+    """The tolerance of the one-standard-error rule: the standard error of the reference's flip rate over the
+    selection prompts' groups (stats.standard_error), at least 1/n of n prompts (ours): a reference that flips every
+    prompt has a standard error of 0, and would otherwise refuse every K that misses a single prompt."""
+    return max(stats.standard_error(flipped, groups), 1 / len(flipped))
+
+
 def selection_prompts(train: ascale.Batch, n: int = SELECTION_PROMPTS) -> ascale.Batch:
     """Every k-th training prompt, at most n of them (all when there are no more): where the path reads its flip
     rates. Spread over the set (its countries, templates), the same prompts for every K, no random draw."""
@@ -189,15 +196,16 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
             if tolerance is None:
                 ref = flips[Ks[-1]] if Ks[-1] in flips and reference > before["flip_rate"] else \
                     before["per_prompt"]["flipped"]
-                tolerance = stats.standard_error(ref, None if select.groups is None else select.groups.cpu().numpy())
-                record["tolerance_rule"] = "one standard error of the reference (over the selection prompts' groups)"
+                tolerance = one_standard_error(ref, None if select.groups is None else select.groups.cpu().numpy())
+                record["tolerance_rule"] = ("one standard error of the reference (over the selection prompts' groups),"
+                                            " at least one prompt's share")
             record["unpruned"]["reference_flip_rate"], record["tolerance"] = reference, tolerance
             record["rule"] = (f"smallest K on the path with flip >= best of unpruned and its refit - {tolerance:.3g},"
                               f" on {len(select)} {'validation' if split == 'validation' else 'training'} prompts")
             lo, hi = 0, len(Ks) - 1                   # invariant: Ks[hi] is good enough
             while lo < hi:
                 mid = (lo + hi) // 2
-                if trial(Ks[mid]) >= reference - tolerance:
+                if trial(Ks[mid]) >= reference - tolerance - 1e-12:   # k/n on the bound passes, float or not
                     hi = mid
                 else:
                     lo = mid + 1

@@ -84,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " prune without refitting)")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="stability selection over N bootstrap fits")
     p.add_argument("--tolerance", type=float, metavar="T", help="--locations auto: how far below the reference flip"
-                   " rate the chosen K may be (unset: one standard error of the reference, over the prompts' groups)")
+                   " rate the chosen K may be (unset: one standard error of the reference, over the prompts' groups,"
+                   " at least one prompt's share)")
     p.add_argument("--batch-size", type=int, help="prompts per step and per evaluation pass (unset: chosen for the"
                    " task; docs/reliability.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split and the minibatch order")

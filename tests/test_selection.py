@@ -73,13 +73,23 @@ def test_choose_finds_k_on_the_path_and_records_it(model):
     assert reference >= unpruned and chosen[0]["flip_rate_select"] >= reference - rec["tolerance"]
     ref = metrics.evaluate(model, iv, batches["train"])["per_prompt"]["flipped"]   # the one-standard-error rule
     if reference == unpruned:                                  # (the ℓ1 fit is the reference: its flips, by hand)
-        assert rec["tolerance"] == pytest.approx(stats.standard_error(ref, batches["train"].groups))
+        assert rec["tolerance"] == pytest.approx(max(stats.standard_error(ref, batches["train"].groups), 1 / 8))
     assert rec["tolerance_rule"].startswith("one standard error")
     good = [r["K"] for r in rec["path"] if r["flip_rate_select"] >= reference - rec["tolerance"]]
     assert all(k >= K for k in good)                          # no smaller tried K was good enough
     assert all(set(r) == {"K", "steps", "flip_rate_select", "kl_select"} for r in rec["path"])  # no test number
     fixed, rec5 = selection.choose(model, iv, batches, locations=5, refit_steps=4, progress=False, **OBJECTIVE)
     assert rec5["K"] == 5 and nonzero_units(fixed) <= 5 and [r["K"] for r in rec5["path"]] == [5]
+
+
+def test_the_tolerance_is_a_standard_error_and_at_least_one_prompt():
+    """A reference that flips every one of 61 prompts has a standard error of 0: the rule then allows one prompt
+    (1/61), so that K = 50 at 60 of 61 passes; elsewhere it is the standard error over the groups."""
+    assert selection.one_standard_error([1.0] * 61) == pytest.approx(1 / 61)
+    assert 60 / 61 >= 1.0 - selection.one_standard_error([1.0] * 61)
+    flips, groups = [1, 0, 1, 1, 0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert selection.one_standard_error(flips, groups) == pytest.approx(stats.standard_error(flips, groups))
+    assert stats.standard_error(flips, groups) > 1 / 10
 
 
 def test_runs_give_frequencies_and_keep_those_above_the_threshold(model):
