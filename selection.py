@@ -158,9 +158,9 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     """Prune the ℓ1 fit iv to K units and refit (docs/method.md, "The selection rule"). K = `locations`, or the smallest
     K on PATH whose refit (`refit`: refit_steps steps at REFIT_LR, from the ℓ1 fit's values) reaches the
     reference flip rate minus `tolerance` (None: the reference's standard error over the selection prompts'
-    groups, stats.standard_error), found by bisection (the flip rate grows with K, near enough). Flip rates
-    are read on the validation split where batches has one ("val"), else on `selection_prompts` (training
-    prompts); the refits train on all the training prompts. batches: {"train", "test"[, "val"]} (the test
+    groups, at least one prompt's share: one_standard_error), found by bisection (the flip rate grows with K,
+    near enough). Flip rates are read on the validation split where batches has one ("val"), else on
+    `selection_prompts` (training prompts); the refits train on all the training prompts. batches: {"train", "test"[, "val"]} (the test
     set is not read here).
     Returns (the chosen K's refit, trained finish_steps more, record): record["path"] lists each K tried
     with its flip rate and KL on the selection prompts (after its refit_steps, what the rule compares)."""
