@@ -160,8 +160,8 @@ def choose(model, iv, batches, *, locations: int | None = None, tolerance: float
     reference flip rate minus `tolerance` (None: the reference's standard error over the selection prompts'
     groups, at least one prompt's share: one_standard_error), found by bisection (the flip rate grows with K,
     near enough). Flip rates are read on the validation split where batches has one ("val"), else on
-    `selection_prompts` (training prompts); the refits train on all the training prompts. batches: {"train", "test"[, "val"]} (the test
-    set is not read here).
+    `selection_prompts` (training prompts); the refits train on all the training prompts. batches: {"train",
+    "test"[, "val"]} (the test set is not read here).
     Returns (the chosen K's refit, trained finish_steps more, record): record["path"] lists each K tried
     with its flip rate and KL on the selection prompts (after its refit_steps, what the rule compares)."""
     train = batches["train"]
