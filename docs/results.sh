@@ -128,6 +128,12 @@ for task in ccc ioi; do
   done
   python analyze.py yardsticks "$out"/seeds/$task-{0,1,2,3,4,5,6,7,8,9}
 done
+# The stable maps of two splits (--runs 5, seeds 1 and 2) and how far they agree.
+for seed in 1 2; do
+  python train.py --model $model --task ccc --runs 5 --seed $seed --out "$out/seeds/ccc-runs5-seed$seed" --overwrite
+done
+python analyze.py yardsticks "$out"/seeds/ccc-runs5-seed{1,2}
+python analyze.py agree "$out"/seeds/ccc-runs5-seed{1,2}/intervention.safetensors
 python train.py --model $model --task ccc --method all --out "$out/seeds/ccc-all" --overwrite
 python analyze.py yardsticks "$out"/seeds/ccc-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}
 python analyze.py compare "$out"/seeds/ccc-all/{activscalar,steervec,scaleshift,diffmean}   # paired (DynScalar: other prompts)
