@@ -161,6 +161,7 @@ cp "$out/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png
 #    default run and the stable maps of two splits (--runs 5 --seed 1 and 2) beside their offset control, sides and
 #    balanced flip; then how far the two stable maps agree.
 python train.py --task ccc --model $model --out "$out/yardsticks/ccc" --overwrite
+python analyze.py knockout "$out/yardsticks/ccc/intervention.safetensors"     # its map against the knockout's
 python train.py --task ccc --model $model --runs 5 --seed 1 --out "$out/yardsticks/ccc-runs5-seed1" --overwrite
 python train.py --task ccc --model $model --runs 5 --seed 2 --out "$out/yardsticks/ccc-runs5-seed2" --overwrite
 python analyze.py yardsticks "$out/yardsticks/ccc" "$out/yardsticks/ccc-runs5-seed1" "$out/yardsticks/ccc-runs5-seed2"
