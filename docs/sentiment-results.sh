@@ -189,6 +189,9 @@ if step 5; then
   # ActivScalar with half the effectiveness margin: how much of its KL is the objective's setting
   python train.py $earlier --task sentiment --model $model --target positive --margin 2 --out "$out/positive/activscalar-margin2" \
     --overwrite
+  # ActivScalar with today's defaults (a validation split, the one-standard-error rule), beside its offset control
+  python train.py --task sentiment --model $model --target positive --out "$out/today/positive" --overwrite
+  python analyze.py yardsticks "$out/today/positive"
   line "$out"/positive/*/
 fi
 
