@@ -210,26 +210,19 @@ def run_parts(args) -> None:
 # ----------------------------------------------------------------------------- two maps from other seeds
 
 
-def active_units(iv) -> dict[str, torch.Tensor]:
-    """{site: bool} the units iv moves noticeably (effect >= its floor: selection.n_units counts the same)."""
-    effect = iv.effect()
-    floor = max(iv.floor(effect), 1e-12)
-    return {s: (e >= floor).cpu() for s, e in effect.items()}
-
-
 def agree(a, b) -> dict:
     """Two maps of one method and shape: sizes, shared units, Jaccard and overlap share with their chance levels,
     and for one scalar per unit (α) how many of the shared units have the same sign."""
-    keep_a, keep_b = active_units(a), active_units(b)
+    keep_a, keep_b = selection.active_units(a), selection.active_units(b)
     if a.method != b.method or keep_a.keys() != keep_b.keys() or \
             any(keep_a[s].shape != keep_b[s].shape for s in keep_a):
         raise UserError(f"the two maps differ in sites or shape ({a.method} on {','.join(a.sites)}, {b.method} on"
                         f" {','.join(b.sites)}): train both with the same method, sites and prompt length")
-    units = sum(m.numel() for m in keep_a.values())
-    out = {"units": units, "size_a": selection.count(keep_a), "size_b": selection.count(keep_b),
+    units, size_a, size_b = sum(m.numel() for m in keep_a.values()), selection.count(keep_a), selection.count(keep_b)
+    out = {"units": units, "size_a": size_a, "size_b": size_b,
            "shared": sum(int((keep_a[s] & keep_b[s]).sum()) for s in keep_a),
            "jaccard": selection.jaccard(keep_a, keep_b), "overlap": selection.overlap(keep_a, keep_b),
-           "chance": selection.chance(selection.count(keep_a), selection.count(keep_b), units)}
+           "chance": selection.chance(size_a, size_b, units)}
     if a.signed and hasattr(a, "alpha"):                    # a scalar per unit: its sign is the direction
         out["same_sign"] = sum(int(((a.alpha[s].detach().cpu() * b.alpha[s].detach().cpu()) > 0)
                                     [keep_a[s] & keep_b[s]].sum()) for s in keep_a)

@@ -42,13 +42,18 @@ FINISH_STEPS = 5     # the chosen K's refit then goes on for this many steps mor
 SELECTION_PROMPTS = 100  # the path reads its flip rates on this many training prompts (selection_prompts)
 
 
-def n_units(iv: ascale.Intervention) -> int:
-    """How many units iv moves noticeably, the largest K worth trying: those of effect >= iv.floor, which is
-    ascale.ACTIVE for the scalar methods (the definition of active), for SteerVec (‖v‖ is in the activation's
-    units) 1 % of its largest ‖v‖."""
+def active_units(iv: ascale.Intervention) -> dict[str, torch.Tensor]:
+    """The units iv moves noticeably, {site: bool mask}: those of effect >= iv.floor, which is ascale.ACTIVE for
+    the scalar methods (the definition of active), for SteerVec (‖v‖ is in the activation's units) 1 % of its
+    largest ‖v‖."""
     effect = iv.effect()
-    floor = iv.floor(effect)
-    return sum(int((e >= max(floor, 1e-12)).sum()) for e in effect.values())
+    floor = max(iv.floor(effect), 1e-12)
+    return {s: (e >= floor).cpu() for s, e in effect.items()}
+
+
+def n_units(iv: ascale.Intervention) -> int:
+    """How many units iv moves noticeably (active_units), the largest K worth trying."""
+    return count(active_units(iv))
 
 
 def top_k(effect: dict[str, torch.Tensor], K: int) -> dict[str, torch.Tensor]:
