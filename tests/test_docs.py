@@ -153,3 +153,28 @@ def test_one_training_step_runs_only_the_reading_path():
     outside = sorted((f, n) for f, n in ran if not any(f == file and int(a) <= n <= int(b) for file, a, b, _ in listed))
     assert not outside, "lines a training step runs that the README's reading path leaves out: " + ", ".join(
         f"{f}:{n}" for f, n in outside)
+
+
+def _script_python(script: Path) -> list[str]:
+    """The Python of the `python - ... <<'PY'` (or 'EOF') blocks of a results script."""
+    return re.findall(r"<<'(PY|EOF)'\n(.*?)\n\1\n", script.read_text(), re.S)
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "docs").glob("*.sh")), ids=lambda p: p.name)
+def test_results_scripts_import_what_exists(script):
+    # The results scripts run Python inline; a module moved elsewhere breaks them only hours into a run.
+    import ast
+    import importlib
+    for _, code in _script_python(script):
+        for node in ast.walk(ast.parse(code)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                try:
+                    module = importlib.import_module(name)
+                except ModuleNotFoundError:
+                    pytest.fail(f"{script.name} imports {name}, which no longer exists")
+                if isinstance(node, ast.ImportFrom):
+                    for a in node.names:
+                        assert hasattr(module, a.name) or importlib.util.find_spec(f"{name}.{a.name}"), \
+                            f"{script.name}: from {name} import {a.name}"
