@@ -385,8 +385,10 @@ def read_jsonl(path: Path, tokenizer) -> list[Item]:
 
 def check_rows(rows, tokenizer, where: str) -> list[Item]:
     """(number, row) pairs -> Items: each row a dict with non-empty strings "prompt", "correct" and "wrong"
-    (other fields ignored), answers of exactly one token and not the same one, no row twice. Any problem
-    raises a UserError naming the row: `where` and its number ("FILE, line 3", "item 3")."""
+    (other fields ignored), answers of exactly one token and not the same one, no row twice; an optional
+    "group" (a string or an integer, on every row or none): rows of one group are split and resampled together,
+    else each row is its own group. Any problem raises a UserError naming the row: `where` and its number
+    ("FILE, line 3", "item 3")."""
     items, first_seen = [], {}
     for n, row in rows:
         at = f"{where} {n}"
@@ -415,7 +417,13 @@ def check_rows(rows, tokenizer, where: str) -> list[Item]:
         if key in first_seen:
             raise UserError(f"{at}: duplicate of {where.rsplit(' ', 1)[-1]} {first_seen[key]}; remove one of them")
         first_seen[key] = n
-        items.append(Item(row["prompt"], row["correct"], row["wrong"], (n,)))
+        if (group := row.get("group")) is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
+            raise UserError(f'{at}: field "group" must be a string or an integer, got {group!r}')
+        if items and (group is None) != (items[0].group[0] != "group"):
+            first = "none" if group is not None else "one"
+            raise UserError(f'{at}: give every row a "group" field or none (the first has {first})')
+        in_group = (n,) if group is None else ("group", str(group))   # a group of its own, or the one it names
+        items.append(Item(row["prompt"], row["correct"], row["wrong"], in_group))
     return items
 
 
@@ -455,7 +463,8 @@ def jsonl_items(source: Path | list, tokenizer, *, seed: int, fixed_length: bool
     if len(items) < 2:
         raise UserError(f"{where} has 1 item; it needs at least 2 (one for train, one for test)")
     train_lines, test_lines = split_groups([it.group for it in items], test_frac, rng, "items")
-    notes.append(f"split by line: {len(train_lines)} train, {len(test_lines)} test")
+    notes.append(f"split by {'group' if items[0].group[0] == 'group' else 'line'}: {len(train_lines)} train,"
+                 f" {len(test_lines)} test")
     return [it for it in items if it.group in train_lines], [it for it in items if it.group in test_lines]
 
 

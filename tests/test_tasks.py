@@ -360,3 +360,17 @@ def test_preference_counts():
     ps = tasks.PromptSet(["a", "b", "c", "d"], torch.zeros(4, 1, dtype=torch.long), torch.zeros(4, dtype=torch.long),
                          torch.tensor([1, 1, 2, 3]), torch.tensor([2, 2, 1, 2]), [["a"]] * 4, [""] * 4, [""] * 4)
     assert tasks.preference(Fake(), ps, batch_size=3) == (0.5, 0.5)
+
+
+def test_jsonl_groups_split_together(tok, tmp_path):
+    """A "group" field keeps its rows on one side of the split (and resampled together in the intervals)."""
+    rows = [dict(r, group=f"g{i // 3}") for i, r in enumerate(capital_rows(12))]
+    task = tasks.load_task(write_jsonl(tmp_path, rows), tok, seed=0, fixed_length=False)
+    side = {r["prompt"]: r["group"] for r in rows}
+    train, test = {side[p] for p in task.train.prompts}, {side[p] for p in task.test.prompts}
+    assert train and test and not train & test                      # 4 groups of 3: whole groups on each side
+    assert len(set(task.test.groups.tolist())) == len(test)
+    with pytest.raises(UserError, match=r'line 2: give every row a "group" field or none'):
+        tasks.load_task(write_jsonl(tmp_path, [rows[0], row(prompt="other")]), tok)
+    with pytest.raises(UserError, match=r'line 1: field "group" must be a string or an integer'):
+        tasks.load_task(write_jsonl(tmp_path, [dict(rows[0], group=[1])]), tok)
