@@ -1,127 +1,46 @@
 #!/usr/bin/env bash
-# Every result docs/results-toyworld.md shows for the toy world, from scratch: offline, CPU, about 10 minutes
-# (step 7, every method with today's defaults, about 10 more).
+# Every result docs/results-toyworld.md shows for the toy world, from scratch, with today's defaults (a validation
+# split that every choice reads, the one-standard-error rule): offline, CPU, about an hour on one thread
+# (measured with OMP_NUM_THREADS=1 beside one other job: step 1 about 37 minutes, 2 under 1, 3 about 2, 4 about 19).
 # Run from the project's root: bash docs/results.sh   (writes runs/toyworld-results/, copies the figures to docs/)
+# bash docs/results.sh STEP runs one step only (1 ... 4); steps 2 and 3 read step 1's runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/toyworld-results
 mkdir -p "$out"
 model=models/toyworld
-# These pages were made before the validation split and the one-standard-error rule became the defaults: their runs
-# pass the earlier choices (no validation split: K and strengths read training prompts, never the test split; a
-# fixed tolerance of 0.03), so that the numbers on the pages stay reproducible (docs/method.md, "Validation").
-earlier="--validation 0 --tolerance 0.03"
-# The toy world's results were made with the defaults of their day, before the cosine schedule and the
-# retuning on SmolLM2 (docs/results-smollm2.md, "How the defaults were chosen"): a constant lr 0.05 for 300 steps, λM 0.01,
-# margin 2. Every run here passes them, so the toy-world numbers of docs/results-toyworld.md stay reproducible.
-old="--schedule constant --steps 300 --lambda-m 0.01 --margin 2 --locations all --batch-size 32"
-
-# 1. Every method side by side, each checked against the knockout map (CCC and IOI; the page's table of the ℓ1 fit
-#    shows the three there were then; ScaleShift's numbers with today's defaults are step 7's).
-for task in ccc ioi; do
-  python train.py $earlier --model $model --task $task --method all --knockout --generate 8 --out "$out/$task-all" --overwrite $old
-done
-# 2. DynScalar on all CCC templates (74% copy the context, 26% trust memory: flip pushes both ways),
-#    on prompt lengths it never saw in training, and steered one way (to memory) instead.
-python train.py $earlier --model $model --task ccc --method dynscalar --out "$out/ccc-dynscalar" --overwrite $old
-python train.py $earlier --model $model --task ccc --method dynscalar --unseen-lengths --out "$out/ccc-dynscalar-unseen" --overwrite $old
-python train.py $earlier --model $model --task ccc --method dynscalar --target correct --out "$out/ccc-dynscalar-correct" --overwrite $old
-# 3. What minimality costs: the λM sweep, the three methods.
-python analyze.py lambda --model $model --task ccc --out "$out/ccc-lambda" --overwrite --schedule constant --steps 300 \
-  --margin 2 --methods activscalar,steervec,dynscalar
-# 4. The strength dial of the CCC ActivScalar run.
-python analyze.py beta "$out/ccc-all/activscalar/intervention.safetensors"
-# 5. How the defaults were chosen: learning rate x steps for ActivScalar at margin 2, then the margin
-#    at the chosen lr and steps (λM is the sweep above).
-for task in ccc ioi; do
-  for lr in 0.01 0.02 0.05 0.1; do
-    for steps in 100 300 600; do
-      python train.py $earlier --model $model --task $task --lr $lr --steps $steps --out "$out/tune/$task-lr$lr-s$steps-m2" \
-        --overwrite --schedule constant --lambda-m 0.01 > /dev/null 2>&1
-    done
-  done
-  for margin in 0 1 3; do
-    python train.py $earlier --model $model --task $task --margin $margin --out "$out/tune/$task-lr0.05-s300-m$margin" \
-      --overwrite --schedule constant --steps 300 --lambda-m 0.01 > /dev/null 2>&1
-  done
-done
-python - "$out/tune" <<'EOF'
-import json, sys
-from pathlib import Path
-runs = [json.loads(f.read_text()) for f in Path(sys.argv[1]).glob("*/metrics.json")]
-print("task  margin  lr     steps  flip train / test  KL test  active")
-for m in sorted(runs, key=lambda m: (m["config"]["task"], m["config"]["margin"], m["config"]["lr"], m["config"]["steps"])):
-    c = m["config"]
-    print(f"{c['task']:5} {c['margin']:<7g} {c['lr']:<6g} {c['steps']:<6} {m['train']['flip_rate']:.2f} / "
-          f"{m['test']['flip_rate']:.2f}        {m['test']['kl']:.3f}    {m['n_active']:.0f}")
-EOF
-
-cp "$out/ccc-all/activscalar/heatmap.png" docs/toyworld-ccc-heatmap.png
-cp "$out/ccc-all/activscalar/knockout.png" docs/toyworld-ccc-knockout.png
-cp "$out/ccc-lambda/tradeoff.png" docs/toyworld-ccc-tradeoff.png
-cp "$out/ccc-all/activscalar/beta.png" docs/toyworld-ccc-beta.png
-cp "$out/ioi-all/activscalar/heatmap.png" docs/toyworld-ioi-heatmap.png
-
-# 6. A map you can trust (the first section of docs/results-toyworld.md): today's defaults, selection included,
-#    CCC with the knockout check, IOI over five seeds, and seed 3 with 200 steps; one table line per run.
-python train.py $earlier --model $model --task ccc --knockout --out "$out/selected/ccc-0" --overwrite
-for seed in 0 1 2 3 4; do
-  python train.py $earlier --model $model --task ioi --seed $seed --out "$out/selected/ioi-$seed" --overwrite
-done
-python train.py $earlier --model $model --task ioi --seed 3 --steps 200 --out "$out/selected/ioi-3-steps200" --overwrite
-python - "$out/selected" <<'PY'
-import json, sys
-from pathlib import Path
-for f in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
-    m = json.loads(f.read_text())
-    if "selection" not in m:          # the --runs folders below
-        continue
-    tr, te, sel = m["train"], m["test"], m["selection"]
-    print(f"{f.parent.name:15} flip {tr['flip_rate']:.2f} [{tr['flip_rate_ci'][0]:.2f}, {tr['flip_rate_ci'][1]:.2f}] /"
-          f" {te['flip_rate']:.2f} [{te['flip_rate_ci'][0]:.2f}, {te['flip_rate_ci'][1]:.2f}]  KL {te['kl']:.2f}"
-          f" [{te['kl_ci'][0]:.2f}, {te['kl_ci'][1]:.2f}]  active {m['n_active']:.0f} (before: {sel['unpruned']['units']},"
-          f" l1 fit's flip on the selection prompts {sel['unpruned']['select_flip_rate']:.2f})")
-PY
-cp "$out/selected/ccc-0/heatmap.png" docs/toyworld-ccc-selected-heatmap.png
-# Stability selection on CCC, two seeds (two splits of the countries), and the Jaccard index of their final sets.
-for seed in 1 2; do
-  python train.py $earlier --model $model --task ccc --runs 5 --seed $seed --out "$out/selected/ccc-runs5-seed$seed" --overwrite
-done
-python - "$out/selected" <<'PY'
+step() { [ -z "${only:-}" ] || [ "$only" = "$1" ]; }
+only=${1:-}
+# A saved map's active locations (its value at each, beside the knockout's effect there) and the knockout map's large
+# effects (the change of l(A) - l(B) when one location is switched off, over the training prompts), with token names.
+where() {
+  python - "$1" <<'PY'
 import sys
-from safetensors.torch import load_file
-sets = [{(k, i) for k, v in load_file(f"{sys.argv[1]}/ccc-runs5-seed{s}/intervention.safetensors").items()
-         for i in (v.abs() >= 0.05).flatten().nonzero()[:, 0].tolist()} for s in (1, 2)]
-print(f"final sets: {len(sets[0])} and {len(sets[1])} locations, Jaccard {len(sets[0] & sets[1]) / len(sets[0] | sets[1]):.2f}")
+import evaluate, knockout
+from cli import setup
+from figures import report
+model, _, iv, task, batches = setup.open_saved(evaluate.parse_args([sys.argv[1]]))
+batch, tokens = batches["train"], task.train.labels
+acts = report.location_map(model, iv, batch)
+effects = knockout.knockout(model, batch, iv.sites, progress=False)
+at = lambda s, l, p: f"{s} layer {l} at {tokens[p]!r} (position {p})"
+cells = sorted((s, l, p) for s in iv.sites for l in range(acts[s].shape[0]) for p in range(acts[s].shape[1]))
+print(f"{iv.method}: {sum(abs(float(acts[s][l, p])) >= knockout.ACTIVE for s, l, p in cells)} active locations"
+      f" of {len(cells)}, by size:")
+for s, l, p in sorted(cells, key=lambda c: -abs(float(acts[c[0]][c[1], c[2]]))):
+    if abs(float(acts[s][l, p])) >= knockout.ACTIVE:
+        print(f"  {at(s, l, p)}: map {float(acts[s][l, p]):+.2f}, knockout {float(effects[s][l, p]):+.2f}")
+print("knockout's large effects (|effect| >= 1), by size:")
+for s, l, p in sorted(cells, key=lambda c: -abs(float(effects[c[0]][c[1], c[2]]))):
+    if abs(float(effects[s][l, p])) >= 1:
+        print(f"  {at(s, l, p)}: knockout {float(effects[s][l, p]):+.2f}, map {float(acts[s][l, p]):+.2f}")
 PY
-cp "$out/selected/ccc-runs5-seed1/stability.png" docs/toyworld-ccc-stability.png
+}
 
-# 7. ScaleShift beside the other methods (docs/results-toyworld.md, "ScaleShift beside the other methods"): today's
-#    defaults, selection included, every method on CCC and IOI; one table line per run. Then ScaleShift's kept
-#    locations, how much of their change turns h, and the test flip rate with its shift or its scale part set to 0.
-for task in ccc ioi; do
-  python train.py $earlier --task $task --model $model --method all --out "$out/methods/$task-all" --overwrite
-done
-python - "$out/methods" <<'PY'
-import json, sys
-from pathlib import Path
-for f in sorted(Path(sys.argv[1]).glob("*/*/metrics.json")):
-    m = json.loads(f.read_text())
-    tr, te, sel = m["train"], m["test"], m.get("selection", {})
-    ci = lambda s: f"{s['flip_rate']:.2f} [{s['flip_rate_ci'][0]:.2f}, {s['flip_rate_ci'][1]:.2f}]"
-    print(f"{m['config']['task']:4} {m['method']:12} flip {ci(tr)} / {ci(te)}  KL {te['kl']:.2f} [{te['kl_ci'][0]:.2f},"
-          f" {te['kl_ci'][1]:.2f}]  active {m['n_active']:.1f}  parameters {m['n_params']:,}  K {sel.get('K')}"
-          f" of {sel.get('unpruned', {}).get('units')}")
-PY
-for task in ccc ioi; do
-  echo "$task:"
-  python analyze.py parts "$out/methods/$task-all/scaleshift/intervention.safetensors"
-done
-cp "$out/methods/ioi-all/scaleshift/heatmap.png" docs/toyworld-ioi-scaleshift-heatmap.png
-
-# 8. Against a push (docs/results-toyworld.md, "Against a push"): today's defaults (no $earlier) over ten seeds of CCC and IOI, each
-#    run beside its offset control (one constant on the two answer logits), its sides and its balanced flip; then
-#    every method on CCC seed 0 the same way. One markdown row per run (analyze.py yardsticks).
+# 1. Against a push (docs/results-toyworld.md, "Against a push"): ten seeds of CCC and IOI, each run beside its
+#    offset control (one constant on the two answer logits), its sides and its balanced flip; then every method on
+#    CCC seed 0 the same way. One markdown row per run (analyze.py yardsticks).
+if step 1; then
 for task in ccc ioi; do
   for seed in 0 1 2 3 4 5 6 7 8 9; do
     python train.py --model $model --task $task --seed $seed --out "$out/seeds/$task-$seed" --overwrite
@@ -136,10 +55,88 @@ python analyze.py yardsticks "$out"/seeds/ccc-runs5-seed{1,2}
 python analyze.py agree "$out"/seeds/ccc-runs5-seed{1,2}/intervention.safetensors
 python train.py --model $model --task ccc --method all --out "$out/seeds/ccc-all" --overwrite
 python analyze.py yardsticks "$out"/seeds/ccc-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}
-python analyze.py compare "$out"/seeds/ccc-all/{activscalar,steervec,scaleshift,diffmean}   # paired (DynScalar: other prompts)
+python analyze.py compare "$out"/seeds/ccc-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}   # paired
 # The IOI seeds whose ℓ1 fit stops short, with three times the steps and with half the minimality weight.
 for seed in 5 7 8 9; do
   python train.py --model $model --task ioi --seed $seed --steps 300 --out "$out/ioi-frontier/steps300-$seed" --overwrite
   python train.py --model $model --task ioi --seed $seed --lambda-m 0.01 --out "$out/ioi-frontier/lm0.01-$seed" --overwrite
 done
 python analyze.py yardsticks "$out"/ioi-frontier/steps300-{5,7,8,9} "$out"/ioi-frontier/lm0.01-{5,7,8,9}
+fi
+
+# 2. A map you can trust (docs/results-toyworld.md, "A map you can trust"): what the selection did on each of step 1's
+#    seeds (K, the units the ℓ1 fit moved, its flip on the validation prompts), CCC seed 0's map against the knockout
+#    map, and the stable maps of step 1 (their fits' agreement; analyze.py agree is in step 1).
+if step 2; then
+python - "$out/seeds" <<'PY'
+import json, sys
+from pathlib import Path
+for task in ("ccc", "ioi"):
+    for s in range(10):
+        m = json.loads((Path(sys.argv[1]) / f"{task}-{s}" / "metrics.json").read_text())
+        sel = m["selection"]
+        print(f"{task}-{s}: K {sel['K']} of {sel['unpruned']['units']} active units; the l1 fit's validation flip"
+              f" {sel['unpruned']['select_flip_rate']:.2f}, tolerance {sel['tolerance']:.3f} on {sel['selection_prompts']}"
+              f" prompts; test flip {m['test']['flip_rate']:.2f}, KL {m['test']['kl']:.2f}")
+for s in (1, 2):
+    m = json.loads((Path(sys.argv[1]) / f"ccc-runs5-seed{s}" / "metrics.json").read_text())
+    r = m["runs"]
+    mean, sd = r["mean_sd"]["test_flip_rate"]
+    print(f"ccc-runs5-seed{s}: K {r['K']}, kept by >= 3 of 5 fits {r['selected']}, active {m['n_active']:.0f}; the fits'"
+          f" test flip {mean:.2f} ± {sd:.2f}; Jaccard of two fits' selections {r['jaccard_pairs']:.2f} (chance"
+          f" {r['jaccard_pairs_chance']:.2f}), of the halves' majority sets {r['jaccard_halves']:.2f}")
+PY
+python analyze.py knockout "$out/seeds/ccc-0/intervention.safetensors"
+for run in ccc-0 ccc-runs5-seed1 ccc-runs5-seed2; do where "$out/seeds/$run/intervention.safetensors"; done
+cp "$out/seeds/ccc-0/heatmap.png" docs/toyworld-ccc-selected-heatmap.png
+cp "$out/seeds/ccc-runs5-seed1/stability.png" docs/toyworld-ccc-stability.png
+fi
+
+# 3. ScaleShift beside the other methods (docs/results-toyworld.md, "ScaleShift beside the other methods"): every
+#    method on IOI seed 0 (CCC's is step 1's seeds/ccc-all), their yardsticks and paired comparison; then each
+#    ScaleShift's kept locations, how much of their change turns h, and the test flip with its shift or its scale
+#    part set to 0.
+if step 3; then
+python train.py --model $model --task ioi --method all --out "$out/methods/ioi-all" --overwrite
+python analyze.py yardsticks "$out"/methods/ioi-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}
+python analyze.py compare "$out"/methods/ioi-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}
+for run in seeds/ccc-all methods/ioi-all; do
+  python analyze.py parts "$out/$run/scaleshift/intervention.safetensors"
+  where "$out/$run/scaleshift/intervention.safetensors"
+done
+cp "$out/methods/ioi-all/scaleshift/heatmap.png" docs/toyworld-ioi-scaleshift-heatmap.png
+fi
+
+# 4. The ℓ1 fit before any selection (--locations all: no K to choose), the rest of docs/results-toyworld.md:
+#    every method on CCC and IOI with the knockout check and generation; DynScalar on all CCC templates (the model
+#    copies the context on most prompts and trusts its memory on about a fifth: flip asks for both), on prompt
+#    lengths it never saw, and steered one way (to memory); the λM sweep of three methods; the strength dial of
+#    CCC's ActivScalar; where the two ActivScalar maps act, beside the knockout map.
+if step 4; then
+l1=$out/l1
+for task in ccc ioi; do
+  python train.py --model $model --task $task --method all --locations all --knockout --generate 8 \
+    --out "$l1/$task-all" --overwrite
+  python analyze.py yardsticks "$l1"/$task-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}
+  python analyze.py compare "$l1"/$task-all/{activscalar,steervec,dynscalar,scaleshift,diffmean}
+done
+# What the selection changed: step 1's seed-0 runs (the same ℓ1 fit, pruned and refit) against these, paired.
+python analyze.py compare "$l1"/ccc-all/activscalar "$out"/seeds/ccc-0
+python analyze.py compare "$l1"/ioi-all/activscalar "$out"/seeds/ioi-0
+python train.py --model $model --task ccc --method dynscalar --locations all --out "$l1/ccc-dynscalar" --overwrite
+python train.py --model $model --task ccc --method dynscalar --locations all --unseen-lengths \
+  --out "$l1/ccc-dynscalar-unseen" --overwrite
+python train.py --model $model --task ccc --method dynscalar --locations all --target correct \
+  --out "$l1/ccc-dynscalar-correct" --overwrite
+python analyze.py yardsticks "$l1"/ccc-dynscalar{,-unseen,-correct}
+python analyze.py lambda --model $model --task ccc --methods activscalar,steervec,dynscalar --locations all \
+  --out "$l1/ccc-lambda" --overwrite
+python analyze.py yardsticks "$l1"/ccc-lambda/{activscalar,steervec,dynscalar}-lm{0.001,0.003,0.01,0.03,0.1}
+python analyze.py beta "$l1/ccc-all/activscalar/intervention.safetensors"
+for task in ccc ioi; do where "$l1/$task-all/activscalar/intervention.safetensors"; done
+cp "$l1/ccc-all/activscalar/heatmap.png" docs/toyworld-ccc-heatmap.png
+cp "$l1/ccc-all/activscalar/knockout.png" docs/toyworld-ccc-knockout.png
+cp "$l1/ccc-lambda/tradeoff.png" docs/toyworld-ccc-tradeoff.png
+cp "$l1/ccc-all/activscalar/beta.png" docs/toyworld-ccc-beta.png
+cp "$l1/ioi-all/activscalar/heatmap.png" docs/toyworld-ioi-heatmap.png
+fi
