@@ -7,8 +7,8 @@ batch, never with the number of prompts (for Qwen's 151,936-token vocabulary abo
 The time: about 6 FLOPs per parameter per token, forward and backward (the blocks' at every token, the
 unembedding's at the answer position only); a full-batch step while it costs at most FULL_BATCH_FLOPS. Full
 batches take the minibatch order out of the fit: on the toy world's IOI, 32-prompt minibatches flipped 0.43-0.85
-of the test prompts over five seeds, full batches 0.94-0.97 (docs/results-toyworld.md); its CCC and IOI stay well
-under both limits.
+of the test prompts over five seeds, full batches 0.67-0.97 (with that release's defaults: `git show
+1495638:docs/results-toyworld.md`); its CCC and IOI stay well under both limits.
 
 The memory (step_bytes_per_prompt): LOGIT_COPIES vectors of the vocabulary at a prompt's answer position (ℓ̃ and
 its softmax/KL intermediates, the gradients, p⁻ when it is recomputed), plus what autograd keeps for the backward
