@@ -5,6 +5,7 @@ program. Offline, CPU, fast."""
 
 import itertools
 import json
+import random
 
 import pytest
 import torch
@@ -116,6 +117,22 @@ def test_the_task_splits_by_input_and_steers_to_the_contrasts_answer():
     assert (task.train.correct != task.train.wrong).all()
     assert json.loads((compiled.folder("prev_sum") / "task.json").read_text())["truth"] == \
         [["head", 1, 5, 0], ["mlp_out", 1, 5]]
+
+
+@pytest.mark.parametrize("name", ["prev_token", "prev_plus_hist"])
+def test_train_val_and_test_are_disjoint_by_input_and_test_keeps_the_one_rule(name):
+    """Every pair of an input on one side; test is the first TEST_FRAC of the seeded shuffle of the inputs, whatever
+    VAL_FRAC is; val is VAL_FRAC of the other inputs."""
+    inputs = sorted({tuple(p["input"]) for p in compiled.read(name, "task.json")["pairs"]})
+    for seed in (0, 1):
+        task = compiled.load_task(name, seed)
+        side = {k: {tuple(r[1:]) for r in getattr(task, k).ids.tolist()} for k in ("train", "val", "test")}
+        assert not side["train"] & side["val"] and not side["train"] & side["test"] and not side["val"] & side["test"]
+        assert side["train"] | side["val"] | side["test"] == set(inputs)
+        shuffled = list(inputs)
+        random.Random(seed).shuffle(shuffled)
+        assert side["test"] == set(shuffled[:round(compiled.TEST_FRAC * len(inputs))])
+        assert len(side["val"]) == round(compiled.VAL_FRAC * (len(inputs) - len(side["test"])))
 
 
 def test_an_unknown_program_is_one_line():
