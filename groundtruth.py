@@ -18,8 +18,9 @@ The maps (MAPS): ActivScalar's ℓ1 fit |α| and its selected refit (selection.c
 contrast, the contrast inputs as the class that prefers the target), the zero and the mean knockout |Δ|,
 attribution |∂/∂α|, and two yardsticks that know nothing of the contrast: `active`, 1 at every location whose
 output is not zero, and `active-at-answer`, the same at the answer position (the last) only.
-A seed draws the train/test split of the inputs and the minibatch order; each program is fitted at the defaults of
-train.py (ascale.STEPS, LR, LAMBDA_M, MARGIN; target flip: toward the contrast's answer).
+A seed draws the train/validation/test split of the inputs (world/compiled.load_task) and the minibatch order; each
+program is fitted at the defaults of train.py (ascale.STEPS, LR, LAMBDA_M, MARGIN; target flip: toward the
+contrast's answer). Every map reads the training inputs; the selected map's K reads the validation inputs.
 
 --ioi: the locations are GPT-2's 144 heads (the `head` site); each map is summed over the prompt's positions (a head
 is on the circuit wherever in the prompt it acts), DiffMean with its own contrast (CAA). The truth is every head of
@@ -105,7 +106,8 @@ def diffmean_map(model, task, sites) -> dict[str, torch.Tensor]:
 
 def make_maps(model, batches, seed: int, steps: int, sites, diffmean) -> tuple[dict, list]:
     """Every map of MAPS on one split: {name: {site: (L, T) or (L, T, nh)}}, each a size (≥ 0); and the test flip
-    rates of ActivScalar's ℓ1 fit and of its selected refit. diffmean: DiffMean's map, made by the caller."""
+    rates of ActivScalar's ℓ1 fit and of its selected refit. diffmean: DiffMean's map, made by the caller.
+    batches: {"train", "test"[, "val"]}; the maps read train, the selected map's K reads val where there is one."""
     train, T = batches["train"], batches["train"].ids.shape[1]
     out = {}
     iv = fitted(model, ascale.ActivScalar, batches, seed, steps, sites)
@@ -146,7 +148,7 @@ def run(programs, seeds, steps: int) -> tuple[dict, dict]:
         for seed in seeds:
             start = time.time()
             task = compiled.load_task(name, seed)
-            batches = {k: ascale.prepare(model, getattr(task, k)) for k in ("train", "test")}
+            batches = {k: ascale.prepare(model, getattr(task, k)) for k in ("train", "val", "test")}  # val: K only
             maps, flips = make_maps(model, batches, seed, steps, compiled.SITES,
                                     diffmean_map(model, task, compiled.SITES))
             scores[name]["flip"].append(flips)

@@ -28,8 +28,16 @@ def test_the_active_yardstick_by_hand():
     assert act["mlp_out"][0].sum() >= 5 and act["head"][1, 5, 0] == 1
 
 
-def test_every_map_is_scored_on_a_program():
+def test_every_map_is_scored_on_a_program(monkeypatch):
+    records, choose = [], groundtruth.selection.choose
+
+    def recorded(*args, **kwargs):                      # selection.choose, its record kept
+        chosen, record = choose(*args, **kwargs)
+        records.append(record)
+        return chosen, record
+    monkeypatch.setattr(groundtruth.selection, "choose", recorded)
     scores, first = groundtruth.run(["prev_token"], [0], steps=5)
+    assert [r["selection_split"] for r in records] == ["validation"]      # K reads val, not the training prompts
     row = scores["prev_token"]
     assert row["truth_size"] == 1 and row["locations"] == 2 * 6 * 2
     for m in groundtruth.MAPS:
