@@ -1,19 +1,14 @@
 #!/usr/bin/env bash
 # Every result docs/results-smollm2.md (and the front page) shows for SmolLM2-135M-Instruct, the real pretrained model that runs offline,
-# from scratch: CPU, about 30 minutes on 2 cores (and about 15 more for step 6's ScaleShift run). The model file is fetched into data/ on first use
+# from scratch, with today's defaults (a validation split that every choice reads, the one-standard-error rule): CPU,
+# about 70 minutes on 2 cores (40 of them for the two stable maps of step 2); `methods` and `tune` below are the
+# page's other two tables. The model file is fetched into data/ on first use.
 # Run from the project's root: bash docs/smollm2-results.sh   (writes runs/smollm2-results/, copies figures to docs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/smollm2-results
 mkdir -p "$out"
 model=smollm2
-# These pages were made before the validation split and the one-standard-error rule became the defaults: their runs
-# pass the earlier choices (no validation split: K and strengths read training prompts, never the test split; a
-# fixed tolerance of 0.03), so that the numbers on the pages stay reproducible (docs/method.md, "Validation").
-earlier="--validation 0 --tolerance 0.03"
-# Steps 0-4 and the grid are the ℓ1 fit as it was before selection.py: one-token answers, no pruning. They pass
-# that, so the numbers of docs/results-smollm2.md stay reproducible; step 5 is the selected, seed-checked map.
-before="--answers one-token --locations all"
 
 # bash docs/smollm2-results.sh tune [smollm2|toyworld|table]: the grid behind the defaults (docs/results-smollm2.md,
 # "How the defaults were chosen"), read on the validation split, never on test: ActivScalar at each margin and λM,
@@ -72,26 +67,30 @@ if [ "${1:-}" = methods ]; then
   python train.py --task ioi --model $model --out "$out/methods/ioi-activscalar" --overwrite
   python analyze.py yardsticks "$out"/methods/ccc-{activscalar,steervec,dynscalar,diffmean} "$out/methods/ioi-activscalar"
   python analyze.py compare "$out"/methods/ccc-{activscalar,steervec,diffmean}   # DynScalar reads all lengths: other prompts
+  cp "$out/methods/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png
   exit 0
 fi
 
-# 0. The main command as a newcomer runs it (ActivScalar, CCC, the defaults), timed from start to run folder,
-#    then checked against the knockout map.
+# 1. The main command as a newcomer runs it (ActivScalar, CCC, the defaults), timed from start to run folder,
+#    then its map against the knockout map.
 start=$(date +%s)
-python train.py $earlier --task ccc --model $model --out "$out/ccc-activscalar" --overwrite $before
-echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.seconds"
+python train.py --task ccc --model $model --out "$out/ccc" --overwrite
+echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc.seconds"
 start=$(date +%s)
-python analyze.py knockout "$out/ccc-activscalar/intervention.safetensors"
-echo "knockout check: $(( $(date +%s) - start )) s" | tee "$out/ccc-activscalar.knockout-seconds"
-# 1. CCC: the other two methods (SteerVec on the same prompts; DynScalar, not tied to positions, on all templates).
-for method in steervec dynscalar; do
-  python train.py $earlier --model $model --task ccc --method $method --out "$out/ccc-$method" --overwrite $before
+python analyze.py knockout "$out/ccc/intervention.safetensors"
+echo "knockout check: $(( $(date +%s) - start )) s" | tee "$out/ccc.knockout-seconds"
+# 2. The stable maps (docs/results-smollm2.md, "The same map from another seed"; the front page): five bootstrap
+#    fits on each of two splits of the countries (--seed 1 and 2), and how far the two maps agree.
+for seed in 1 2; do
+  python train.py --task ccc --model $model --runs 5 --seed $seed --out "$out/ccc-runs5-seed$seed" --overwrite
 done
-# 2. IOI: ActivScalar.
-python train.py $earlier --model $model --task ioi --out "$out/ioi-activscalar" --overwrite --locations all
-# 3. What minimality costs: ActivScalar at λM 0.01 and 0.03, beside the default 0.02 of step 0.
-python analyze.py lambda --model $model --task ccc --methods activscalar --lambda-m 0.01,0.03 \
-  --out "$out/ccc-lambda" --overwrite $before
+python analyze.py agree "$out"/ccc-runs5-seed{1,2}/intervention.safetensors
+# 3. ScaleShift beside the default run (docs/results-smollm2.md, "ScaleShift beside it"), timed; then its kept
+#    locations, how much of their change turns h, and the test flip rate with its shift or its scale part set to 0.
+start=$(date +%s)
+python train.py --task ccc --model $model --method scaleshift --out "$out/ccc-scaleshift" --overwrite
+echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-scaleshift.seconds"
+python analyze.py parts "$out/ccc-scaleshift/intervention.safetensors"
 # 4. Steering you can read: the instruct model answers "… A:" with a newline, so on CCC's own prompts the
 #    flip stays below the greedy text. In its chat format, with the answer begun for it ("… assistant\nThe
 #    capital of X is"), the next token is the city, and the steering shows in the generated text.
@@ -99,72 +98,26 @@ python - "$out/ccc-chat.jsonl" <<'PY'
 import json, random, sys
 from collections import Counter
 import tasks
-from tokenizer import get_tokenizer
+from loading.tokenizer import get_tokenizer
 tok = get_tokenizer("smollm2")
 chat = ("<|im_start|>user\nThe capital of {country} is {city}. What is the capital of {country}?<|im_end|>\n"
         "<|im_start|>assistant\nThe capital of {country} is")
 one = {k: v for k, v in tasks.COUNTRIES.items() if tasks.single_token(tok, " " + v) is not None}
 rng = random.Random(0)
-rows = [{"prompt": chat.format(country=k, city=w), "correct": " " + v, "wrong": " " + w}
+rows = [{"prompt": chat.format(country=k, city=w), "correct": " " + v, "wrong": " " + w, "group": k}   # split by country
         for k, v in one.items() for w in rng.sample([c for j, c in one.items() if j != k], 4)]
 length = Counter(len(tok.encode(r["prompt"])) for r in rows).most_common(1)[0][0]   # one length: position-tied
 with open(sys.argv[1], "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows if len(tok.encode(r["prompt"])) == length)
 PY
-python train.py $earlier --model $model --task "$out/ccc-chat.jsonl" --show 3 --generate 6 --out "$out/ccc-chat" --overwrite --locations all
-# 5. A map you can trust (docs/results-smollm2.md, "A map you can trust"): today's defaults (first-token answers,
-#    300 / 100 prompts; the ℓ1 fit pruned and refit), timed, checked against the knockout map; then stability
-#    selection over 5 bootstrap fits on two splits of the countries (--seed 1 and 2), and the Jaccard index of
-#    their final sets (|α| >= 0.05 in intervention.safetensors).
-start=$(date +%s)
-python train.py $earlier --task ccc --model $model --out "$out/ccc-selected" --overwrite
-echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-selected.seconds"
-python analyze.py knockout "$out/ccc-selected/intervention.safetensors"
-for seed in 1 2; do
-  start=$(date +%s)
-  python train.py $earlier --task ccc --model $model --runs 5 --seed $seed --out "$out/ccc-runs5-seed$seed" --overwrite
-  echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-runs5-seed$seed.seconds"
-done
-python - "$out" <<'PY'
-import json, sys
-from safetensors.torch import load_file
-sets = []
-for seed in (1, 2):
-    a = load_file(f"{sys.argv[1]}/ccc-runs5-seed{seed}/intervention.safetensors")
-    sets.append({(k, i) for k, v in a.items() for i in (v.abs() >= 0.05).flatten().nonzero()[:, 0].tolist()})
-print(f"final sets: {len(sets[0])} and {len(sets[1])} locations, Jaccard {len(sets[0] & sets[1]) / len(sets[0] | sets[1]):.2f}")
-for seed in (1, 2):
-    m = json.load(open(f"{sys.argv[1]}/ccc-runs5-seed{seed}/metrics.json"))
-    t, r = m["test"], m["runs"]
-    print(f"seed {seed}: test flip {t['flip_rate']:.2f} [{t['flip_rate_ci'][0]:.2f}, {t['flip_rate_ci'][1]:.2f}],"
-          f" {m['n_active']:.0f} active, {r['selected']} kept; two fits' Jaccard {r['jaccard_pairs']:.2f} (mean)")
-PY
+python train.py --model $model --task "$out/ccc-chat.jsonl" --show 3 --generate 6 --out "$out/ccc-chat" --overwrite
+# 5. Every run beside its offset control, sides and balanced flip (one markdown row each), ScaleShift paired with
+#    the default run on the same test prompts.
+python analyze.py yardsticks "$out/ccc" "$out"/ccc-runs5-seed{1,2} "$out/ccc-scaleshift" "$out/ccc-chat"
+python analyze.py compare "$out/ccc" "$out/ccc-scaleshift"
 
-# 6. ScaleShift beside the default run (docs/results-smollm2.md, "ScaleShift beside it"), timed; then its kept
-#    locations, how much of their change turns h, and the test flip rate with its shift or its scale part set to 0
-#    (the same reading as docs/results.sh step 7).
-start=$(date +%s)
-python train.py $earlier --task ccc --model $model --method scaleshift --out "$out/ccc-scaleshift" --overwrite
-echo "whole run: $(( $(date +%s) - start )) s" | tee "$out/ccc-scaleshift.seconds"
-python analyze.py parts "$out/ccc-scaleshift/intervention.safetensors"
-
-cp "$out/ccc-selected/heatmap.png" docs/smollm2-ccc-selected-heatmap.png
-cp "$out/ccc-selected/locations.png" docs/smollm2-ccc-locations.png
-cp "$out/ccc-selected/knockout.png" docs/smollm2-ccc-selected-knockout.png
-cp "$out/ccc-runs5-seed1/stability.png" docs/smollm2-ccc-stability.png
-cp "$out/ccc-runs5-seed1/heatmap.png" docs/smollm2-ccc-stable-heatmap.png
-cp "$out/ccc-activscalar/heatmap.png" docs/smollm2-ccc-heatmap.png
-cp "$out/ccc-activscalar/knockout.png" docs/smollm2-ccc-knockout.png
-cp "$out/ioi-activscalar/heatmap.png" docs/smollm2-ioi-heatmap.png
-
-# 7. Against a push (docs/results-smollm2.md, "Against a push"; the front page): today's defaults (no $earlier), the
-#    default run and the stable maps of two splits (--runs 5 --seed 1 and 2) beside their offset control, sides and
-#    balanced flip; then how far the two stable maps agree.
-python train.py --task ccc --model $model --out "$out/yardsticks/ccc" --overwrite
-python analyze.py knockout "$out/yardsticks/ccc/intervention.safetensors"     # its map against the knockout's
-python train.py --task ccc --model $model --runs 5 --seed 1 --out "$out/yardsticks/ccc-runs5-seed1" --overwrite
-python train.py --task ccc --model $model --runs 5 --seed 2 --out "$out/yardsticks/ccc-runs5-seed2" --overwrite
-python analyze.py yardsticks "$out/yardsticks/ccc" "$out/yardsticks/ccc-runs5-seed1" "$out/yardsticks/ccc-runs5-seed2"
-python analyze.py agree "$out"/yardsticks/ccc-runs5-seed{1,2}/intervention.safetensors   # the map from another seed
-cp "$out/yardsticks/ccc-runs5-seed1/heatmap.png" docs/smollm2-ccc-today-heatmap.png      # the front page's map
-cp "$out/yardsticks/ccc-runs5-seed1/stability.png" docs/smollm2-ccc-today-stability.png
+cp "$out/ccc/heatmap.png" docs/smollm2-ccc-selected-heatmap.png
+cp "$out/ccc/locations.png" docs/smollm2-ccc-locations.png
+cp "$out/ccc/knockout.png" docs/smollm2-ccc-selected-knockout.png
+cp "$out/ccc-runs5-seed1/heatmap.png" docs/smollm2-ccc-today-heatmap.png      # the front page's map
+cp "$out/ccc-runs5-seed1/stability.png" docs/smollm2-ccc-today-stability.png
