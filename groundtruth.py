@@ -221,8 +221,8 @@ def ioi_scores(model, tok, seeds, steps: int, circuit: dict = IOI_CIRCUIT, n_tra
     truth = circuit_map(model.config, circuit).flatten().numpy()
     out = {m: {"auroc": [], "precision": []} for m in MAPS}
     for seed in seeds:
-        task = tasks.load_task("ioi", tok, seed=seed, n_train=n_train, n_test=n_test)
-        batches = {k: ascale.prepare(model, getattr(task, k)) for k in ("train", "test")}
+        task = tasks.load_task("ioi", tok, seed=seed, n_train=n_train, n_test=n_test, val_frac=compiled.VAL_FRAC)
+        batches = {k: ascale.prepare(model, getattr(task, k)) for k in ("train", "val", "test")}  # val: K only
         dm = ascale.make(DiffMean, model.config, ("head",), task.train.n_slots)
         dm.compute(model, batches["train"])                  # its default contrast (CAA), its strength
         maps, _ = make_maps(model, batches, seed, steps, ("head",), dm.effect())
