@@ -11,10 +11,10 @@ cd "$(dirname "$0")/.."
 out=runs/sentiment-results
 mkdir -p "$out"
 model=smollm2
-# Steps 1, 1b, 1d, 1e, 2, 3, 4, 7 and 10's SmolLM2 lines use today's defaults (a validation split that every choice
-# reads, the one-standard-error rule; runs in $out/today/ and $out/sparse/). Steps 1c, 5 (but its last run), 6, 8 and 9
-# were made before those defaults: they pass the earlier choices (no validation split: K and strengths read training
-# prompts, never the test split; a fixed tolerance of 0.03), so that the page's numbers stay reproducible
+# Steps 1, 1b, 1d, 1e, 2, 3, 4, 5, 7 and the SmolLM2 lines of 9 and 10 use today's defaults (a validation split that
+# every choice reads, the one-standard-error rule; runs in $out/today/ and $out/sparse/). Steps 1c, 6, 8 and 9's Gemma
+# line were made before those defaults: they pass the earlier choices (no validation split: K and strengths read
+# training prompts, never the test split; a fixed tolerance of 0.03), so that the page's numbers stay reproducible
 # (docs/method.md, "Validation").
 earlier="--validation 0 --tolerance 0.03"
 step() { [ -z "${only:-}" ] || [ "$only" = "$1" ]; }
@@ -182,21 +182,26 @@ if step 4; then
   cp "$out/today/flip/knockout-mean.png" docs/smollm2-sentiment-knockout-mean.png
 fi
 
-# 5. The learned methods and DiffMean on a one-sided target: every review read as positive. One run per method
-#    (--method all --target positive does the same in one command, DynScalar and ScaleShift included). The page's
-#    DiffMean numbers are the class-mean contrast's (--contrast classes, passed below; train.py's default is CAA's).
+# 5. The learned methods and DiffMean on a one-sided target: every review read as positive, today's defaults. One run
+#    per method (--method all --target positive does the same in one command, DynScalar and ScaleShift included). The
+#    page's DiffMean numbers are the class-mean contrast's (--contrast classes, passed below; train.py's default is
+#    CAA's); its strength is chosen on the validation reviews.
 if step 5; then
-  for method in diffmean activscalar steervec dynscalar; do
-    python train.py $earlier --task sentiment --model $model --method $method --target positive --out "$out/positive/$method" \
-      --overwrite --contrast classes
+  python train.py --task sentiment --model $model --target positive --out "$out/today/positive" --overwrite
+  python train.py --task sentiment --model $model --method diffmean --target positive --contrast classes \
+    --out "$out/today/positive-diffmean" --overwrite
+  for method in steervec dynscalar; do
+    python train.py --task sentiment --model $model --method $method --target positive --out "$out/today/positive-$method" \
+      --overwrite
   done
   # ActivScalar with half the effectiveness margin: how much of its KL is the objective's setting
-  python train.py $earlier --task sentiment --model $model --target positive --margin 2 --out "$out/positive/activscalar-margin2" \
-    --overwrite
-  # ActivScalar with today's defaults (a validation split, the one-standard-error rule), beside its offset control
-  python train.py --task sentiment --model $model --target positive --out "$out/today/positive" --overwrite
-  python analyze.py yardsticks "$out/today/positive"
-  line "$out"/positive/*/
+  python train.py --task sentiment --model $model --target positive --margin 2 --out "$out/today/positive-margin2" --overwrite
+  runs=("$out/today/positive" "$out/today/positive-diffmean" "$out/today/positive-steervec" \
+        "$out/today/positive-dynscalar" "$out/today/positive-margin2")
+  line "${runs[@]}"
+  python analyze.py yardsticks "${runs[@]}"       # each beside its offset control, sides and balanced flip
+  python analyze.py compare "${runs[@]}"          # paired against ActivScalar on the same test reviews
+  cp "$out/today/positive/heatmap.png" docs/smollm2-sentiment-positive-heatmap.png
 fi
 
 # 6. Where two seeds agree: stability selection over 5 bootstrap fits, seeds 0 and 1.
@@ -259,10 +264,11 @@ if step 8; then
     "$out"/gemma/positive/*/ "$out/gemma/negative/activscalar"
 fi
 
-# 9. DiffMean at ActivScalar's KL (steps 5 and 8's files, SmolLM2 and Gemma): DiffMean's vectors at weaker strengths β, flip and KL against β,
-#    to compare with ActivScalar as trained (β = 1).
+# 9. DiffMean at ActivScalar's KL: DiffMean's vectors at weaker strengths β, flip and KL against β, to compare with
+#    ActivScalar as trained (β = 1). SmolLM2: step 5's run, today's defaults. Gemma: step 8's run, which keeps the
+#    earlier choices ($earlier, as all of step 8's Gemma runs).
 if step 9; then
-  python analyze.py beta "$out/positive/diffmean/intervention.safetensors" --betas 0.5,0.75,1
+  python analyze.py beta "$out/today/positive-diffmean/intervention.safetensors" --betas 0.5,0.75,1
   python analyze.py beta "$out/gemma/positive/diffmean/intervention.safetensors" --betas 0.25,0.5,0.75,1
 fi
 
