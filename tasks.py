@@ -384,11 +384,10 @@ def read_jsonl(path: Path, tokenizer) -> list[Item]:
 
 
 def check_rows(rows, tokenizer, where: str) -> list[Item]:
-    """(number, row) pairs -> Items: each row a dict with non-empty strings "prompt", "correct" and "wrong"
-    (other fields ignored), answers of exactly one token and not the same one, no row twice; an optional
-    "group" (a string or an integer, on every row or none): rows of one group are split and resampled together,
-    else each row is its own group. Any problem raises a UserError naming the row: `where` and its number
-    ("FILE, line 3", "item 3")."""
+    """(number, row) pairs -> Items: each row a dict with non-empty strings "prompt", "correct" and "wrong",
+    answers of exactly one token and not the same one, no row twice, and optionally a "group" (a string or an
+    integer, on every row or none: rows of one group are split and resampled together; else a row is its own).
+    Other fields are ignored. A problem raises a UserError naming the row: `where` and its number ("item 3")."""
     items, first_seen = [], {}
     for n, row in rows:
         at = f"{where} {n}"
@@ -417,11 +416,11 @@ def check_rows(rows, tokenizer, where: str) -> list[Item]:
         if key in first_seen:
             raise UserError(f"{at}: duplicate of {where.rsplit(' ', 1)[-1]} {first_seen[key]}; remove one of them")
         first_seen[key] = n
-        if (group := row.get("group")) is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
+        group = row.get("group")
+        if isinstance(group, bool) or not isinstance(group, (str, int, type(None))):
             raise UserError(f'{at}: field "group" must be a string or an integer, got {group!r}')
-        if items and (group is None) != (items[0].group[0] != "group"):
-            first = "none" if group is not None else "one"
-            raise UserError(f'{at}: give every row a "group" field or none (the first has {first})')
+        if items and (group is None) != (items[0].group[0] != "group"):   # a named group is ("group", name)
+            raise UserError(f'{at}: give every row a "group" field or none (the first row decides)')
         in_group = (n,) if group is None else ("group", str(group))   # a group of its own, or the one it names
         items.append(Item(row["prompt"], row["correct"], row["wrong"], in_group))
     return items
@@ -440,10 +439,10 @@ def list_items(rows, tokenizer) -> list[Item]:
 
 def jsonl_items(source: Path | list, tokenizer, *, seed: int, fixed_length: bool, unseen_lengths: bool,
                 test_frac: float, notes: list[str]) -> tuple[list, list]:
-    """Train and test items of a custom task, a JSONL file or a list of dicts (list_items). The items are
-    shuffled (seeded) and test_frac * n of them (rounded) go to test, but at least one to each side: a task
-    needs 2 items or more. With unseen_lengths (DynScalar) the split is by prompt length instead (see
-    hold_out_lengths)."""
+    """Train and test items of a custom task, a JSONL file or a list of dicts (list_items). The items' groups (each
+    line, or the "group" it names) are shuffled (seeded) and test_frac of them (rounded) go to test, but at least
+    one to each side: a task needs 2 items or more. With unseen_lengths (DynScalar) the split is by prompt length
+    instead (see hold_out_lengths)."""
     is_file = isinstance(source, Path)
     items = read_jsonl(source, tokenizer) if is_file else list_items(source, tokenizer)
     where = str(source) if is_file else "the task list"
