@@ -165,6 +165,7 @@ def test_results_scripts_import_what_exists(script):
     # The results scripts run Python inline; a module moved elsewhere breaks them only hours into a run.
     import ast
     import importlib
+    import importlib.util
     for _, code in _script_python(script):
         for node in ast.walk(ast.parse(code)):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
