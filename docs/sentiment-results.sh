@@ -187,19 +187,20 @@ if step 6; then
   line "$out"/today/runs5-seed{0,1}
   python analyze.py yardsticks "$out"/today/runs5-seed{0,1}
   python analyze.py agree "$out"/today/runs5-seed{0,1}/intervention.safetensors
-  python - "$out"/today/runs5-seed{0,1} <<'PY'
+  python - "$out"/today/runs5-seed{0,1} "$out/today/flip" <<'PY'
 import json, sys
 from safetensors import safe_open
 maps = []
-for folder in sys.argv[1:]:   # each seed's final set: the locations kept by >= 3 of its 5 fits, refit
+for folder in sys.argv[1:]:   # each seed's final set (the locations kept by >= 3 of its 5 fits, refit), the default run's
     with safe_open(f"{folder}/intervention.safetensors", "pt") as f:
         tokens = json.loads(f.metadata()["tokens"])     # a trained map's β is 1: its numbers are β·α
-        maps.append({(k.split(".")[1], l, tokens[p]): float(a[l, p]) for k in f.keys() if k.startswith("alpha.")
+        maps.append({(k.split(".")[1], l, p, tokens[p]): float(a[l, p]) for k in f.keys() if k.startswith("alpha.")
                      for a in [f.get_tensor(k)] for l, p in (a.abs() >= 0.05).nonzero().tolist()})
-    r = json.loads(open(f"{folder}/metrics.json").read())["runs"]
-    print(f"{folder}: {len(maps[-1])} active; Jaccard of two fits {r['jaccard_pairs']:.2f}, of the halves {r['jaccard_halves']:.2f}")
-for loc in sorted(maps[0].keys() & maps[1].keys()):
-    print("  both:", loc, " ".join(f"{m[loc]:+.2f}" for m in maps))
+    print(f"{folder}: {len(maps[-1])} active")
+print("(site, layer, slot, token): seed 0, seed 1, the default run (. where not active)")
+for loc in sorted(maps[0].keys() | maps[1].keys(), key=lambda x: (x[2], x[0], x[1])):
+    print("both" if loc in maps[0] and loc in maps[1] else "one ", loc,
+          " ".join(f"{m[loc]:+.2f}" if loc in m else "  .  " for m in maps))
 PY
 fi
 
